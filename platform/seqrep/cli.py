@@ -1,0 +1,191 @@
+"""`seqrep` command line: argument parsing only; the work is done by the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from seqrep import __version__, paths
+from seqrep.errors import SeqrepError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _resource(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (fractions allowed), got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (fractions allowed), got {text!r}")
+    return value
+
+
+def _budget_flags() -> argparse.ArgumentParser:
+    """The budget and placement flags shared by `search` and `reproduce`."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("budget and placement")
+    g.add_argument("--trials", type=_positive_int, help="number of trials (default: the space's)")
+    g.add_argument("--max-epochs", type=_positive_int, help="epochs per trial (default: the space's)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the search and the trials (default 0)")
+    g.add_argument("--name", help="study name (default: SPACE-DATASET; for reproduce, a prefix)")
+    g.add_argument("--storage", default=str(paths.DEFAULT_STORAGE), help="folder of study folders (default %(default)s)")
+    g.add_argument("--tracking-uri", help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI, else {paths.DEFAULT_TRACKING_URI})")
+    g.add_argument("--data-dir", help="data directory (default $SEQREP_DATA, else a user cache dir)")
+    g.add_argument("--cpus-per-trial", type=_resource, default=1.0, help="CPUs per trial (default 1)")
+    g.add_argument("--gpus-per-trial", type=_resource, default=0.0, help="GPUs per trial; 0.25 packs four per GPU (default 0)")
+    g.add_argument("--max-concurrent", type=_non_negative_int, default=0, help="trials at once (default 0: as many as fit)")
+    g.add_argument("--searcher", choices=("random", "optuna"), default="random", help="random search or Optuna TPE")
+    g.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="run every trial to the end, or ASHA early stopping")
+    g.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local one")
+    g.add_argument("--resume", action="store_true", help="continue a study whose driver stopped")
+    g.add_argument("--max-failures", type=_non_negative_int, default=2, help="restarts of a failed trial from its last checkpoint (default 2)")
+    return p
+
+
+def _options(args):
+    from seqrep.launch import StudyOptions
+
+    return StudyOptions(
+        trials=args.trials, max_epochs=args.max_epochs, seed=args.seed, name=args.name, storage=args.storage,
+        tracking_uri=args.tracking_uri, data_dir=args.data_dir, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, searcher=args.searcher,
+        scheduler=args.scheduler, address=args.address, resume=args.resume, max_failures=args.max_failures,
+    )
+
+
+def cmd_spaces(args) -> int:
+    from seqrep import spaces
+
+    if args.name:
+        space = spaces.load(args.name)
+        print(spaces.resolved_json(space) if args.json else spaces.format_space(space))
+        return 0
+    good, bad = spaces.list_spaces()
+    if args.json:
+        print(json.dumps([s.to_json() for s in good], indent=2))
+    else:
+        width = max([len(s.name) for s in good] + [4])
+        mwidth = max([len(s.method) for s in good] + [6])
+        print(f"{'name':<{width}}  {'method':<{mwidth}}  searched  source")
+        for s in good:
+            print(f"{s.name:<{width}}  {s.method:<{mwidth}}  {len(s.space):>8}  {s.source}")
+    for err in bad:
+        print(f"seqrep: error: {err}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_search(args) -> int:
+    from seqrep import launch, summary
+
+    p = launch.plan(args.space, args.dataset, _options(args))
+    out = launch.run_study(p)
+    frame = summary.read(out.parent)
+    counts = frame["status"].value_counts().to_dict()
+    print(f"seqrep: study {p.name}: {len(frame)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+          f"summary {out}; MLflow experiment {p.name!r} at {p.tracking_uri}")
+    return 0
+
+
+def cmd_summarize(args) -> int:
+    from seqrep import summary
+
+    out = summary.write(Path(args.study_dir))
+    print(f"seqrep: wrote {out} ({len(summary.read(out.parent))} trials)")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from seqrep import launch
+
+    md, csv = launch.reproduce(args.table, args.dataset, _options(args), Path(args.out))
+    print(md.read_text())
+    print(f"seqrep: wrote {md} and {csv}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from seqrep import data
+
+    root = data.resolve_data_dir(args.data_dir)
+    names = args.names or data.names()
+    missing_any = False
+    for name in names:
+        entry = data.info(name)
+        missing = data.missing_files(name, root)
+        state = "generated" if not entry.files else ("missing " + ", ".join(map(str, missing)) if missing else "present")
+        missing_any |= bool(missing)
+        if args.action == "verify" and not missing and entry.files:
+            state = data.verify(name, root)
+        print(f"{name:<22} {state:<12} {entry.description}")
+    print(f"data directory: {root}")
+    return 1 if (args.action == "verify" and missing_any) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqrep", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"seqrep {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("spaces", help="list the search spaces, or show one")
+    p.add_argument("name", nargs="?", help="a space name or a path to a YAML file")
+    p.add_argument("--json", action="store_true", help="print the resolved space as JSON")
+    p.set_defaults(func=cmd_spaces)
+
+    p = sub.add_parser("search", parents=[_budget_flags()], help="run a random search (a study) on a Ray cluster")
+    p.add_argument("space", help="a space name or a path to a YAML file")
+    p.add_argument("--dataset", required=True, help="data set name (see `seqrep data list`)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("summarize", help="(re)write a study's trials.parquet")
+    p.add_argument("study_dir", help="the study folder, e.g. results/studies/table7-nn-toy-toy")
+    p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("reproduce", parents=[_budget_flags()], help="rebuild a thesis table beside the published numbers")
+    p.add_argument("table", help="table3, table6, table7, table9 ... table14")
+    p.add_argument("--dataset", action="append", help="restrict to this data set (repeatable)")
+    p.add_argument("--out", default=str(paths.DEFAULT_TABLES), help="output folder (default %(default)s)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("data", help="list or verify the data sets in the data directory")
+    p.add_argument("action", choices=("list", "verify"))
+    p.add_argument("names", nargs="*", help="data sets (default: all)")
+    p.add_argument("--data-dir", help="data directory (default $SEQREP_DATA, else a user cache dir)")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SeqrepError as err:
+        print(f"seqrep: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqrep: interrupted; what finished is in the study folder, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Search-space files: `search_spaces/<name>.yaml` -> a validated `SearchSpace` -> Ray Tune / Optuna.
+
+File format (every field is checked; unknown ones are errors)::
+
+    name: table7-nn-toy              # must equal the file's stem
+    method: mlp                      # a module trainables/<method>.py
+    source: "Table 7, Section 2.6.3" # where in the thesis the space comes from
+    datasets: [toy]                  # data sets it applies to
+    metric: valid_nll                # selection metric, a `valid_*` name
+    mode: min                        # min or max
+    trials: 8                        # the thesis's count where it gives one (null: none given)
+    max_epochs: 5000
+    notes: "free text"               # optional
+    fixed: {batch_norm: false}       # constant config values
+    space:                           # one distribution per searched parameter
+      hidden_layers: {choice: [1, 2, 3]}      # list of scalars, may hold null
+      decay:         {uniform: [0.8, 0.99]}
+      step_rate:     {loguniform: [1.0e-4, 0.1]}   # low > 0
+      hidden_units:  {randint: [200, 600]}    # BOTH bounds inclusive, as in the thesis
+      p_drop:        {quniform: [0.0, 0.5, 0.1]}   # low and high multiples of q; values low, low+q, ..., high
+
+`randint` includes its upper bound (the thesis's "200 … 600" includes 600); Ray's `tune.randint`
+excludes it, so the converter passes `high + 1`. Optuna's `IntDistribution` includes both bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from seqrep import methods, paths
+from seqrep.config import _coerce
+from seqrep.errors import SeqrepError
+
+KINDS = ("choice", "uniform", "loguniform", "randint", "quniform")
+FIELDS = ("name", "method", "source", "datasets", "metric", "mode", "trials", "max_epochs", "notes", "fixed", "space")
+REQUIRED = ("name", "method", "source", "datasets", "metric", "mode", "max_epochs", "space")
+
+
+class SpaceError(SeqrepError):
+    """A search-space file that cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    kind: str
+    args: tuple
+
+    @property
+    def low(self):
+        return self.args[0]
+
+    @property
+    def high(self):
+        return self.args[1]
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "choice":
+            return {"type": "choice", "values": list(self.args)}
+        out = {"type": self.kind, "low": self.low, "high": self.high}
+        if self.kind == "randint":
+            out["inclusive"] = True
+        if self.kind == "quniform":
+            out["q"] = self.args[2]
+        return out
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "choice " + ", ".join("null" if v is None else str(v) for v in self.args)
+        if self.kind == "randint":
+            return f"randint {self.low} … {self.high} (inclusive)"
+        if self.kind == "quniform":
+            return f"quniform {self.low} … {self.high} step {self.args[2]}"
+        return f"{self.kind} {self.low} … {self.high}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    method: str
+    source: str
+    datasets: tuple[str, ...]
+    metric: str
+    mode: str
+    trials: int | None
+    max_epochs: int
+    fixed: dict[str, Any]
+    space: dict[str, Distribution]
+    path: Path
+    notes: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.method,
+            "source": self.source,
+            "datasets": list(self.datasets),
+            "metric": self.metric,
+            "mode": self.mode,
+            "trials": self.trials,
+            "max_epochs": self.max_epochs,
+            "notes": self.notes,
+            "fixed": dict(self.fixed),
+            "space": {k: d.to_json() for k, d in self.space.items()},
+        }
+
+    def check_dataset(self, dataset: str) -> None:
+        if dataset not in self.datasets:
+            raise SeqrepError(
+                f"space {self.name} applies to data set(s) {', '.join(self.datasets)}, not {dataset!r}; "
+                f"pass --dataset with one of those"
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_distribution(spec: Any, where: str) -> Distribution:
+    """One `{kind: args}` mapping -> Distribution, or a SpaceError naming what is allowed."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise SpaceError(f"{where}: expected one mapping like {{loguniform: [1.0e-4, 0.1]}}, got {spec!r}; "
+                         f"distributions: {', '.join(KINDS)}")
+    (kind, args), = spec.items()
+    if kind not in KINDS:
+        raise SpaceError(f"{where}: unknown distribution {kind!r}; allowed: {', '.join(KINDS)}")
+    if not isinstance(args, list):
+        raise SpaceError(f"{where}: {kind} takes a list, got {args!r}")
+    if kind == "choice":
+        if not args:
+            raise SpaceError(f"{where}: choice needs at least one value")
+        for value in args:
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise SpaceError(f"{where}: choice values must be null, booleans, numbers or strings, got {value!r}")
+        return Distribution(kind, tuple(args))
+    expected = 3 if kind == "quniform" else 2
+    shape = "[low, high, q]" if kind == "quniform" else "[low, high]"
+    if len(args) != expected or not all(_is_number(a) for a in args):
+        raise SpaceError(f"{where}: {kind} takes {shape} as finite numbers, got {args!r}")
+    low, high = args[0], args[1]
+    if low > high:
+        raise SpaceError(f"{where}: low <= high must hold, but got low={low}, high={high}")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}: loguniform needs low > 0, but got low={low}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise SpaceError(f"{where}: randint takes integer bounds, got {args!r}")
+    if kind == "quniform":
+        q = args[2]
+        if q <= 0:
+            raise SpaceError(f"{where}: quniform needs q > 0, but got q={q}")
+        for label, bound in (("low", low), ("high", high)):
+            steps = bound / q
+            if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
+                raise SpaceError(f"{where}: quniform needs {label} to be a multiple of q, but got {label}={bound}, q={q}")
+    return Distribution(kind, tuple(args))
+
+
+def _check_value(config_cls, key: str, value: Any, where: str) -> None:
+    hints = typing.get_type_hints(config_cls)
+    try:
+        _coerce(value, hints[key], where)
+    except SeqrepError as err:
+        raise SpaceError(str(err)) from None
+
+
+def parse(data: Any, path: Path) -> SearchSpace:
+    """Validate the loaded YAML of one space file."""
+    where = str(path)
+    if not isinstance(data, dict):
+        raise SpaceError(f"{where}: expected a mapping of fields ({', '.join(FIELDS)}), got {type(data).__name__}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise SpaceError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+    missing = [f for f in REQUIRED if f not in data]
+    if missing:
+        raise SpaceError(f"{where}: missing field(s) {', '.join(missing)}")
+    name = data["name"]
+    if name != path.stem:
+        raise SpaceError(f"{where}: name must equal the file name {path.stem!r}, got {name!r}")
+    try:
+        module = methods.resolve(str(data["method"]))
+    except SeqrepError as err:
+        raise SpaceError(f"{where}: method: {err}") from None
+    from seqrep import data as datasets  # imported here: the registry pulls in loaders
+
+    raw_datasets = data["datasets"]
+    if not isinstance(raw_datasets, list) or not raw_datasets or not all(isinstance(d, str) for d in raw_datasets):
+        raise SpaceError(f"{where}: datasets must be a non-empty list of data set names, got {raw_datasets!r}")
+    for dataset in raw_datasets:
+        if dataset not in datasets.names():
+            raise SpaceError(f"{where}: datasets: unknown data set {dataset!r}; available: {', '.join(datasets.names())}")
+    metric = data["metric"]
+    if not isinstance(metric, str) or not metric.startswith("valid_"):
+        raise SpaceError(f"{where}: metric must be a validation metric named valid_<quantity>, got {metric!r}")
+    if data["mode"] not in ("min", "max"):
+        raise SpaceError(f"{where}: mode must be min or max, got {data['mode']!r}")
+    trials = data.get("trials")
+    if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
+        raise SpaceError(f"{where}: trials must be a positive integer or null, got {trials!r}")
+    max_epochs = data["max_epochs"]
+    if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
+        raise SpaceError(f"{where}: max_epochs must be a positive integer, got {max_epochs!r}")
+    fixed = data.get("fixed") or {}
+    space = data["space"] or {}
+    if not isinstance(fixed, dict):
+        raise SpaceError(f"{where}: fixed must be a mapping of config keys to values, got {fixed!r}")
+    if not isinstance(space, dict):
+        raise SpaceError(f"{where}: space must be a mapping of config keys to distributions, got {space!r}")
+    both = sorted(set(fixed) & set(space))
+    if both:
+        raise SpaceError(f"{where}: {', '.join(both)} both fixed and searched; keep each key in one of fixed or space")
+    allowed = module.Config.field_names()
+    for section, keys in (("fixed", fixed), ("space", space)):
+        for key in keys:
+            if key not in allowed:
+                raise SpaceError(f"{where}: {section}.{key}: not a config key of method {data['method']}; "
+                                 f"allowed: {', '.join(allowed)}")
+    for key, value in fixed.items():
+        _check_value(module.Config, key, value, f"{where}: fixed.{key}")
+    dists = {}
+    for key, spec in space.items():
+        dist = parse_distribution(spec, f"{where}: space.{key}")
+        values = dist.args if dist.kind == "choice" else dist.args[:2]
+        for value in values:
+            _check_value(module.Config, key, value, f"{where}: space.{key}")
+        dists[key] = dist
+    return SearchSpace(
+        name=name,
+        method=data["method"],
+        source=str(data["source"]),
+        datasets=tuple(raw_datasets),
+        metric=metric,
+        mode=data["mode"],
+        trials=trials,
+        max_epochs=max_epochs,
+        fixed=dict(fixed),
+        space=dists,
+        path=path,
+        notes=str(data.get("notes") or ""),
+    )
+
+
+def load(name_or_path: str | Path) -> SearchSpace:
+    """A space by name (`search_spaces/<name>.yaml`) or by path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        path = candidate
+        if not path.is_file():
+            raise SpaceError(f"no search-space file at {path}")
+    else:
+        path = paths.spaces_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            names = ", ".join(p.stem for p in sorted(paths.spaces_dir().glob("*.yaml")))
+            raise SpaceError(f"unknown search space {str(name_or_path)!r}; available: {names} (or give a path to a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise SpaceError(f"{path}:{line} not valid YAML: {getattr(err, 'problem', err)}") from None
+    return parse(data, path)
+
+
+def list_spaces() -> tuple[list[SearchSpace], list[str]]:
+    """Every space in search_spaces/, and the errors of files that do not load."""
+    good, bad = [], []
+    for path in sorted(paths.spaces_dir().glob("*.yaml")):
+        try:
+            good.append(load(path))
+        except SeqrepError as err:
+            bad.append(str(err))
+    return good, bad
+
+
+def to_tune(space: SearchSpace) -> dict[str, Any]:
+    """Ray Tune `param_space`: fixed values as constants, one `ray.tune` domain per searched key."""
+    from ray import tune
+
+    out: dict[str, Any] = dict(space.fixed)
+    for key, dist in space.space.items():
+        if dist.kind == "choice":
+            out[key] = tune.choice(list(dist.args))
+        elif dist.kind == "uniform":
+            out[key] = tune.uniform(dist.low, dist.high)
+        elif dist.kind == "loguniform":
+            out[key] = tune.loguniform(dist.low, dist.high)
+        elif dist.kind == "randint":
+            out[key] = tune.randint(dist.low, dist.high + 1)  # Ray excludes the upper bound
+        elif dist.kind == "quniform":
+            out[key] = tune.quniform(dist.low, dist.high, dist.args[2])
+        else:  # parse_distribution admits only KINDS
+            raise AssertionError(dist.kind)
+    return out
+
+
+def to_optuna(space: SearchSpace) -> dict[str, Any]:
+    """Optuna distributions for the searched keys (fixed values stay in Ray's param_space)."""
+    from optuna import distributions as od
+
+    out: dict[str, Any] = {}
+    for key, dist in space.space.items():
+        if dist.kind == "choice":
+            out[key] = od.CategoricalDistribution(list(dist.args))
+        elif dist.kind == "uniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high)
+        elif dist.kind == "loguniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high, log=True)
+        elif dist.kind == "randint":
+            out[key] = od.IntDistribution(dist.low, dist.high)
+        elif dist.kind == "quniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high, step=dist.args[2])
+        else:
+            raise AssertionError(dist.kind)
+    return out
+
+
+def format_space(space: SearchSpace) -> str:
+    """A readable listing for `seqrep spaces NAME`."""
+    lines = [
+        f"{space.name}  ({space.path.name})",
+        f"  method      {space.method}",
+        f"  source      {space.source}",
+        f"  datasets    {', '.join(space.datasets)}",
+        f"  select by   {space.metric} ({space.mode})",
+        f"  trials      {space.trials if space.trials is not None else '(the thesis gives no count)'}",
+        f"  max_epochs  {space.max_epochs}",
+    ]
+    if space.notes:
+        lines.append(f"  notes       {space.notes}")
+    if space.fixed:
+        lines.append("  fixed")
+        width = max(len(k) for k in space.fixed)
+        lines += [f"    {k:<{width}}  {json.dumps(v)}" for k, v in space.fixed.items()]
+    lines.append("  searched")
+    if space.space:
+        width = max(len(k) for k in space.space)
+        lines += [f"    {k:<{width}}  {d.describe()}" for k, d in space.space.items()]
+    else:
+        lines.append("    (nothing: a fixed configuration)")
+    return "\n".join(lines)
+
+
+def resolved_json(space: SearchSpace) -> str:
+    return json.dumps(space.to_json(), indent=2)
+
+
+def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Config values as MLflow params / Parquet columns (`config.<key>`)."""
+    return {f"config.{k}": v for k, v in sorted(config.items())}

@@ -1,0 +1,219 @@
+"""MLflow tracking, written from the Ray driver only (one writer: safe for the embedded sqlite store).
+
+One experiment per study name; a parent run per study attempt tagged with the space, source table,
+dataset, seed, searcher, git commit and command line; one child run per trial (tag
+`mlflow.parentRunId`) with the flattened config as params, per-epoch metrics at step = epoch, the
+final metrics, its status and artifacts (resolved config, best checkpoint, the method's plots).
+
+The trial -> run mapping is kept in `<study>/mlflow_runs.json`, so that a resumed study re-attaches
+its trials to the runs they already have instead of opening new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ray import tune
+
+from seqrep.errors import SeqrepError
+
+log = logging.getLogger(__name__)
+
+RUNS_FILE = "mlflow_runs.json"
+SKIP_KEYS = {"history", "seqrep_status", "trial_id", "date", "hostname", "node_ip", "pid", "done",
+             "timestamp", "training_iteration", "time_this_iter_s", "time_since_restore",
+             "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "config"}
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def prepare_store(uri: str) -> None:
+    """Make sure the tracking store is reachable before any trial starts (clear error otherwise)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as err:  # MLflow raises many types for an unreachable or broken store
+        raise SeqrepError(f"cannot reach the MLflow tracking store {uri}: {type(err).__name__}: {err}; "
+                          "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+
+
+def experiment_id(uri: str, name: str) -> str:
+    c = client(uri)
+    experiment = c.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            c.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return c.create_experiment(name)
+
+
+def start_parent(uri: str, study: str, tags: Mapping[str, str]) -> str:
+    c = client(uri)
+    run = c.create_run(experiment_id(uri, study), run_name=study, tags={k: str(v) for k, v in tags.items()})
+    return run.info.run_id
+
+
+def reopen_run(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    c = client(uri)
+    c.update_run(run_id, status="RUNNING")
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def finish_parent(uri: str, run_id: str, artifacts: Iterable[Path], status: str = "FINISHED") -> None:
+    c = client(uri)
+    for path in artifacts:
+        if Path(path).exists():
+            c.log_artifact(run_id, str(path))
+    c.set_terminated(run_id, status)
+
+
+def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in SKIP_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _param(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _load_runs(study_dir: Path) -> dict[str, str]:
+    path = study_dir / RUNS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_runs(study_dir: Path, runs: Mapping[str, str]) -> None:
+    path = study_dir / RUNS_FILE
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(dict(runs), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class MlflowTrialCallback(tune.Callback):
+    """Ray Tune callback (runs on the driver) that mirrors every trial into a child run."""
+
+    def __init__(self, uri: str, study: str, parent_run_id: str, study_dir: Path, tags: Mapping[str, str]):
+        self.uri, self.study, self.parent_run_id = uri, study, parent_run_id
+        self.study_dir = Path(study_dir)
+        self.tags = dict(tags)
+        self._client = None
+        self._runs: dict[str, str] | None = None
+
+    def __getstate__(self):  # Tuner pickles its callbacks; the client holds a connection
+        state = dict(self.__dict__)
+        state["_client"], state["_runs"] = None, None
+        return state
+
+    @property
+    def c(self):
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
+
+    @property
+    def runs(self) -> dict[str, str]:
+        if self._runs is None:
+            self._runs = _load_runs(self.study_dir)
+        return self._runs
+
+    def _guard(self, what: str, fn, *args) -> None:
+        """A tracking fault never takes the study down: warn, keep training, keep Ray's files."""
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001 - any MLflow failure
+            log.warning("MLflow %s failed for study %s: %s: %s", what, self.study, type(err).__name__, err)
+
+    def run_id(self, trial) -> str:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            tags = {"mlflow.parentRunId": self.parent_run_id, "seqrep.trial_id": trial.trial_id, **self.tags}
+            run = self.c.create_run(experiment_id(self.uri, self.study), run_name=trial.trial_id, tags=tags)
+            run_id = run.info.run_id
+            self.runs[trial.trial_id] = run_id
+            _save_runs(self.study_dir, self.runs)
+            from mlflow.entities import Param
+
+            params = [Param(k, _param(v)) for k, v in sorted(trial.config.items())]
+            for i in range(0, len(params), 100):
+                self.c.log_batch(run_id, params=params[i:i + 100])
+        else:
+            self.c.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._guard("start", self.run_id, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._guard("metrics", self._log_epochs, trial, result)
+
+    def _log_epochs(self, trial, result):
+        from mlflow.entities import Metric
+
+        run_id = self.run_id(trial)
+        now = int(time.time() * 1000)
+        metrics = []
+        for row in result.get("history") or []:
+            step = int(row.get("epoch", 0))
+            metrics += [Metric(k, v, now, step) for k, v in numeric_metrics(row).items() if k != "epoch"]
+        for i in range(0, len(metrics), 1000):
+            self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._guard("final results", self._finish, trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._guard("error report", self._finish, trial, "FAILED")
+
+    def _finish(self, trial, run_status: str):
+        from mlflow.entities import Metric
+
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        status = result.get("seqrep_status") or ("errored" if run_status == "FAILED" else "stopped")
+        tags = {"seqrep.status": status, "seqrep.node": str(result.get("node_ip", ""))}
+        if run_status == "FAILED":
+            tags["seqrep.error"] = error_message(trial)[:5000]
+        for k, v in tags.items():
+            self.c.set_tag(run_id, k, v)
+        if "seqrep_status" in result:
+            now = int(time.time() * 1000)
+            step = int(result.get("best_epoch", 0) or 0)
+            # the final result's valid_* belong to the best epoch: logged as best_valid_*
+            final = [Metric(k if k.startswith(("test_", "best_")) else f"best_{k}", v, now, step)
+                     for k, v in numeric_metrics(result).items()
+                     if k.startswith(("test_", "valid_")) or k == "best_epoch"]
+            self.c.log_batch(run_id, metrics=final)
+            checkpoint = trial.checkpoint
+            if checkpoint is not None and os.path.isdir(checkpoint.path):
+                self.c.log_artifacts(run_id, checkpoint.path)
+        self.c.set_terminated(run_id, run_status)
+
+def error_message(trial) -> str:
+    """The last line of a failed trial's traceback (Ray keeps it in `error.txt` in the trial dir)."""
+    path = Path(trial.path) / "error.txt" if getattr(trial, "path", None) else None
+    if path is not None and path.exists():
+        return last_error_line(path.read_text())
+    return str(getattr(trial, "error_msg", "") or "unknown error")
+
+
+def last_error_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "~")) and ":" in line:
+            return line
+    return lines[-1] if lines else ""
+
+

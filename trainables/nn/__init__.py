@@ -1,0 +1,1 @@
+"""Building blocks shared by the methods: the epoch loop, layers, variance propagation, optimisers."""
