@@ -21,6 +21,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 import seqrep.data
 from seqrep.config import MethodConfig
@@ -78,12 +79,12 @@ def train(config: Config, session: Session) -> None:
 
     def train_epoch() -> float:
         total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per batch
-        for idx in minibatches(n_train, config.batch_size, generator, device):
-            loss = ((model(x_train[idx]) - y_train[idx]) ** 2).mean()
+        for x, y in minibatches(x_train, y_train, config.batch_size, generator):
+            loss = F.mse_loss(model(x), y)  # mean over points and output dimensions
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach() * idx.shape[0]
+            total += loss.detach() * x.shape[0]
         return float(total) / n_train
 
     def predict(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -262,7 +262,8 @@ def _build_tuner(p: StudyPlan, callbacks: list):
                                 sampler=TPESampler(seed=o.seed))
     else:
         param_space = spaces.to_tune(space)
-        searcher = BasicVariantGenerator(random_state=o.seed)
+        # Ray ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator: give it here
+        searcher = BasicVariantGenerator(random_state=o.seed, max_concurrent=o.max_concurrent or 0)
     if o.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=p.max_epochs, grace_period=max(1, p.max_epochs // 16))
     else:
@@ -277,7 +278,7 @@ def _build_tuner(p: StudyPlan, callbacks: list):
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=p.trials,
-            max_concurrent_trials=o.max_concurrent or None,
+            max_concurrent_trials=(o.max_concurrent or None) if o.searcher == "optuna" else None,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
             trial_name_creator=_trial_name,
@@ -371,6 +372,7 @@ def run_study(p: StudyPlan) -> Path:
             status = "KILLED"
             raise
         finally:
+            tracking.drain()  # every queued MLflow call runs before the summary and the parent close
             out = summary.write(p.directory)
             if status == "FINISHED":
                 (p.directory / FINISHED_FILE).write_text(datetime.datetime.now().isoformat(timespec="seconds"))

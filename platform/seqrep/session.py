@@ -98,11 +98,23 @@ def _roundtrip(state: Mapping[str, Any]) -> dict[str, Any]:
     return torch.load(buffer, weights_only=True)
 
 
+def _snapshot(value: Any) -> Any:
+    """A copy that later in-place updates of the model cannot reach (cheaper than a round trip)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
 class LocalSession(Session):
     """Runs a method in this process and keeps everything it reported in memory.
 
-    Checkpoints go through `torch.save`/`torch.load(weights_only=True)` exactly as with Ray, so a
-    method that resumes correctly here resumes correctly on a cluster.
+    The first checkpoint goes through `torch.save`/`torch.load(weights_only=True)` as with Ray (a
+    method whose state that loader refuses fails here too); later ones are in-memory snapshots,
+    since a round trip per epoch would cost more than a small model's epoch.
     """
 
     def __init__(
@@ -126,7 +138,7 @@ class LocalSession(Session):
             raise ValueError("a report must hold the epoch it belongs to")
         self.history.append(dict(metrics))
         if checkpoint is not None:
-            self.checkpoint = _roundtrip(checkpoint)
+            self.checkpoint = _snapshot(checkpoint) if self.checkpoint is not None else _roundtrip(checkpoint)
 
     def finish(self, metrics, model, status):
         if status not in STATUSES:
@@ -154,6 +166,7 @@ class RaySession(Session):
         self._config = dict(config)
         self._interval = report_interval_s
         self._buffer: list[dict[str, float]] = []
+        self._latest: dict[str, float] = {}  # the last epoch's metrics, flushed or not
         self._last_flush = time.monotonic()
         self._artifacts = Path(tempfile.mkdtemp(prefix="seqrep-artifacts-"))
 
@@ -178,6 +191,7 @@ class RaySession(Session):
         if "epoch" not in metrics:
             raise ValueError("a report must hold the epoch it belongs to")
         self._buffer.append(dict(metrics))
+        self._latest = dict(metrics)
         if time.monotonic() - self._last_flush < self._interval:
             return
         self._flush(checkpoint)
@@ -194,7 +208,8 @@ class RaySession(Session):
     def finish(self, metrics, model, status):
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        result = dict(self._buffer[-1]) if self._buffer else {}
+        # the latest epoch's metrics first: Ray insists on the selection metric in every result
+        result = dict(self._latest)
         result.update(metrics)
         result["history"] = self._buffer
         result["seqrep_status"] = status

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -102,8 +104,66 @@ def _save_runs(study_dir: Path, runs: Mapping[str, str]) -> None:
     os.replace(tmp, path)
 
 
+class _Writer:
+    """One background thread that runs tracking calls in order, retrying each a few times.
+
+    Ray Tune calls callbacks inside its event loop; an MLflow round trip there (a tenth of a second
+    on sqlite, more on a remote server, forever on a dead one) would stall every trial's results.
+    """
+
+    def __init__(self, study: str, tries: int = 3, backoff_s: float = 1.0):
+        self.study, self.tries, self.backoff_s = study, tries, backoff_s
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="seqrep-mlflow", daemon=True)
+        self.thread.start()
+        _OPEN_WRITERS.add(self)
+
+    def submit(self, what: str, fn, *args) -> None:
+        self.queue.put((what, fn, args))
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                what, fn, args = item
+                for attempt in range(1, self.tries + 1):
+                    try:
+                        fn(*args)
+                        break
+                    except Exception as err:  # noqa: BLE001 - a tracking fault must not end the study
+                        if attempt == self.tries:
+                            log.warning("MLflow %s failed for study %s after %d tries: %s: %s "
+                                        "(the study goes on; trials.parquet does not depend on MLflow)",
+                                        what, self.study, attempt, type(err).__name__, err)
+                        else:
+                            time.sleep(self.backoff_s * attempt)
+            finally:
+                self.queue.task_done()
+
+    def close(self) -> None:
+        if self in _OPEN_WRITERS:
+            _OPEN_WRITERS.discard(self)
+            self.queue.put(None)
+            self.thread.join()
+
+
+_OPEN_WRITERS: set[_Writer] = set()
+
+
+def drain() -> None:
+    """Run every queued tracking call of this process and stop the writer threads."""
+    for writer in list(_OPEN_WRITERS):
+        writer.close()
+
+
 class MlflowTrialCallback(tune.Callback):
-    """Ray Tune callback (runs on the driver) that mirrors every trial into a child run."""
+    """Ray Tune callback (runs on the driver) that mirrors every trial into a child run.
+
+    The callback only snapshots what it needs from a trial and hands the MLflow calls to a single
+    writer thread, so the store still has one writer and Ray Tune's loop never waits on it.
+    """
 
     def __init__(self, uri: str, study: str, parent_run_id: str, study_dir: Path, tags: Mapping[str, str]):
         self.uri, self.study, self.parent_run_id = uri, study, parent_run_id
@@ -111,10 +171,11 @@ class MlflowTrialCallback(tune.Callback):
         self.tags = dict(tags)
         self._client = None
         self._runs: dict[str, str] | None = None
+        self._writer: _Writer | None = None
 
-    def __getstate__(self):  # Tuner pickles its callbacks; the client holds a connection
+    def __getstate__(self):  # Tuner pickles its callbacks; client and thread stay behind
         state = dict(self.__dict__)
-        state["_client"], state["_runs"] = None, None
+        state["_client"], state["_runs"], state["_writer"] = None, None, None
         return state
 
     @property
@@ -129,84 +190,97 @@ class MlflowTrialCallback(tune.Callback):
             self._runs = _load_runs(self.study_dir)
         return self._runs
 
-    def _guard(self, what: str, fn, *args) -> None:
-        """A tracking fault never takes the study down: warn, keep training, keep Ray's files."""
-        try:
-            fn(*args)
-        except Exception as err:  # noqa: BLE001 - any MLflow failure
-            log.warning("MLflow %s failed for study %s: %s: %s", what, self.study, type(err).__name__, err)
+    def _submit(self, what: str, fn, *args) -> None:
+        if self._writer is None:
+            self._writer = _Writer(self.study)
+        self._writer.submit(what, fn, *args)
 
-    def run_id(self, trial) -> str:
-        run_id = self.runs.get(trial.trial_id)
+    def on_experiment_end(self, trials, **info):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def run_id(self, trial_id: str, config: Mapping[str, Any]) -> str:
+        """The trial's child run: the one it already has (resumed study) or a new one."""
+        run_id = self.runs.get(trial_id)
         if run_id is None:
-            tags = {"mlflow.parentRunId": self.parent_run_id, "seqrep.trial_id": trial.trial_id, **self.tags}
-            run = self.c.create_run(experiment_id(self.uri, self.study), run_name=trial.trial_id, tags=tags)
-            run_id = run.info.run_id
-            self.runs[trial.trial_id] = run_id
-            _save_runs(self.study_dir, self.runs)
             from mlflow.entities import Param
 
-            params = [Param(k, _param(v)) for k, v in sorted(trial.config.items())]
+            tags = {"mlflow.parentRunId": self.parent_run_id, "seqrep.trial_id": trial_id, **self.tags}
+            run = self.c.create_run(experiment_id(self.uri, self.study), run_name=trial_id, tags=tags)
+            run_id = run.info.run_id
+            self.runs[trial_id] = run_id
+            _save_runs(self.study_dir, self.runs)
+            params = [Param(k, _param(v)) for k, v in sorted(config.items())]
             for i in range(0, len(params), 100):
                 self.c.log_batch(run_id, params=params[i:i + 100])
-        else:
-            self.c.update_run(run_id, status="RUNNING")
         return run_id
 
+    def _start(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        known = trial_id in self.runs
+        run_id = self.run_id(trial_id, config)
+        if known:
+            self.c.update_run(run_id, status="RUNNING")
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._guard("start", self.run_id, trial)
+        self._submit("run start", self._start, trial.trial_id, dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._guard("metrics", self._log_epochs, trial, result)
-
-    def _log_epochs(self, trial, result):
         from mlflow.entities import Metric
 
-        run_id = self.run_id(trial)
         now = int(time.time() * 1000)
         metrics = []
         for row in result.get("history") or []:
             step = int(row.get("epoch", 0))
             metrics += [Metric(k, v, now, step) for k, v in numeric_metrics(row).items() if k != "epoch"]
+        if metrics:
+            self._submit("metrics", self._log_metrics, trial.trial_id, dict(trial.config), metrics)
+
+    def _log_metrics(self, trial_id, config, metrics) -> None:
+        run_id = self.run_id(trial_id, config)
         for i in range(0, len(metrics), 1000):
             self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._guard("final results", self._finish, trial, "FINISHED")
+        self._submit_finish(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._guard("error report", self._finish, trial, "FAILED")
+        self._submit_finish(trial, "FAILED")
 
-    def _finish(self, trial, run_status: str):
-        from mlflow.entities import Metric
+    def _submit_finish(self, trial, run_status: str) -> None:
+        checkpoint = trial.checkpoint
+        self._submit("final results", self._finish, trial.trial_id, dict(trial.config),
+                     dict(trial.last_result or {}), checkpoint.path if checkpoint is not None else None,
+                     getattr(trial, "path", None), run_status)
 
-        run_id = self.run_id(trial)
-        result = trial.last_result or {}
+    def _finish(self, trial_id, config, result, checkpoint_path, trial_path, run_status: str) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self.run_id(trial_id, config)
         status = result.get("seqrep_status") or ("errored" if run_status == "FAILED" else "stopped")
         tags = {"seqrep.status": status, "seqrep.node": str(result.get("node_ip", ""))}
         if run_status == "FAILED":
-            tags["seqrep.error"] = error_message(trial)[:5000]
-        for k, v in tags.items():
-            self.c.set_tag(run_id, k, v)
+            tags["seqrep.error"] = error_message(trial_path)[:5000]
+        metrics = []
         if "seqrep_status" in result:
             now = int(time.time() * 1000)
             step = int(result.get("best_epoch", 0) or 0)
             # the final result's valid_* belong to the best epoch: logged as best_valid_*
-            final = [Metric(k if k.startswith(("test_", "best_")) else f"best_{k}", v, now, step)
-                     for k, v in numeric_metrics(result).items()
-                     if k.startswith(("test_", "valid_")) or k == "best_epoch"]
-            self.c.log_batch(run_id, metrics=final)
-            checkpoint = trial.checkpoint
-            if checkpoint is not None and os.path.isdir(checkpoint.path):
-                self.c.log_artifacts(run_id, checkpoint.path)
+            metrics = [Metric(k if k.startswith(("test_", "best_")) else f"best_{k}", v, now, step)
+                       for k, v in numeric_metrics(result).items()
+                       if k.startswith(("test_", "valid_")) or k == "best_epoch"]
+        self.c.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        if "seqrep_status" in result and checkpoint_path and os.path.isdir(checkpoint_path):
+            self.c.log_artifacts(run_id, checkpoint_path)
         self.c.set_terminated(run_id, run_status)
 
-def error_message(trial) -> str:
+
+def error_message(trial_path: str | None) -> str:
     """The last line of a failed trial's traceback (Ray keeps it in `error.txt` in the trial dir)."""
-    path = Path(trial.path) / "error.txt" if getattr(trial, "path", None) else None
+    path = Path(trial_path) / "error.txt" if trial_path else None
     if path is not None and path.exists():
         return last_error_line(path.read_text())
-    return str(getattr(trial, "error_msg", "") or "unknown error")
+    return "unknown error (no error.txt in the trial folder)"
 
 
 def last_error_line(text: str) -> str:

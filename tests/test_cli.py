@@ -1,0 +1,115 @@
+"""The `seqrep` command line: listings, and bad input that exits 2 with one actionable message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from seqrep.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_spaces_lists_both_toy_spaces(capsys):
+    code, out, err = run_cli(capsys, "spaces")
+    assert code == 0 and err == ""
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows["table7-nn-toy"][1:3] == ["mlp", "7"] and rows["table7-dn-toy"][1:3] == ["mdn", "7"]
+    assert "Table 7, Sections 2.6.3 and 2.6.3.1" in out
+
+
+def test_spaces_name_prints_readably_and_as_json(capsys):
+    code, out, _ = run_cli(capsys, "spaces", "table7-dn-toy")
+    assert code == 0 and "components  1" in out and "loguniform 0.0001 … 0.1" in out
+    code, out, _ = run_cli(capsys, "spaces", "table7-dn-toy", "--json")
+    resolved = json.loads(out)
+    assert resolved["fixed"] == {"components": 1}
+    assert resolved["space"]["batch_size"] == {"type": "choice", "values": [10, 25, 50]}
+    assert resolved["space"]["step_rate"] == {"type": "loguniform", "low": 0.0001, "high": 0.1}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["search", "table99", "--dataset", "toy"], "seqrep: error: unknown search space 'table99'; available: "),
+        (["search", "table7-nn-toy", "--dataset", "moon"], "seqrep: error: unknown dataset 'moon'; available: toy"),
+        (["reproduce", "table99"], "seqrep: error: unknown table 'table99'; available: table3, table6, table7"),
+        (["reproduce", "table7", "--dataset", "jsb"], "seqrep: error: table7 has no data set(s) jsb; it covers toy, sarcos"),
+        (["summarize", "."], "seqrep: error: . is not a seqrep study (no study.json)"),
+    ],
+)
+def test_bad_names_exit_2_with_one_message(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, *argv, *(["--storage", str(tmp_path)] if argv[0] != "summarize" else []))
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--trials", "0", "argument --trials: must be a positive integer, got '0'"),
+        ("--max-epochs", "-3", "argument --max-epochs: must be a positive integer, got '-3'"),
+        ("--cpus-per-trial", "-1", "argument --cpus-per-trial: must be a number >= 0 (fractions allowed), got '-1'"),
+        ("--gpus-per-trial", "half", "argument --gpus-per-trial: must be a number >= 0 (fractions allowed), got 'half'"),
+        ("--searcher", "grid", "argument --searcher: invalid choice: 'grid' (choose from "),  # quoting varies by Python
+    ],
+)
+def test_bad_flags_exit_2_before_anything_starts(capsys, tmp_path, flag, value, message):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "table7-nn-toy", "--dataset", "toy", "--storage", str(tmp_path), flag, value])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_malformed_space_file_names_file_and_line(capsys, tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: broken\nspace: {a: [1,\n")
+    code, _, err = run_cli(capsys, "search", str(bad), "--dataset", "toy", "--storage", str(tmp_path / "s"))
+    assert code == 2 and err.startswith(f"seqrep: error: {bad}: line ") and "not valid YAML" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_that_is_not_a_study_is_never_overwritten(capsys, tmp_path):
+    (tmp_path / "table7-nn-toy-toy").mkdir()
+    (tmp_path / "table7-nn-toy-toy" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "search", "table7-nn-toy", "--dataset", "toy", "--storage", str(tmp_path),
+                           "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert code == 2 and "exists and is not a seqrep study; choose another --name or --storage" in err
+    assert (tmp_path / "table7-nn-toy-toy" / "notes.txt").read_text() == "mine"
+
+
+def test_data_list_shows_the_generated_toy_set(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "data", "list", "--data-dir", str(tmp_path))
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["toy", "generated"]
+
+
+@pytest.mark.integration
+def test_search_from_the_shell_twice_gives_identical_configs(tmp_path):
+    """The issue's acceptance command, run as a user would, with two storages."""
+    configs = []
+    for storage in ("a", "b"):
+        d = tmp_path / storage
+        cmd = [sys.executable, "-m", "seqrep.cli", "search", "table7-nn-toy", "--dataset", "toy", "--trials", "3",
+               "--max-epochs", "30", "--seed", "7", "--storage", str(d), "--tracking-uri", f"sqlite:///{d}/m.db"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "seqrep: study table7-nn-toy-toy: 3 trials (3 completed)" in done.stdout
+        frame = pd.read_parquet(d / "table7-nn-toy-toy" / "trials.parquet")
+        assert len(frame) == 3
+        configs.append(frame.filter(like="config.").to_dict("records"))
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{d}/m.db")
+        runs = client.search_runs([client.get_experiment_by_name("table7-nn-toy-toy").experiment_id])
+        assert sorted("mlflow.parentRunId" in r.data.tags for r in runs) == [False, True, True, True]
+    assert configs[0] == configs[1]

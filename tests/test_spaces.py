@@ -1,0 +1,195 @@
+"""Search-space files: parsing, every validation error, and the Ray Tune / Optuna conversions."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import optuna
+import pytest
+
+from seqrep import spaces
+from seqrep.spaces import SpaceError
+
+BASE = """\
+name: {name}
+method: mlp
+source: "Table 7, Section 2.6.3"
+datasets: [toy]
+metric: valid_nll
+mode: min
+trials: 4
+max_epochs: 10
+fixed: {{momentum: 0.0}}
+space:
+  hidden_layers: {{choice: [1, 2, 3]}}
+  step_rate: {{loguniform: [1.0e-4, 0.1]}}
+  hidden_units: {{randint: [200, 600]}}
+  decay: {{quniform: [0.1, 0.9, 0.1]}}
+  transfer: {{choice: [sigmoid, rectifier]}}
+"""
+
+
+def write(tmp_path, text, name="s"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path, text, name="s") -> str:
+    path = write(tmp_path, text, name)
+    with pytest.raises(SpaceError) as info:
+        spaces.load(path)
+    return str(info.value).replace(str(path), "FILE")
+
+
+def test_loads_every_field(tmp_path):
+    space = spaces.load(write(tmp_path, BASE.format(name="s")))
+    assert space.method == "mlp" and space.datasets == ("toy",) and space.trials == 4
+    assert space.fixed == {"momentum": 0.0}
+    assert space.space["hidden_units"].to_json() == {"type": "randint", "low": 200, "high": 600, "inclusive": True}
+    assert space.space["decay"].to_json() == {"type": "quniform", "low": 0.1, "high": 0.9, "q": 0.1}
+    assert space.space["hidden_layers"].to_json() == {"type": "choice", "values": [1, 2, 3]}
+
+
+def test_repository_spaces_all_load():
+    good, bad = spaces.list_spaces()
+    assert bad == []
+    names = {s.name for s in good}
+    assert {"table7-nn-toy", "table7-dn-toy"} <= names
+    nn = spaces.load("table7-nn-toy")
+    assert nn.space["batch_size"].args == (10, 25, 50)
+    assert nn.space["hidden_units"].args == (10, 25, 50, 100)
+    assert nn.space["hidden_layers"].args == (1, 2, 3)
+    assert nn.max_epochs == 5000
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("trials: 4", "trials: 4\ncolour: red"),
+         "FILE: unknown field(s) colour; allowed: name, method, source, datasets, metric, mode, trials, "
+         "max_epochs, notes, fixed, space"),
+        (("{loguniform: [1.0e-4, 0.1]}", "{normal: [0, 1]}"),
+         "FILE: space.step_rate: unknown distribution 'normal'; allowed: choice, uniform, loguniform, randint, quniform"),
+        (("{loguniform: [1.0e-4, 0.1]}", "{uniform: [0.5, 0.1]}"),
+         "FILE: space.step_rate: low <= high must hold, but got low=0.5, high=0.1"),
+        (("{loguniform: [1.0e-4, 0.1]}", "{loguniform: [0.0, 0.1]}"),
+         "FILE: space.step_rate: loguniform needs low > 0, but got low=0.0"),
+        (("fixed: {momentum: 0.0}", "fixed: {momentum: 0.0, step_rate: 0.01}"),
+         "FILE: step_rate both fixed and searched; keep each key in one of fixed or space"),
+        (("method: mlp", "method: lstm9"),
+         "FILE: method: unknown method 'lstm9'; available: mdn, mlp"),
+        (("randint: [200, 600]", "randint: [200.5, 600]"),
+         "FILE: space.hidden_units: randint takes integer bounds, got [200.5, 600]"),
+        (("quniform: [0.1, 0.9, 0.1]", "quniform: [0.1, 0.95, 0.1]"),
+         "FILE: space.decay: quniform needs high to be a multiple of q, but got high=0.95, q=0.1"),
+        (("{choice: [1, 2, 3]}", "{choice: []}"), "FILE: space.hidden_layers: choice needs at least one value"),
+        (("hidden_layers:", "hidden_layerz:"),
+         "FILE: space.hidden_layerz: not a config key of method mlp; allowed: hidden_layers, hidden_units, "
+         "transfer, step_rate, decay, momentum, batch_size"),
+        (("{choice: [sigmoid, rectifier]}", "{choice: [sigmoid, tanh]}"),
+         "FILE: space.transfer: got 'tanh', allowed: 'sigmoid', 'rectifier'"),
+        (("datasets: [toy]", "datasets: [toy, moon]"),
+         "FILE: datasets: unknown data set 'moon'; available: toy"),
+        (("metric: valid_nll", "metric: test_nll"),
+         "FILE: metric must be a validation metric named valid_<quantity>, got 'test_nll'"),
+        (("mode: min", "mode: lowest"), "FILE: mode must be min or max, got 'lowest'"),
+        (("trials: 4", "trials: 0"), "FILE: trials must be a positive integer or null, got 0"),
+        (("max_epochs: 10", "max_epochs: ten"), "FILE: max_epochs must be a positive integer, got 'ten'"),
+        (("name: s", "name: other"), "FILE: name must equal the file name 's', got 'other'"),
+        (("fixed: {momentum: 0.0}", "fixed: {momentum: fast}"), "FILE: fixed.momentum: expected a number, got 'fast'"),
+    ],
+)
+def test_validation_errors_name_file_key_and_rule(tmp_path, edit, message):
+    old, new = edit
+    text = BASE.format(name="s")
+    assert old in text
+    assert error_of(tmp_path, text.replace(old, new, 1)) == message
+
+
+def test_missing_fields_and_bad_yaml(tmp_path):
+    assert error_of(tmp_path, "name: s\nmethod: mlp\n") == (
+        "FILE: missing field(s) source, datasets, metric, mode, max_epochs, space")
+    assert error_of(tmp_path, "name: s\nspace: {a: [1,\n") .startswith("FILE: line ")
+    assert error_of(tmp_path, "- 1\n- 2\n") == (
+        "FILE: expected a mapping of fields (name, method, source, datasets, metric, mode, trials, max_epochs, "
+        "notes, fixed, space), got list")
+
+
+def test_unknown_space_name_lists_the_available_ones():
+    with pytest.raises(SpaceError, match=r"unknown search space 'table99'; available: .*table7-nn-toy"):
+        spaces.load("table99")
+
+
+def test_randint_bounds_are_inclusive_in_ray_tune(tmp_path):
+    space = spaces.load(write(tmp_path, BASE.format(name="s")))
+    domain = spaces.to_tune(space)["hidden_units"]
+    draws = np.asarray(domain.sample(size=20000, random_state=np.random.default_rng(0)))
+    # 401 values, 20000 draws: P(a bound is never hit) = (400/401)^20000 < 1e-21
+    assert draws.min() == 200 and draws.max() == 600
+
+
+def test_tune_and_optuna_agree_on_supports(tmp_path):
+    space = spaces.load(write(tmp_path, BASE.format(name="s")))
+    tune_space = spaces.to_tune(space)
+    optuna_space = spaces.to_optuna(space)
+    assert set(optuna_space) == set(space.space) and tune_space["momentum"] == 0.0
+    rng = np.random.default_rng(1)
+    sampler = optuna.samplers.RandomSampler(seed=1)
+    study = optuna.create_study(sampler=sampler)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna_draws = {k: [] for k in optuna_space}
+    for _ in range(3000):
+        trial = study.ask(optuna_space)
+        for k in optuna_space:
+            optuna_draws[k].append(trial.params[k])
+        study.tell(trial, 0.0)
+    for key in ("hidden_layers", "transfer"):
+        tune_values = set(tune_space[key].sample(size=3000, random_state=rng))
+        assert tune_values == set(optuna_draws[key]) == set(space.space[key].args)
+    tune_units = np.asarray(tune_space["hidden_units"].sample(size=20000, random_state=rng))
+    assert (tune_units.min(), tune_units.max()) == (200, 600)
+    assert (optuna_space["hidden_units"].low, optuna_space["hidden_units"].high) == (200, 600)
+    tune_rates = np.asarray(tune_space["step_rate"].sample(size=3000, random_state=rng))
+    for draws in (tune_rates, np.asarray(optuna_draws["step_rate"])):
+        assert 1e-4 <= draws.min() and draws.max() <= 0.1
+        # log-uniform: the median of log10 is the midpoint -2.5 (3000 draws: sd of the median ~0.03)
+        assert abs(np.median(np.log10(draws)) + 2.5) < 0.1
+    grid = {round(0.1 * i, 10) for i in range(1, 10)}
+    tune_decay = {round(v, 10) for v in tune_space["decay"].sample(size=3000, random_state=rng)}
+    optuna_decay = {round(v, 10) for v in optuna_draws["decay"]}
+    assert tune_decay <= grid and optuna_decay <= grid
+    # the end points have half the mass in Ray's rounding; 3000 draws still reach all 9 values
+    assert tune_decay == grid and optuna_decay == grid
+
+
+def _configs(space, seed, n=6):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.experiment import Experiment
+
+    def run(config):  # pragma: no cover - never called
+        pass
+
+    generator = BasicVariantGenerator(random_state=seed)
+    generator.add_configurations([Experiment("x", run, config=spaces.to_tune(space), num_samples=n)])
+    return [generator.next_trial().config for _ in range(n)]
+
+
+def test_same_seed_same_configs_other_seed_other_configs(tmp_path):
+    space = spaces.load(write(tmp_path, BASE.format(name="s")))
+    first, again, other = _configs(space, 7), _configs(space, 7), _configs(space, 8)
+    assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
+    assert [c["step_rate"] for c in first] != [c["step_rate"] for c in other]
+
+
+def test_json_and_readable_forms(tmp_path):
+    space = spaces.load(write(tmp_path, BASE.format(name="s")))
+    resolved = json.loads(spaces.resolved_json(space))
+    assert resolved["fixed"] == {"momentum": 0.0}
+    assert resolved["space"]["step_rate"] == {"type": "loguniform", "low": 0.0001, "high": 0.1}
+    text = spaces.format_space(space)
+    assert "randint 200 … 600 (inclusive)" in text
+    assert "choice sigmoid, rectifier" in text
+    assert textwrap.dedent(text).splitlines()[0] == "s  (s.yaml)"

@@ -1,0 +1,177 @@
+"""DN / MDN: a (mixture) density network trained on the negative log-likelihood (Section 2.6.3).
+
+A mixture density network (Bishop, 1994) turns the output of an MLP into the parameters of a
+Gaussian mixture with K components and diagonal covariances,
+
+    p(y | x) = sum_k pi_k(x) N(y; mu_k(x), diag(sigma^2_k(x))),
+
+with pi(x) = softmax of K outputs, mu_k(x) linear outputs and sigma^2_k(x) = softplus(a_k(x)) +
+1e-6. It is trained on the mean of -log p(y | x) over a minibatch, computed with log-sum-exp over
+the components. The thesis's "density network" (DN, Table 7) is the case K = 1 ("a mixture
+density network with only a single component", Section 2.6.3): a network that outputs a mean and
+a variance per input, trained on the Gaussian NLL. On the toy set it reaches NN's squared error
+but "overfit[s] extremely with respect to [its] predictive distribution" (Section 2.6.3.1).
+
+Choices the thesis leaves open: softplus rather than exp for the variances, because softplus
+grows linearly, so one large step cannot move a variance by orders of magnitude, with a floor of
+1e-6 that bounds every component's density; and optional gradient-norm clipping (`max_grad_norm`),
+a common remedy for the numerical unreliability of conditional Gaussian mixtures (divisions by
+the variance), off by default since the thesis mentions none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import seqrep.data
+from seqrep.config import MethodConfig
+from seqrep.errors import SeqrepError
+from seqrep.session import Session
+from trainables.nn.mlp import (
+    MLP,
+    Transfer,
+    as_tensors,
+    check_body_config,
+    minibatches,
+    plot_predictive,
+    regression_metrics,
+    rmsprop,
+    seeded_generator,
+)
+from trainables.nn.training import fit
+
+VARIANCE_FLOOR = 1e-6  # keeps every component's density bounded however well it fits one point
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(MethodConfig):
+    hidden_layers: int = 1  # the thesis searches 1, 2 or 3
+    hidden_units: int = 50  # toy: 10, 25, 50 or 100 (Section 2.6.3.1)
+    transfer: Literal["sigmoid", "rectifier"] = "rectifier"
+    step_rate: float = 1e-3  # rmsprop's step rate (PyTorch's lr)
+    decay: float = 0.9  # rmsprop's decay of the squared-gradient average (PyTorch's alpha)
+    momentum: float = 0.0
+    batch_size: int = 10  # toy: 10, 25 or 50
+    components: int = 1  # K; 1 is the thesis's DN
+    max_grad_norm: float | None = None  # clip the global gradient norm to this; None: no clipping
+
+    def __post_init__(self):
+        check_body_config(self)
+        if self.components < 1:
+            raise SeqrepError(f"{__name__}.Config: components >= 1 must hold, but got components={self.components!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise SeqrepError(
+                f"{__name__}.Config: max_grad_norm must be null or > 0, but got max_grad_norm={self.max_grad_norm!r}"
+            )
+
+
+def mixture_parameters(
+    raw: torch.Tensor, components: int, n_outputs: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split the network's raw output (n, K + 2 K D), laid out as [logits | means | variance
+    pre-activations], into log pi (n, K), mu (n, K, D) and sigma^2 (n, K, D)."""
+    k, d = components, n_outputs
+    logits, means, pre_variances = raw.split([k, k * d, k * d], dim=-1)
+    log_pi = torch.log_softmax(logits, dim=-1)
+    mu = means.reshape(-1, k, d)  # (n, K*D) -> (n, K, D)
+    variance = F.softplus(pre_variances).reshape(-1, k, d) + VARIANCE_FLOOR
+    return log_pi, mu, variance
+
+
+def mixture_nll(y: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """-log sum_k pi_k N(y; mu_k, diag(sigma^2_k)) per point, in nats: (n,) from y (n, D)."""
+    diff = y.unsqueeze(1) - mu  # (n, 1, D) - (n, K, D) -> (n, K, D)
+    log_normal = -0.5 * (torch.log(2 * math.pi * variance) + diff**2 / variance).sum(dim=-1)  # (n, K)
+    return -torch.logsumexp(log_pi + log_normal, dim=-1)
+
+
+def mixture_moments(
+    log_pi: torch.Tensor, mu: torch.Tensor, variance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean sum_k pi_k mu_k and variance sum_k pi_k (sigma^2_k + (mu_k - mean)^2), each (n, D)."""
+    pi = log_pi.exp().unsqueeze(-1)  # (n, K) -> (n, K, 1)
+    mean = (pi * mu).sum(dim=1)
+    return mean, (pi * (variance + (mu - mean.unsqueeze(1)) ** 2)).sum(dim=1)
+
+
+class MixtureDensityNetwork(nn.Module):
+    """x -> (log pi(x), mu(x), sigma^2(x)) of a K-component diagonal Gaussian mixture over y.
+
+    An `MLP` body with a linear output of width K + 2 K D (see `mixture_parameters`); with K = 1
+    the thesis's density network DN (Section 2.6.3, Table 7).
+    """
+
+    def __init__(
+        self, n_inputs: int, n_outputs: int, components: int, hidden_layers: int, hidden_units: int, transfer: Transfer
+    ):
+        super().__init__()
+        self.components, self.n_outputs = components, n_outputs
+        width = components * (1 + 2 * n_outputs)
+        self.body = MLP(n_inputs, width, hidden_layers, hidden_units, transfer)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return mixture_parameters(self.body(x), self.components, self.n_outputs)
+
+
+def train(config: Config, session: Session) -> None:
+    ctx = session.context
+    device = torch.device(ctx.device)
+    data = seqrep.data.load(ctx.dataset, ctx.data_dir)
+    tensors = as_tensors(data, device)
+    x_train, y_train = tensors["train"]
+    n_train = x_train.shape[0]
+
+    torch.manual_seed(ctx.seed)
+    model = MixtureDensityNetwork(
+        x_train.shape[1], y_train.shape[1], config.components, config.hidden_layers, config.hidden_units, config.transfer
+    )
+    model.to(device)
+    optimizer = rmsprop(model.parameters(), config.step_rate, config.decay, config.momentum)
+    generator = seeded_generator(ctx.seed)
+
+    def train_epoch() -> float:
+        total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per batch
+        for x, y in minibatches(x_train, y_train, config.batch_size, generator):
+            loss = mixture_nll(y, *model(x)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            total += loss.detach() * x.shape[0]
+        return float(total) / n_train
+
+    def predict(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mixture_moments(*model(x))
+
+    def evaluate(split: str) -> dict[str, float]:
+        x, y = tensors[split]
+        params = model(x)
+        mean, _ = mixture_moments(*params)
+        return regression_metrics(y, mean, mixture_nll(y, *params))
+
+    def on_finish() -> None:
+        if x_train.shape[1] != 1:
+            return
+        with torch.no_grad():
+            nll = evaluate("test")["nll"]
+        name = "DN (mdn, K=1)" if config.components == 1 else f"MDN (K={config.components})"
+        title = f"{name} on {data.name}: test NLL {nll:.3f}"
+        plot_predictive(session.artifact_dir / "predictive.png", data, predict, title, device)
+
+    fit(
+        session,
+        model=model,
+        optimizer=optimizer,
+        train_epoch=train_epoch,
+        evaluate=evaluate,
+        config=config.to_dict(),
+        generator=generator,
+        on_finish=on_finish,
+    )
