@@ -41,7 +41,7 @@ def test_spaces_name_prints_readably_and_as_json(capsys):
     "argv, message",
     [
         (["search", "table99", "--dataset", "toy"], "seqrep: error: unknown search space 'table99'; available: "),
-        (["search", "table7-nn-toy", "--dataset", "moon"], "seqrep: error: unknown dataset 'moon'; available: toy"),
+        (["search", "table7-nn-toy", "--dataset", "moon"], "seqrep: error: unknown dataset 'moon'; available: jsb, musedata, nottingham, piano-midi, toy"),
         (["reproduce", "table99"], "seqrep: error: unknown table 'table99'; available: table3, table6, table7"),
         (["reproduce", "table7", "--dataset", "jsb"], "seqrep: error: table7 has no data set(s) jsb; it covers toy, sarcos"),
         (["summarize", "."], "seqrep: error: . is not a seqrep study (no study.json)"),
@@ -90,7 +90,8 @@ def test_a_folder_that_is_not_a_study_is_never_overwritten(capsys, tmp_path):
 
 def test_data_list_shows_the_generated_toy_set(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "data", "list", "--data-dir", str(tmp_path))
-    assert code == 0 and out.splitlines()[0].split()[:2] == ["toy", "generated"]
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[:-1]}
+    assert code == 0 and rows["toy"] == "generated" and rows["jsb"] == "missing"
 
 
 @pytest.mark.integration
@@ -113,3 +114,44 @@ def test_search_from_the_shell_twice_gives_identical_configs(tmp_path):
         runs = client.search_runs([client.get_experiment_by_name("table7-nn-toy-toy").experiment_id])
         assert sorted("mlflow.parentRunId" in r.data.tags for r in runs) == [False, True, True, True]
     assert configs[0] == configs[1]
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_resumably_and_resume_finishes_every_trial_once(tmp_path):
+    """Ctrl+C: exit 130, runs of the lost attempt KILLED; --resume: one row and one FINISHED run per trial."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cmd = [sys.executable, "-m", "seqrep.cli", "search", "table7-nn-toy", "--dataset", "toy", "--trials", "3",
+           "--max-epochs", "3000", "--seed", "3", "--storage", str(tmp_path / "s"), "--tracking-uri", uri,
+           "--max-concurrent", "1"]
+    study = tmp_path / "s" / "table7-nn-toy-toy"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any(study.glob("*/checkpoint_*")):  # the first trial has persisted a checkpoint
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "continue with the same command and --resume" in err
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("table7-nn-toy-toy")
+    statuses = sorted(r.info.status for r in client.search_runs([experiment.experiment_id]))
+    assert "RUNNING" not in statuses and "KILLED" in statuses
+    assert not (study / ".finished").exists()
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    frame = pd.read_parquet(study / "trials.parquet")
+    assert len(frame) == 3 and frame["trial_id"].is_unique and set(frame["status"]) == {"completed"}
+    assert (frame["epochs"] == 3000).all()
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 4 and sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "valid_nll")]
+        assert sorted(set(steps)) == list(range(1, 3001))

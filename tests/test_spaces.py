@@ -92,7 +92,7 @@ def test_repository_spaces_all_load():
         (("{choice: [sigmoid, rectifier]}", "{choice: [sigmoid, tanh]}"),
          "FILE: space.transfer: got 'tanh', allowed: 'sigmoid', 'rectifier'"),
         (("datasets: [toy]", "datasets: [toy, moon]"),
-         "FILE: datasets: unknown data set 'moon'; available: toy"),
+         "FILE: datasets: unknown data set 'moon'; available: jsb, musedata, nottingham, piano-midi, toy"),
         (("metric: valid_nll", "metric: test_nll"),
          "FILE: metric must be a validation metric named valid_<quantity>, got 'test_nll'"),
         (("mode: min", "mode: lowest"), "FILE: mode must be min or max, got 'lowest'"),
@@ -100,6 +100,8 @@ def test_repository_spaces_all_load():
         (("max_epochs: 10", "max_epochs: ten"), "FILE: max_epochs must be a positive integer, got 'ten'"),
         (("name: s", "name: other"), "FILE: name must equal the file name 's', got 'other'"),
         (("fixed: {momentum: 0.0}", "fixed: {momentum: fast}"), "FILE: fixed.momentum: expected a number, got 'fast'"),
+        (("randint: [200, 600]", "randint: [0, 600]"),
+         "FILE: space.hidden_units: trainables.mlp.Config: hidden_units >= 1 must hold, but got hidden_units=0"),
     ],
 )
 def test_validation_errors_name_file_key_and_rule(tmp_path, edit, message):

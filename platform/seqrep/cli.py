@@ -129,9 +129,27 @@ def cmd_data(args) -> int:
 
     root = data.resolve_data_dir(args.data_dir)
     names = args.names or data.names()
+    entries = [data.info(name) for name in names]  # an unknown name fails before anything is fetched
+    if args.action == "download":
+        failed = False
+        for entry in entries:
+            if not entry.files:
+                print(f"{entry.name:<22} skipped: generated, nothing to download")
+                continue
+            try:
+                results = data.download(entry.name, root)
+            except SeqrepError as err:
+                print(f"seqrep: error: {err}", file=sys.stderr)
+                failed = True
+                continue
+            checked = {root / rel for rel, _ in entry.sha256}
+            for path, fetched in results:
+                check = "sha256 verified" if path in checked else "no checksum known"
+                print(f"{entry.name:<22} {'fetched' if fetched else 'present, not fetched again'} ({check}): {path}")
+        print(f"data directory: {root}")
+        return 2 if failed else 0
     missing_any = False
-    for name in names:
-        entry = data.info(name)
+    for name, entry in zip(names, entries):
         missing = data.missing_files(name, root)
         state = "generated" if not entry.files else ("missing " + ", ".join(map(str, missing)) if missing else "present")
         missing_any |= bool(missing)
@@ -167,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(paths.DEFAULT_TABLES), help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("data", help="list or verify the data sets in the data directory")
-    p.add_argument("action", choices=("list", "verify"))
+    p = sub.add_parser("data", help="list, verify or download the data sets in the data directory")
+    p.add_argument("action", choices=("list", "verify", "download"),
+                   help="download fetches missing or damaged files; generated sets are skipped")
     p.add_argument("names", nargs="*", help="data sets (default: all)")
     p.add_argument("--data-dir", help="data directory (default $SEQREP_DATA, else a user cache dir)")
     p.set_defaults(func=cmd_data)
@@ -183,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seqrep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("seqrep: interrupted; what finished is in the study folder, continue with --resume", file=sys.stderr)
+        print("seqrep: interrupted; the summary holds what ran so far; continue with the same command "
+              "and --resume", file=sys.stderr)
         return 130
 
 

@@ -7,16 +7,21 @@ study directory (a different study under the same name is refused, never overwri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
+
+from ray import tune
 
 from seqrep import data as datasets
 from seqrep import paths, spaces, summary, tracking
@@ -133,6 +138,10 @@ def is_finished(directory: Path) -> bool:
     return (directory / summary.SUMMARY_FILE).exists() and (directory / FINISHED_FILE).exists()
 
 
+def _no_count(space: spaces.SearchSpace) -> int:
+    raise SeqrepError(f"space {space.name} gives no trial count (the thesis gives none); pass --trials N")
+
+
 def plan(space_name: str, dataset: str, options: StudyOptions) -> StudyPlan:
     """Validate everything about a study without starting anything."""
     options.validate()
@@ -152,7 +161,7 @@ def plan(space_name: str, dataset: str, options: StudyOptions) -> StudyPlan:
         dataset=dataset,
         name=name,
         directory=(Path(options.storage) / name).resolve(),
-        trials=options.trials or space.trials or 1,
+        trials=options.trials or space.trials or _no_count(space),
         max_epochs=options.max_epochs or space.max_epochs,
         options=options,
         tracking_uri=paths.tracking_uri(options.tracking_uri),
@@ -224,6 +233,38 @@ def _trial_dirname(trial) -> str:
 
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
+
+
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def _catch_interrupt():
+    """First Ctrl+C: stop the study gracefully (resumable); a second one: abort at once.
+
+    Ray Tune's own SIGINT handler stops gracefully but leaves no trace of it: `fit()` returns as if
+    the study had finished. So seqrep takes SIGINT itself (TUNE_DISABLE_SIGINT_HANDLER), notes the
+    interrupt and forwards it as SIGUSR1, on which Ray Tune always runs that same graceful stop.
+    """
+    _INTERRUPTED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if _INTERRUPTED.is_set() or not hasattr(signal, "SIGUSR1"):
+            raise KeyboardInterrupt
+        _INTERRUPTED.set()
+        print("\nseqrep: stopping the study after the trials' latest checkpoints "
+              "(press Ctrl+C again to abort at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _trainable(p: StudyPlan):
@@ -302,6 +343,7 @@ def _quiet_tune() -> None:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # a checkpoint per report is by design (the latest state, kept once); no warning needed
     os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # seqrep handles Ctrl+C: see _catch_interrupt
 
 
 def _reporter(space: spaces.SearchSpace):
@@ -310,8 +352,7 @@ def _reporter(space: spaces.SearchSpace):
     return CLIReporter(
         metric_columns={"epoch": "epoch", space.metric: space.metric},
         parameter_columns=list(space.space)[:6],
-        max_report_frequency=30,
-        sort_by_metric=True,
+        max_report_frequency=30,  # sort_by_metric would crash on trials stopped before any result
     )
 
 
@@ -331,6 +372,7 @@ def run_study(p: StudyPlan) -> Path:
     try:
         check_resources(p.options.cpus_per_trial, p.options.gpus_per_trial)
         p.directory.mkdir(parents=True, exist_ok=True)
+        (p.directory / FINISHED_FILE).unlink(missing_ok=True)
         record = p.record()
         record["attempts"] = (previous or {}).get("attempts", 0) + 1
         record["created"] = (previous or {}).get("created") or datetime.datetime.now().isoformat(timespec="seconds")
@@ -366,8 +408,9 @@ def run_study(p: StudyPlan) -> Path:
                               "seqrep.method": p.space.method}
                 callback = tracking.MlflowTrialCallback(p.tracking_uri, p.name, parent, p.directory, child_tags)
                 tuner = _build_tuner(p, [callback])
-            tuner.fit()
-            status = "FINISHED"
+            with _catch_interrupt():
+                tuner.fit()
+            status = "KILLED" if _INTERRUPTED.is_set() else "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -377,9 +420,13 @@ def run_study(p: StudyPlan) -> Path:
             if status == "FINISHED":
                 (p.directory / FINISHED_FILE).write_text(datetime.datetime.now().isoformat(timespec="seconds"))
             try:
+                if status != "FINISHED":  # the lost attempt's trial runs: reopened by --resume
+                    tracking.close_open_runs(p.tracking_uri, tracking.load_runs(p.directory).values(), "KILLED")
                 tracking.finish_parent(p.tracking_uri, parent, [out], status)
             except Exception as err:  # noqa: BLE001 - the summary is on disk either way
                 log.warning("could not log the summary to MLflow run %s: %s", parent, err)
+        if status == "KILLED":
+            raise KeyboardInterrupt
         return out
     finally:
         if started:

@@ -162,11 +162,14 @@ def parse_distribution(spec: Any, where: str) -> Distribution:
 
 
 def _check_value(config_cls, key: str, value: Any, where: str) -> None:
+    """The value's type, then the method's own rules (its Config's __post_init__) with defaults elsewhere."""
     hints = typing.get_type_hints(config_cls)
     try:
-        _coerce(value, hints[key], where)
+        coerced = _coerce(value, hints[key], where)
+        config_cls(**{key: coerced})
     except SeqrepError as err:
-        raise SpaceError(str(err)) from None
+        message = str(err)
+        raise SpaceError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
 def parse(data: Any, path: Path) -> SearchSpace:

@@ -38,10 +38,15 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]).expanduser() if uri.startswith("sqlite:///") else None
+
+
 def prepare_store(uri: str) -> None:
     """Make sure the tracking store is reachable before any trial starts (clear error otherwise)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types for an unreachable or broken store
@@ -56,7 +61,10 @@ def experiment_id(uri: str, name: str) -> str:
         if experiment.lifecycle_stage == "deleted":
             c.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
-    return c.create_experiment(name)
+    db = _sqlite_path(uri)
+    # an embedded store keeps its artifacts beside the database, not in ./mlruns of the caller
+    location = f"{(db.parent.resolve() / 'mlartifacts' / name).as_uri()}" if db is not None else None
+    return c.create_experiment(name, artifact_location=location)
 
 
 def start_parent(uri: str, study: str, tags: Mapping[str, str]) -> str:
@@ -92,7 +100,14 @@ def _param(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def _load_runs(study_dir: Path) -> dict[str, str]:
+def close_open_runs(uri: str, run_ids: Iterable[str], status: str) -> None:
+    c = client(uri)
+    for run_id in run_ids:
+        if c.get_run(run_id).info.status == "RUNNING":
+            c.set_terminated(run_id, status)
+
+
+def load_runs(study_dir: Path) -> dict[str, str]:
     path = study_dir / RUNS_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -187,7 +202,7 @@ class MlflowTrialCallback(tune.Callback):
     @property
     def runs(self) -> dict[str, str]:
         if self._runs is None:
-            self._runs = _load_runs(self.study_dir)
+            self._runs = load_runs(self.study_dir)
         return self._runs
 
     def _submit(self, what: str, fn, *args) -> None:

@@ -2,17 +2,20 @@
 
 The data directory is `--data-dir`, else `$SEQREP_DATA`, else a user cache directory; its layout
 is documented in the README (`polyphonic/*.pickle`, `uci/<name>/`, `ucr/<Name>/`, `mocap/`,
-`sarcos/`). Generated data sets (`toy`) need no files.
+`sarcos/`). Generated data sets (`toy`) need no files; those with a download source (the polyphonic
+music sets) are fetched by `seqrep data download`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
 
+from seqrep.data import polyphonic
 from seqrep.errors import SeqrepError
 
 
@@ -23,6 +26,9 @@ class DatasetInfo:
     load: Callable[[Path], Any]
     files: tuple[str, ...] = ()  # paths relative to the data directory; empty when generated
     sha256: tuple[tuple[str, str], ...] = ()  # (file, checksum) pairs that `verify` checks
+    # Fetches the files into the data directory it is given: [(path, fetched or already good)].
+    # None when generated or when there is no source to fetch from.
+    download: Callable[[Path], list[tuple[Path, bool]]] | None = None
 
 
 def resolve_data_dir(cli_value: str | os.PathLike | None = None) -> Path:
@@ -41,12 +47,29 @@ def _load_toy(_: Path):
     return toy.generate()
 
 
+def _download_polyphonic(name: str, root: Path) -> list[tuple[Path, bool]]:
+    return [polyphonic.download(name, root)]
+
+
+def _polyphonic(name: str) -> DatasetInfo:
+    source = polyphonic.SOURCES[name]
+    return DatasetInfo(
+        name,
+        source.description,
+        functools.partial(polyphonic.load, name),
+        (source.file,),
+        ((source.file, source.sha256),) if source.sha256 else (),
+        functools.partial(_download_polyphonic, name),
+    )
+
+
 _REGISTRY: dict[str, DatasetInfo] = {
     "toy": DatasetInfo(
         "toy",
         "heteroscedastic toy regression of Le et al. (2005), Section 2.6.3.1; generated, 50/10/50",
         _load_toy,
     ),
+    **{name: _polyphonic(name) for name in polyphonic.SOURCES},
 }
 
 
@@ -65,17 +88,30 @@ def missing_files(name: str, data_dir: str | os.PathLike | None = None) -> list[
     return [root / rel for rel in info(name).files if not (root / rel).exists()]
 
 
+def _missing_message(name: str, root: Path, missing: list[Path]) -> str:
+    how = f"fetch it with `seqrep data download {name} --data-dir {root}`, or " if info(name).download else ""
+    return (f"data set {name!r} needs {', '.join(str(p) for p in missing)}, which is not in the data directory "
+            f"{root}; {how}put the files there or point --data-dir / SEQREP_DATA at a folder that has them")
+
+
 def load(name: str, data_dir: str | os.PathLike | None = None):
     """Load data set `name` from the data directory (a clear error if its files are missing)."""
     entry = info(name)
     root = resolve_data_dir(data_dir)
     missing = missing_files(name, root)
     if missing:
-        raise SeqrepError(
-            f"data set {name!r} needs {', '.join(str(p) for p in missing)}; "
-            f"put the files there or point --data-dir / SEQREP_DATA at a folder that has them"
-        )
+        raise SeqrepError(_missing_message(name, root, missing))
     return entry.load(root)
+
+
+def download(name: str, data_dir: str | os.PathLike | None = None) -> list[tuple[Path, bool]]:
+    """Fetch data set `name` into the data directory; returns [(path, whether it was fetched)]."""
+    entry = info(name)
+    if entry.download is None:
+        why = ("it is generated" if not entry.files
+               else f"no download source is known; put {', '.join(entry.files)} into the data directory by hand")
+        raise SeqrepError(f"data set {name!r} cannot be downloaded: {why}")
+    return entry.download(resolve_data_dir(data_dir))
 
 
 def sha256(path: Path) -> str:
@@ -87,12 +123,23 @@ def sha256(path: Path) -> str:
 
 
 def verify(name: str, data_dir: str | os.PathLike | None = None) -> str:
-    """Check the data set's files against their checksums; returns a one-word state."""
+    """Check the data set's files against their checksums; returns the state in a few words.
+
+    "verified" when every checksum matches, "present, no checksum known" for files without a
+    reference checksum (MuseData), "present" for generated data sets.
+    """
     root = resolve_data_dir(data_dir)
     entry = info(name)
+    missing = missing_files(name, root)
+    if missing:
+        raise SeqrepError(_missing_message(name, root, missing))
+    fix = (f"fetch it again with `seqrep data download {name}` (it replaces a damaged copy)" if entry.download
+           else "fetch it again")
     for rel, expected in entry.sha256:
         actual = sha256(root / rel)
         if actual != expected:
             raise SeqrepError(f"{root / rel}: checksum mismatch (sha256 {actual}, expected {expected}); "
-                              "the file is damaged or not the canonical one: fetch it again")
-    return "verified" if entry.sha256 else "present"
+                              f"the file is damaged or not the reference copy: {fix}")
+    if entry.sha256:
+        return "verified"
+    return "present, no checksum known" if entry.files else "present"

@@ -23,3 +23,41 @@ class RegressionData:
         if split not in ("train", "valid", "test"):
             raise ValueError(f"split must be train, valid or test, got {split!r}")
         return getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceData:
+    """Variable-length sequences per split: lists of float32 arrays (T_i, D), one per sequence.
+
+    For the polyphonic music sets D = 88 and row t of a sequence is the binary piano roll of time
+    step t (column j <-> MIDI note j + 21).
+    """
+
+    name: str
+    train: list[np.ndarray]
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+
+    def __post_init__(self):
+        widths = {seq.shape[1] for split in ("train", "valid", "test") for seq in getattr(self, split)
+                  if seq.ndim == 2}
+        bad = [(split, i, seq.shape) for split in ("train", "valid", "test")
+               for i, seq in enumerate(getattr(self, split)) if seq.ndim != 2]
+        if bad:
+            split, i, shape = bad[0]
+            raise ValueError(f"{self.name}: every sequence must be a (T, D) array, but {split}[{i}] has shape {shape}")
+        if len(widths) > 1:
+            raise ValueError(f"{self.name}: all sequences must have the same number of features, got {sorted(widths)}")
+
+    def split(self, split: str) -> list[np.ndarray]:
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"split must be train, valid or test, got {split!r}")
+        return getattr(self, split)
+
+    @property
+    def n_features(self) -> int:
+        """D, the width of every sequence."""
+        for split in ("train", "valid", "test"):
+            if getattr(self, split):
+                return getattr(self, split)[0].shape[1]
+        raise ValueError(f"{self.name}: no sequences, so the number of features is unknown")
