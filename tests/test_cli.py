@@ -155,3 +155,47 @@ def test_ctrl_c_stops_resumably_and_resume_finishes_every_trial_once(tmp_path):
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "valid_nll")]
         assert sorted(set(steps)) == list(range(1, 3001))
+
+
+def test_table1_space_is_exactly_table_1(capsys):
+    code, out, _ = run_cli(capsys, "spaces", "table1-fd-rnn", "--json")
+    resolved = json.loads(out)
+    choices = {k: v["values"] for k, v in resolved["space"].items()}
+    assert all(v["type"] == "choice" for v in resolved["space"].values())
+    assert choices == {
+        "hidden_units": [200, 400, 600],
+        "p_drop_input": [0.0, 0.1, 0.2],
+        "p_drop_hidden": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+        "p_drop_output": [0.0, 0.2, 0.5],
+        "fd_final_layer": [True, False],
+        "step_rate": [0.01, 0.005, 0.001, 0.0005, 0.0001, 0.00001],
+        "momentum": [0.0, 0.9, 0.95, 0.99, 0.995],
+        "decay": [0.8, 0.9],
+        "sigma2": [0.1, 0.01, 0.001, 0.0001],
+        "sigma2_in": [0.1, 0.01, 0.001, 0.0001],
+        "rho": [1.0, 1.05, 1.1, 1.2],
+        "grad_norm": [15, 25, 35, 50, None],
+    }
+    assert resolved["fixed"] == {"cell": "tanh", "optimizer": "rmsprop", "b_h": 0.0, "b_y": -0.8}
+    assert resolved["datasets"] == ["jsb", "nottingham", "piano-midi", "musedata"]
+
+
+def test_table4_spaces_sample_uniformly_within_table_4(capsys):
+    code, out, _ = run_cli(capsys, "spaces", "table4-fd-lstm", "--json")
+    space = json.loads(out)["space"]
+    assert space["hidden_units"] == {"type": "randint", "low": 100, "high": 300, "inclusive": True}
+    assert space["p_drop_hidden"] == {"type": "uniform", "low": 0.01, "high": 0.5}
+    assert space["sigma2_in"] == {"type": "uniform", "low": 0.0001, "high": 1.5}
+    assert "rho" not in space and json.loads(out)["fixed"]["rho"] is None
+    code, out, _ = run_cli(capsys, "spaces", "table4-fd-rnn", "--json")
+    assert json.loads(out)["space"]["rho"] == {"type": "uniform", "low": 0.8, "high": 4.0}
+
+
+def test_tables_3_and_6_run_the_piano_roll_spaces():
+    from seqrep import tables
+
+    assert tables.studies_for("table3", ["jsb"]) == [("table1-fd-rnn", "jsb"), ("table3-srnn", "jsb")]
+    assert tables.studies_for("table6") == [
+        ("table4-srnn", "piano-midi"), ("table4-lstm", "piano-midi"), ("table4-fd-rnn", "piano-midi"),
+        ("table4-fd-lstm", "piano-midi"), ("table4-srnn", "jsb"), ("table4-lstm", "jsb"),
+        ("table4-fd-rnn", "jsb"), ("table4-fd-lstm", "jsb")]

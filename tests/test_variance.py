@@ -235,14 +235,17 @@ def test_tanh_is_not_two_sigmoid_minus_one():
     assert (wrong - sample_mean).abs().min() > 0.15  # over 4x the tolerance the right rule meets
 
 
-def test_sigmoid_variance_at_zero_input_variance_is_the_fit_residual():
-    # Not 0: the second-moment approximation is sigma(alpha (m + beta)), exact only where the fit is.
+def test_zero_input_variance_gives_exactly_zero_output_variance():
+    # The fit residual sigma(alpha (m + beta)) - sigma(m)^2 (0.01258 at m = 0) must not leak out:
+    # a deterministic input is deterministic after any function of it.
     mean = torch.tensor([-3.0, 0.0, 0.88, 3.0], dtype=F64)
-    _, var_y = sigmoid(mean, torch.zeros_like(mean))
-    expected = (torch.sigmoid(vp.ALPHA * (mean + vp.BETA)) - torch.sigmoid(mean).square()).clamp_min(0)
-    torch.testing.assert_close(var_y, expected, rtol=1e-15, atol=0)
-    assert var_y[1].item() == pytest.approx(0.01258, abs=1e-5)  # sigma(alpha beta) - 1/4
-    assert (var_y <= 0.0271).all()
+    residual = (torch.sigmoid(vp.ALPHA * (mean + vp.BETA)) - torch.sigmoid(mean).square()).clamp_min(0)
+    assert residual[1].item() == pytest.approx(0.01258, abs=1e-5)
+    for op in (sigmoid, tanh):
+        _, var_y = op(mean, torch.zeros_like(mean))
+        assert torch.equal(var_y, torch.zeros_like(mean))
+        _, var_small = op(mean, torch.full_like(mean, 1e-3))  # just above 0: the approximation again
+        assert (var_small > 0).all()
 
 
 # ------------------------------------------------------------------------ deterministic limits

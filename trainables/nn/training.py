@@ -9,8 +9,9 @@ best validation epoch (`best_epoch`).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 import torch
 
@@ -35,6 +36,7 @@ def fit(
     config: Mapping[str, Any],
     generator: torch.Generator | None = None,
     on_finish: Callable[[], None] | None = None,
+    evaluation_point: Callable[[], ContextManager] | None = None,
 ) -> None:
     """Run `train_epoch` until the epoch budget, reporting `evaluate("valid")` after each epoch.
 
@@ -42,7 +44,10 @@ def fit(
     split's metrics without prefix (`{"nll": ..., "mse": ...}`). `generator` is the torch RNG the
     method draws minibatch orders from; its state travels with the checkpoint so that a resumed
     trial continues the same sequence. `on_finish()` runs with the best state loaded (plots).
+    `evaluation_point()` is a context in which the parameters are where validation should look
+    and the best state is copied (climin's Nesterov optimisers keep a look-ahead point otherwise).
     """
+    at_eval = evaluation_point or contextlib.nullcontext
     ctx = session.context
     start, best, best_epoch, best_state, best_valid = 1, None, 0, None, {}
     state = session.restore()
@@ -60,8 +65,10 @@ def fit(
         model.train()
         train_loss = float(train_epoch())
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), at_eval():
             valid = prefixed("valid", evaluate("valid"))
+            improved = is_finite(valid.get(ctx.metric)) and ctx.better(valid[ctx.metric], best)
+            candidate = clone_state(model) if improved else None
         if ctx.metric not in valid:
             raise KeyError(f"selection metric {ctx.metric!r} not among the validation metrics {sorted(valid)}")
         score = valid[ctx.metric]
@@ -69,8 +76,8 @@ def fit(
             session.report({"epoch": epoch, "train_loss": train_loss, **valid})
             status = "diverged"
             break
-        if ctx.better(score, best):
-            best, best_epoch, best_state, best_valid = score, epoch, clone_state(model), valid
+        if improved:
+            best, best_epoch, best_state, best_valid = score, epoch, candidate, valid
         session.report(
             {"epoch": epoch, "train_loss": train_loss, **valid},
             checkpoint={

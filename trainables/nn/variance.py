@@ -33,9 +33,10 @@ Where this differs from the thesis and from its authors' code (breze):
   the sigmoid rule to (m, v) and mapped 2 E - 1, which are the moments of 2 sigma(x) - 1, a
   different function; that is not copied.
 - Variances that the sigmoid approximation or floating point cancellation would make negative are
-  clamped at 0. The sigmoid's second-moment approximation is not exact at zero input variance:
-  var = 0 in gives sigma(alpha (m + beta)) - sigma(m)^2 out (at most ~0.027 in absolute terms,
-  the error of sigma(x)^2 ~ sigma(alpha (x + beta))), not 0.
+  clamped at 0. The sigmoid's second-moment approximation is not exact at zero input variance
+  (it would give sigma(alpha (m + beta)) - sigma(m)^2, up to ~0.027, the error of the fit
+  sigma(x)^2 ~ sigma(alpha (x + beta))); sigmoid and tanh return the exact 0 there instead, so
+  that a deterministic input stays deterministic through a recurrent net.
 """
 
 from __future__ import annotations
@@ -174,12 +175,14 @@ def sigmoid(mean: Tensor, var: Optional[Tensor]) -> Moments:
     E[y] ~ sigma(m / sqrt(1 + pi v / 8)),
     V[y] ~ max(0, sigma(alpha (m + beta) / sqrt(1 + pi alpha^2 v / 8)) - E[y]^2).
 
-    E[y] is exactly torch.sigmoid(m) at v = 0; V[y] is not 0 there (see the module docstring).
+    At v = 0 the moments are exact: E[y] = torch.sigmoid(m) and V[y] = 0. (The second-moment fit
+    alone would leave up to 0.027 of spurious variance there, which a recurrent net would feed
+    back into its next step: FD with every rate 0 would then differ from the deterministic net.)
     """
     var = _var_or_zeros(mean, var)
     mean_y = _scaled_sigmoid(mean, var)
     var_y = (_sigmoid_second_moment(mean, var) - mean_y.square()).clamp_min(0.0)
-    return mean_y, var_y
+    return mean_y, torch.where(var > 0, var_y, torch.zeros_like(var_y))
 
 
 def tanh(mean: Tensor, var: Optional[Tensor]) -> Moments:
@@ -196,7 +199,7 @@ def tanh(mean: Tensor, var: Optional[Tensor]) -> Moments:
     mean_y = torch.tanh(mean / torch.sqrt(1.0 + PROBIT_SCALE * var_b))
     mean_sigma_b = 0.5 * (mean_y + 1.0)  # E[sigma(b)], the same value as _scaled_sigmoid(mean_b, var_b)
     var_sigma_b = (_sigmoid_second_moment(mean_b, var_b) - mean_sigma_b.square()).clamp_min(0.0)
-    return mean_y, 4.0 * var_sigma_b
+    return mean_y, torch.where(var > 0, 4.0 * var_sigma_b, torch.zeros_like(var_sigma_b))  # exact at v = 0
 
 
 Transfer = Callable[[Tensor, Optional[Tensor]], Moments]

@@ -1,0 +1,149 @@
+"""Recurrent networks with fast dropout: FD-RNN and FD-LSTM (thesis Sections 2.4.2, 2.4.2.1, 2.5).
+
+`FastDropoutRNN` computes, for inputs x_1:T (time-major), one hidden layer of tanh units or LSTM
+cells and a linear output layer, and returns the *effective logits* z_t of a Bernoulli output:
+p(x_t+1 = 1 | x_1:t) = sigma(z_t).
+
+- Without dropout (every rate 0) it is a plain sRNN or LSTM, run by `torch.nn.RNN` / `nn.LSTM`
+  (cuDNN on a GPU): z_t = W_out h_t + b_y.
+- With fast dropout it propagates the mean and variance of every unit (Algorithm 2): the input
+  layer drops inputs with rate `p_drop_input`, the recurrent connections drop hidden units with
+  rate `p_drop_hidden`, the output connections with rate `p_drop_output` (Section 2.5.2 separates
+  the last two). Pre-synaptic moments come from `variance.fd_affine`, the input and recurrent
+  contributions are independent and add (Section 2.4.2), tanh / sigmoid moments from
+  `variance.tanh` / `variance.sigmoid`, and LSTM's gating products from `variance.product`
+  (Eq. 15). The output's moments (m_t, v_t) give E[sigma(a)] ~ sigma(m_t / sqrt(1 + pi v_t / 8)),
+  so z_t = m_t / sqrt(1 + pi v_t / 8) and the Bernoulli likelihood uses the propagated mean.
+- `fd_final_layer=False` is the thesis's "no fast dropout for the final layer" (Section 2.5.2): an
+  ordinary forward pass z_t = W_out E[h_t] + b_y, ignoring the hidden units' variance, which is
+  not the same as `p_drop_output = 0`.
+
+Both paths share the parameters of the `nn.RNN`/`nn.LSTM` module (torch's gate order i, f, g, o;
+its two bias vectors are summed), so FD with every rate 0 equals the deterministic net. The input
+projections of all time steps are computed before the recurrence, which then does only the
+recurrent matrix products (two per step under FD: one for the mean, one for the variance).
+
+Initialisation (Sections 1.3.3, 2.5.2): W_in ~ N(0, sigma2_in), W_rec and W_out ~ N(0, sigma2),
+b_h = 0, b_y = -0.8, and for the tanh net W_rec rescaled to spectral radius rho. The thesis also
+"set all but a few parameters to zero" (sparse initialisation, Sutskever et al. 2013); that is not
+done here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from trainables.nn import variance as vp
+
+Cell = Literal["tanh", "lstm"]
+
+
+def set_spectral_radius(weight: Tensor, rho: float) -> None:
+    """Rescale a square matrix in place so that its largest absolute eigenvalue is rho (Section 1.3.3)."""
+    radius = torch.linalg.eigvals(weight.detach().double()).abs().max().item()
+    if radius > 0:
+        with torch.no_grad():
+            weight.mul_(rho / radius)
+
+
+def keep_probability(p_drop: float) -> float:
+    if not 0.0 <= p_drop < 1.0:
+        raise ValueError(f"0 <= dropout rate < 1 must hold, but got {p_drop}")
+    return 1.0 - p_drop
+
+
+class FastDropoutRNN(nn.Module):
+    """One recurrent hidden layer (tanh or LSTM) and Bernoulli outputs, with fast dropout (Alg. 2).
+
+    forward(x: (T, B, n_in)) -> z: (T, B, n_out), the effective logits of the output units.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_hidden: int,
+        n_out: int,
+        cell: Cell = "tanh",
+        p_drop_input: float = 0.0,
+        p_drop_hidden: float = 0.0,
+        p_drop_output: float = 0.0,
+        fd_final_layer: bool = True,
+    ):
+        super().__init__()
+        if cell not in ("tanh", "lstm"):
+            raise ValueError(f"cell must be tanh or lstm, got {cell!r}")
+        self.cell = cell
+        self.n_hidden = n_hidden
+        self.keep_input = keep_probability(p_drop_input)
+        self.keep_hidden = keep_probability(p_drop_hidden)
+        self.keep_output = keep_probability(p_drop_output)
+        self.fd_final_layer = fd_final_layer
+        if cell == "tanh":
+            self.core = nn.RNN(n_in, n_hidden, nonlinearity="tanh")
+        else:
+            self.core = nn.LSTM(n_in, n_hidden)
+        self.out = nn.Linear(n_hidden, n_out)
+
+    @property
+    def deterministic(self) -> bool:
+        return self.keep_input == self.keep_hidden == self.keep_output == 1.0
+
+    def initialise(self, sigma2: float, sigma2_in: float, rho: float | None, b_h: float = 0.0, b_y: float = -0.8,
+                   generator: torch.Generator | None = None) -> None:
+        """The thesis's initialisation (module docstring); rho applies to the tanh net only."""
+        with torch.no_grad():
+            self.core.weight_ih_l0.normal_(0.0, math.sqrt(sigma2_in), generator=generator)
+            self.core.weight_hh_l0.normal_(0.0, math.sqrt(sigma2), generator=generator)
+            self.out.weight.normal_(0.0, math.sqrt(sigma2), generator=generator)
+            self.core.bias_ih_l0.fill_(b_h)
+            self.core.bias_hh_l0.zero_()
+            self.out.bias.fill_(b_y)
+        if rho is not None and self.cell == "tanh":
+            set_spectral_radius(self.core.weight_hh_l0, rho)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.deterministic:
+            hidden, _ = self.core(x)  # (T, B, H)
+            return self.out(hidden)
+        mean, var = self._fd_hidden(x)  # each (T, B, H)
+        if not self.fd_final_layer:
+            return self.out(mean)
+        out_mean, out_var = vp.fd_affine(mean, var, self.out.weight, self.out.bias, self.keep_output)
+        return out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * out_var)
+
+    def _fd_hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        core = self.core
+        bias = core.bias_ih_l0 + core.bias_hh_l0
+        in_mean, in_var = vp.fd_affine(x, None, core.weight_ih_l0, bias, self.keep_input)  # (T, B, G*H) each
+        w_rec = core.weight_hh_l0
+        w_rec_sq = w_rec.square()
+        keep = self.keep_hidden
+        steps, batch = x.shape[0], x.shape[1]
+        h_mean = x.new_zeros(batch, self.n_hidden)
+        h_var = x.new_zeros(batch, self.n_hidden)
+        c_mean, c_var = h_mean, h_var
+        means, variances = [], []
+        for t in range(steps):
+            # the recurrent contribution, Eq. (18) with Bernoulli(keep) dropout on h_{t-1}
+            a_mean = in_mean[t] + keep * (h_mean @ w_rec.T)
+            a_var = in_var[t] + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec_sq.T
+            if self.cell == "tanh":
+                h_mean, h_var = vp.tanh(a_mean, a_var)
+            else:
+                (i_m, f_m, g_m, o_m), (i_v, f_v, g_v, o_v) = a_mean.chunk(4, -1), a_var.chunk(4, -1)
+                i_m, i_v = vp.sigmoid(i_m, i_v)
+                f_m, f_v = vp.sigmoid(f_m, f_v)
+                g_m, g_v = vp.tanh(g_m, g_v)
+                o_m, o_v = vp.sigmoid(o_m, o_v)
+                keep_m, keep_v = vp.product(f_m, f_v, c_mean, c_var)
+                write_m, write_v = vp.product(i_m, i_v, g_m, g_v)
+                c_mean, c_var = keep_m + write_m, keep_v + write_v  # independent summands add (Eqs. 12, 13)
+                squashed_m, squashed_v = vp.tanh(c_mean, c_var)
+                h_mean, h_var = vp.product(o_m, o_v, squashed_m, squashed_v)
+            means.append(h_mean)
+            variances.append(h_var)
+        return torch.stack(means), torch.stack(variances)
