@@ -21,8 +21,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
 from seqrep import data as datasets
 from seqrep import paths, spaces, summary, tracking
 from seqrep.errors import SeqrepError

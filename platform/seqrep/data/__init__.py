@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from seqrep.data import polyphonic
+from seqrep.data.base import file_sha256
 from seqrep.errors import SeqrepError
 
 
@@ -114,14 +114,6 @@ def download(name: str, data_dir: str | os.PathLike | None = None) -> list[tuple
     return entry.download(resolve_data_dir(data_dir))
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(name: str, data_dir: str | os.PathLike | None = None) -> str:
     """Check the data set's files against their checksums; returns the state in a few words.
 
@@ -136,7 +128,7 @@ def verify(name: str, data_dir: str | os.PathLike | None = None) -> str:
     fix = (f"fetch it again with `seqrep data download {name}` (it replaces a damaged copy)" if entry.download
            else "fetch it again")
     for rel, expected in entry.sha256:
-        actual = sha256(root / rel)
+        actual = file_sha256(root / rel)
         if actual != expected:
             raise SeqrepError(f"{root / rel}: checksum mismatch (sha256 {actual}, expected {expected}); "
                               f"the file is damaged or not the reference copy: {fix}")

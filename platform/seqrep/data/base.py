@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -61,3 +63,12 @@ class SequenceData:
             if getattr(self, split):
                 return getattr(self, split)[0].shape[1]
         raise ValueError(f"{self.name}: no sequences, so the number of features is unknown")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqrep.data.base import SequenceData
+from seqrep.data.base import SequenceData, file_sha256
 from seqrep.errors import SeqrepError
 
 try:  # numpy >= 2 moved numpy.core to numpy._core (the pickles name either)
@@ -232,16 +232,8 @@ def load(name: str, root: str | os.PathLike) -> SequenceData:
     return read(Path(root) / source.file, name=name, sha256=source.sha256)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _good_copy(target: Path, source: Source) -> bool:
-    return target.is_file() and (source.sha256 is None or _file_sha256(target) == source.sha256)
+    return target.is_file() and (source.sha256 is None or file_sha256(target) == source.sha256)
 
 
 def _fetch(name: str, source: Source, target: Path) -> None:
