@@ -80,7 +80,7 @@ def test_repository_spaces_all_load():
         (("fixed: {momentum: 0.0}", "fixed: {momentum: 0.0, step_rate: 0.01}"),
          "FILE: step_rate both fixed and searched; keep each key in one of fixed or space"),
         (("method: mlp", "method: lstm9"),
-         "FILE: method: unknown method 'lstm9'; available: mdn, mlp"),
+         "FILE: method: unknown method 'lstm9'; available: mdn, mlp, rnn"),
         (("randint: [200, 600]", "randint: [200.5, 600]"),
          "FILE: space.hidden_units: randint takes integer bounds, got [200.5, 600]"),
         (("quniform: [0.1, 0.9, 0.1]", "quniform: [0.1, 0.95, 0.1]"),
