@@ -199,3 +199,13 @@ def test_tables_3_and_6_run_the_piano_roll_spaces():
         ("table4-srnn", "piano-midi"), ("table4-lstm", "piano-midi"), ("table4-fd-rnn", "piano-midi"),
         ("table4-fd-lstm", "piano-midi"), ("table4-srnn", "jsb"), ("table4-lstm", "jsb"),
         ("table4-fd-rnn", "jsb"), ("table4-fd-lstm", "jsb")]
+
+
+def test_a_missing_data_file_names_the_directory_and_the_download(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "search", "table1-fd-rnn", "--dataset", "jsb", "--data-dir", str(tmp_path),
+                           "--storage", str(tmp_path / "s"))
+    assert code == 2
+    assert err.startswith(f"seqrep: error: data set 'jsb' needs {tmp_path}/polyphonic/JSB_Chorales.pickle, "
+                          f"which is not in the data directory {tmp_path}; fetch it with "
+                          f"`seqrep data download jsb --data-dir {tmp_path}`")
+    assert not (tmp_path / "s").exists()

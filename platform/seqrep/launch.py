@@ -146,11 +146,7 @@ def plan(space_name: str, dataset: str, options: StudyOptions) -> StudyPlan:
     space = spaces.load(space_name)
     datasets.info(dataset)
     space.check_dataset(dataset)
-    data_dir = datasets.resolve_data_dir(options.data_dir).resolve()
-    missing = datasets.missing_files(dataset, data_dir)
-    if missing:
-        raise SeqrepError(f"data set {dataset!r} needs {', '.join(map(str, missing))}; "
-                          "put the files there or point --data-dir / SEQREP_DATA at a folder that has them")
+    data_dir = datasets.require(dataset, options.data_dir).resolve()
     name = options.name or f"{space.name}-{dataset}"
     if not name or "/" in name or name.startswith("."):
         raise SeqrepError(f"--name must be a plain directory name, got {name!r}")

@@ -94,14 +94,19 @@ def _missing_message(name: str, root: Path, missing: list[Path]) -> str:
             f"{root}; {how}put the files there or point --data-dir / SEQREP_DATA at a folder that has them")
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None):
-    """Load data set `name` from the data directory (a clear error if its files are missing)."""
-    entry = info(name)
+def require(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory, once every file of data set `name` is in it (else a clear error)."""
+    info(name)
     root = resolve_data_dir(data_dir)
     missing = missing_files(name, root)
     if missing:
         raise SeqrepError(_missing_message(name, root, missing))
-    return entry.load(root)
+    return root
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None):
+    """Load data set `name` from the data directory (a clear error if its files are missing)."""
+    return info(name).load(require(name, data_dir))
 
 
 def download(name: str, data_dir: str | os.PathLike | None = None) -> list[tuple[Path, bool]]:
