@@ -131,7 +131,7 @@ def test_ctrl_c_stops_resumably_and_resume_finishes_every_trial_once(tmp_path):
     study = tmp_path / "s" / "table7-nn-toy-toy"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not any(study.glob("*/checkpoint_*")):  # the first trial has persisted a checkpoint
+    while not any(study.glob("ray/*/checkpoint_*")):  # the first trial has persisted a checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

@@ -24,7 +24,7 @@ def epoch(e, nll, mse=1.0):
 
 
 def make_trial(study_dir, trial_id, config, results, error=None):
-    d = study_dir / trial_id
+    d = study_dir / summary.RAY_DIR / trial_id
     d.mkdir(parents=True)
     (d / "params.json").write_text(json.dumps(config))
     (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
@@ -60,7 +60,7 @@ def study_dir(tmp_path):
     make_trial(d, "t_00003", {"hidden_units": 100, "transfer": "sigmoid", "step_rate": 0.1}, [
         {**epoch(2, 2.2), "history": [epoch(1, 2.4), epoch(2, 2.2)], **common},
     ])
-    with open(d / "t_00003" / "result.json", "a") as f:
+    with open(d / summary.RAY_DIR / "t_00003" / "result.json", "a") as f:
         f.write('{"epoch": 3, "vali')
     return d
 

@@ -184,7 +184,7 @@ def check_directory(p: StudyPlan) -> None:
         state = "finished" if is_finished(p.directory) else "unfinished"
         raise SeqrepError(f"study {p.name!r} already exists in {p.directory} ({state}); "
                           "pass --resume to continue it, or another --name to start a new one")
-    if not (p.directory / "tuner.pkl").exists():
+    if not (p.directory / summary.RAY_DIR / "tuner.pkl").exists():
         raise SeqrepError(f"--resume: {p.directory} holds no Ray Tune state to resume from (the study "
                           "never reached its first trial); remove the folder and start again")
 
@@ -208,17 +208,41 @@ def _connect(address: str | None) -> bool:
     return True
 
 
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")  # where `ray up` leaves the config on the head
+
+
+def _autoscaled_node_types() -> dict[str, dict[str, float]]:
+    """Resources of the node types the autoscaler may start (only on a `ray up` head node)."""
+    path = AUTOSCALER_CONFIG.expanduser()
+    if not path.exists():
+        return {}
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    return {name: dict(spec.get("resources") or {}) for name, spec in (config.get("available_node_types") or {}).items()
+            if (spec.get("max_workers") or 0) > 0 or name == config.get("head_node_type")}
+
+
 def check_resources(cpus: float, gpus: float) -> None:
-    """A trial that no node can hold would wait forever: fail now, naming what is there."""
+    """A trial that no node can hold would wait forever: fail now, naming what is there.
+
+    Live nodes count, and so do the node types an autoscaler can still start.
+    """
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    fits = any(n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus for n in nodes)
-    if not fits:
-        have = ", ".join(f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0):g} CPU, "
-                         f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
-        raise SeqrepError(f"no node of the Ray cluster can hold one trial ({cpus:g} CPU, {gpus:g} GPU); "
-                          f"nodes: {have or 'none'}; lower --cpus-per-trial/--gpus-per-trial or add nodes")
+    if any(n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus for n in nodes):
+        return
+    node_types = _autoscaled_node_types()
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in node_types.values()):
+        return
+    have = ", ".join(f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0):g} CPU, "
+                     f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
+    scalable = "; node types the autoscaler can start: " + ", ".join(
+        f"{name}: {r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for name, r in node_types.items()) \
+        if node_types else ""
+    raise SeqrepError(f"no node of the Ray cluster can hold one trial ({cpus:g} CPU, {gpus:g} GPU); "
+                      f"nodes: {have or 'none'}{scalable}; lower --cpus-per-trial/--gpus-per-trial or add nodes")
 
 
 def _trial_dirname(trial) -> str:
@@ -261,7 +285,7 @@ def _catch_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _trainable(p: StudyPlan):
+def _trainable(p: StudyPlan, dataset: Any):
     from ray import tune
 
     o = p.options
@@ -276,12 +300,12 @@ def _trainable(p: StudyPlan):
         "report_interval_s": o.report_interval_s,
     }
     return tune.with_resources(
-        tune.with_parameters(run_in_ray, method=p.space.method, study=study),
+        tune.with_parameters(run_in_ray, method=p.space.method, study=study, dataset=dataset),
         {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial},
     )
 
 
-def _build_tuner(p: StudyPlan, callbacks: list):
+def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list):
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -305,7 +329,7 @@ def _build_tuner(p: StudyPlan, callbacks: list):
         scheduler = FIFOScheduler()
     _quiet_tune()
     return tune.Tuner(
-        _trainable(p),
+        _trainable(p, dataset),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric,
@@ -319,8 +343,10 @@ def _build_tuner(p: StudyPlan, callbacks: list):
             trial_name_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=p.name,
-            storage_path=str(p.directory.parent),
+            # Ray's experiment folder is a subfolder: on a resume Ray syncs its driver copy of that
+            # folder back over storage, which would revert seqrep's own files if they lived there
+            name=summary.RAY_DIR,
+            storage_path=str(p.directory),
             callbacks=[JsonLoggerCallback(), *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=o.max_failures),
@@ -357,6 +383,12 @@ def run_study(p: StudyPlan) -> Path:
     from `tuner.pkl` writes to it), so the tracking URI of a resumed study cannot change.
     """
     check_directory(p)
+    dataset = datasets.load(p.dataset, p.data_dir)  # checked once here, shipped to trials via Ray
+    with tracking.impatient_http():
+        return _run_study(p, dataset)
+
+
+def _run_study(p: StudyPlan, dataset: Any) -> Path:
     tracking.prepare_store(p.tracking_uri)
     previous = read_record(p.directory)
     if previous is not None and previous.get("tracking_uri") != p.tracking_uri:
@@ -396,12 +428,13 @@ def run_study(p: StudyPlan) -> Path:
                 from ray import tune
 
                 _quiet_tune()
-                tuner = tune.Tuner.restore(str(p.directory), trainable=_trainable(p), resume_unfinished=True)
+                tuner = tune.Tuner.restore(str(p.directory / summary.RAY_DIR), trainable=_trainable(p, dataset),
+                                           resume_unfinished=True)
             else:
                 child_tags = {"seqrep.space": p.space.name, "seqrep.dataset": p.dataset,
                               "seqrep.method": p.space.method}
                 callback = tracking.MlflowTrialCallback(p.tracking_uri, p.name, parent, p.directory, child_tags)
-                tuner = _build_tuner(p, [callback])
+                tuner = _build_tuner(p, dataset, [callback])
             with _catch_interrupt():
                 tuner.fit()
             status = "KILLED" if _INTERRUPTED.is_set() else "FINISHED"

@@ -232,12 +232,18 @@ class RaySession(Session):
         return self._artifacts
 
 
-def run_in_ray(config: dict[str, Any], *, method: str, study: Mapping[str, Any]) -> None:
-    """The function Ray Tune runs for every trial (wrapped with `tune.with_parameters`)."""
+def run_in_ray(config: dict[str, Any], *, method: str, study: Mapping[str, Any], dataset: Any = None) -> None:
+    """The function Ray Tune runs for every trial (wrapped with `tune.with_parameters`).
+
+    `dataset` is the data set the driver loaded once; `tune.with_parameters` keeps it in Ray's
+    object store, from which each node fetches it once.
+    """
     import ray
 
-    from seqrep import methods
+    from seqrep import data, methods
 
+    if dataset is not None:
+        data.ship(study["dataset"], dataset)
     module = methods.resolve(method)
     cfg = module.Config.from_dict(config, where=f"trial config of method {method}")
     cpus = max(1, int(study.get("cpus_per_trial") or 1))

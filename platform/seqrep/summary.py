@@ -1,7 +1,7 @@
 """A study directory -> `trials.parquet`, one row per trial, written atomically.
 
 It reads only files: seqrep's `study.json` and `mlflow_runs.json`, and Ray Tune's per-trial folder
-`<trial_id>/` with `params.json` (the config), `result.json` (one JSON line per report; each line's
+`ray/<trial_id>/` with `params.json` (the config), `result.json` (one JSON line per report; each line's
 `history` holds the epochs it covers) and `error.txt` (a failed trial's traceback). A trial's
 folder is reused when it is restored, so a trial is one row however often it was restarted.
 
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from seqrep.errors import SeqrepError
 
 SUMMARY_FILE = "trials.parquet"
+RAY_DIR = "ray"  # Ray Tune's experiment folder inside a study folder
 STATUSES = ("completed", "diverged", "errored", "stopped")
 IDENTITY_COLUMNS = ["study", "trial_id", "method", "dataset", "space", "seed", "trial_seed", "status", "error"]
 TAIL_COLUMNS = ["best_epoch", "epochs", "wall_s", "cpus", "gpus", "node", "mlflow_run_id"]
@@ -111,7 +112,9 @@ def collect(study_dir: Path) -> pd.DataFrame:
     study = json.loads(record_path.read_text())
     runs_path = study_dir / "mlflow_runs.json"
     runs = json.loads(runs_path.read_text()) if runs_path.exists() else {}
-    trial_dirs = sorted(d for d in study_dir.iterdir() if d.is_dir() and (d / "params.json").exists())
+    ray_dir = study_dir / RAY_DIR
+    trial_dirs = sorted(d for d in ray_dir.iterdir() if d.is_dir() and (d / "params.json").exists()) \
+        if ray_dir.is_dir() else []
     rows = [trial_row(d, study, runs) for d in trial_dirs]
     config_keys = sorted({k for r in rows for k in r["config"]})
     metric_keys = sorted({k for r in rows for k in r if k.startswith(("valid_", "test_"))},

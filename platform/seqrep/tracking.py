@@ -11,6 +11,7 @@ its trials to the runs they already have instead of opening new ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,13 +43,30 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]).expanduser() if uri.startswith("sqlite:///") else None
 
 
+@contextlib.contextmanager
+def impatient_http():
+    """MLflow's HTTP client retries with backoff for minutes; a reachability check should not."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "15"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def prepare_store(uri: str) -> None:
     """Make sure the tracking store is reachable before any trial starts (clear error otherwise)."""
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        client(uri).search_experiments(max_results=1)
+        with impatient_http():
+            client(uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types for an unreachable or broken store
         raise SeqrepError(f"cannot reach the MLflow tracking store {uri}: {type(err).__name__}: {err}; "
                           "check --tracking-uri / MLFLOW_TRACKING_URI") from None
@@ -124,10 +142,15 @@ class _Writer:
 
     Ray Tune calls callbacks inside its event loop; an MLflow round trip there (a tenth of a second
     on sqlite, more on a remote server, forever on a dead one) would stall every trial's results.
+    When a call has failed all its tries the store counts as down: calls are skipped for
+    `pause_s`, then one is tried again. Nothing is lost for the study: every epoch's metrics stay
+    in the trials' result.json, from which trials.parquet is written.
     """
 
-    def __init__(self, study: str, tries: int = 3, backoff_s: float = 1.0):
-        self.study, self.tries, self.backoff_s = study, tries, backoff_s
+    def __init__(self, study: str, tries: int = 3, backoff_s: float = 1.0, pause_s: float = 30.0):
+        self.study, self.tries, self.backoff_s, self.pause_s = study, tries, backoff_s, pause_s
+        self.down_until = 0.0
+        self.skipped = 0
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="seqrep-mlflow", daemon=True)
         self.thread.start()
@@ -136,24 +159,37 @@ class _Writer:
     def submit(self, what: str, fn, *args) -> None:
         self.queue.put((what, fn, args))
 
+    def _run(self, what: str, fn, args) -> None:
+        if time.monotonic() < self.down_until:
+            self.skipped += 1
+            return
+        tries = 1 if self.down_until else self.tries  # while recovering, one probe per call
+        for attempt in range(1, tries + 1):
+            try:
+                fn(*args)
+                if self.down_until:
+                    log.warning("MLflow is reachable again for study %s (%d calls were skipped)", self.study,
+                                self.skipped)
+                self.down_until = 0.0
+                return
+            except Exception as err:  # noqa: BLE001 - a tracking fault must not end the study
+                if attempt < tries:
+                    time.sleep(self.backoff_s * attempt)
+                    continue
+                if not self.down_until:
+                    log.warning("MLflow %s failed for study %s after %d tries: %s: %s. The study goes on; "
+                                "its metrics stay in each trial's result.json and trials.parquet is written "
+                                "from them; tracking calls pause for %.0f s", what, self.study, attempt,
+                                type(err).__name__, err, self.pause_s)
+                self.down_until = time.monotonic() + self.pause_s
+
     def _loop(self) -> None:
         while True:
             item = self.queue.get()
             try:
                 if item is None:
                     return
-                what, fn, args = item
-                for attempt in range(1, self.tries + 1):
-                    try:
-                        fn(*args)
-                        break
-                    except Exception as err:  # noqa: BLE001 - a tracking fault must not end the study
-                        if attempt == self.tries:
-                            log.warning("MLflow %s failed for study %s after %d tries: %s: %s "
-                                        "(the study goes on; trials.parquet does not depend on MLflow)",
-                                        what, self.study, attempt, type(err).__name__, err)
-                        else:
-                            time.sleep(self.backoff_s * attempt)
+                self._run(*item)
             finally:
                 self.queue.task_done()
 
@@ -162,6 +198,9 @@ class _Writer:
             _OPEN_WRITERS.discard(self)
             self.queue.put(None)
             self.thread.join()
+            if self.skipped:
+                log.warning("%d MLflow calls of study %s were skipped while the tracking store was down",
+                            self.skipped, self.study)
 
 
 _OPEN_WRITERS: set[_Writer] = set()

@@ -104,8 +104,22 @@ def require(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     return root
 
 
+_SHIPPED: dict[str, Any] = {}
+
+
+def ship(name: str, dataset: Any) -> None:
+    """Make `load(name)` in this process return `dataset` (a Ray worker receiving it from the driver)."""
+    _SHIPPED[name] = dataset
+
+
 def load(name: str, data_dir: str | os.PathLike | None = None):
-    """Load data set `name` from the data directory (a clear error if its files are missing)."""
+    """Load data set `name` from the data directory (a clear error if its files are missing).
+
+    In a Ray trial the driver has already loaded it and shipped it through the object store
+    (`ship`), so every node fetches it once instead of every trial re-reading the files.
+    """
+    if name in _SHIPPED:
+        return _SHIPPED[name]
     return info(name).load(require(name, data_dir))
 
 

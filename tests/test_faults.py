@@ -1,0 +1,170 @@
+"""Faults a cluster study must survive: lost nodes, a killed driver, a dead tracking store, bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from seqrep.cli import main
+
+
+def test_an_unreachable_tracking_server_fails_fast_and_creates_nothing(capsys, tmp_path):
+    start = time.monotonic()
+    code = main(["search", "table7-nn-toy", "--dataset", "toy", "--trials", "1", "--storage", str(tmp_path / "s"),
+                 "--tracking-uri", "http://127.0.0.1:9"])  # port 9 (discard): nothing listens
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 60
+    assert err.startswith("seqrep: error: cannot reach the MLflow tracking store http://127.0.0.1:9: ")
+    assert err.rstrip().endswith("check --tracking-uri / MLFLOW_TRACKING_URI")
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_tracking_writer_pauses_while_the_store_is_down_and_recovers():
+    from seqrep.tracking import _Writer
+
+    calls = {"fail": 0, "ok": 0}
+
+    def failing():
+        calls["fail"] += 1
+        raise ConnectionError("store down")
+
+    def working():
+        calls["ok"] += 1
+
+    writer = _Writer("test", tries=3, backoff_s=0.0, pause_s=0.3)
+    writer.submit("a", failing)  # 3 tries, then the store counts as down
+    writer.submit("b", working)  # skipped: within the pause
+    writer.queue.join()
+    assert calls == {"fail": 3, "ok": 0} and writer.skipped == 1
+    time.sleep(0.35)
+    writer.submit("c", working)  # one probe after the pause: it works, tracking resumes
+    writer.submit("d", working)
+    writer.close()
+    assert calls == {"fail": 3, "ok": 2} and writer.down_until == 0.0
+
+
+def test_a_corrupt_data_file_is_refused_naming_the_file(capsys, tmp_path):
+    data = tmp_path / "data" / "polyphonic"
+    data.mkdir(parents=True)
+    (data / "JSB_Chorales.pickle").write_bytes(b"\x80\x02}q\x00garbage")
+    code = main(["search", "table1-fd-rnn", "--dataset", "jsb", "--trials", "1", "--data-dir", str(tmp_path / "data"),
+                 "--storage", str(tmp_path / "s"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(data / "JSB_Chorales.pickle") in err and "sha256" in err
+    assert not (tmp_path / "s").exists()
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """End what a killed driver left running (its local Ray cluster's processes)."""
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.integration
+def test_a_driver_killed_with_sigkill_resumes_to_exact_counts(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cmd = [sys.executable, "-m", "seqrep.cli", "search", "table7-dn-toy", "--dataset", "toy", "--trials", "4",
+           "--max-epochs", "2500", "--seed", "5", "--storage", str(tmp_path / "s"), "--tracking-uri", uri]
+    study = tmp_path / "s" / "table7-dn-toy-toy"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(study.glob("ray/*/checkpoint_*")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        time.sleep(2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        _kill_session(proc.pid)
+    assert not (study / "trials.parquet").exists()  # the driver had no chance to write anything at the end
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    frame = pd.read_parquet(study / "trials.parquet")
+    assert len(frame) == 4 and frame["trial_id"].is_unique and set(frame["status"]) == {"completed"}
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("table7-dn-toy-toy").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 5 and len(children) == 4
+    assert [r.info.status for r in runs] == ["FINISHED"] * 5
+    assert sorted(c.info.run_id for c in children) == sorted(frame["mlflow_run_id"])
+    assert json.loads((study / "study.json").read_text())["attempts"] == 2
+
+
+@pytest.mark.integration
+def test_every_trial_completes_when_a_worker_node_is_lost(tmp_path):
+    """A head and two workers with logical GPUs; one worker is removed while trials run on it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from seqrep import launch, summary
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        options = launch.StudyOptions(trials=4, max_epochs=1500, seed=2, storage=str(tmp_path / "s"),
+                                      tracking_uri=f"sqlite:///{tmp_path}/m.db", cpus_per_trial=0.5,
+                                      gpus_per_trial=0.5, max_failures=3, command="test", report_interval_s=0.2)
+        p = launch.plan("table7-nn-toy", "toy", options)
+
+        def remove_a_worker():
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if len(list(p.directory.glob("ray/*/checkpoint_*"))) >= 2:
+                    cluster.remove_node(workers[0])
+                    return
+                time.sleep(0.2)
+
+        remover = threading.Thread(target=remove_a_worker, daemon=True)
+        remover.start()
+        frame = summary.read(launch.run_study(p).parent)
+        remover.join(timeout=10)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert len(frame) == 4 and frame["trial_id"].is_unique
+    assert set(frame["status"]) == {"completed"} and (frame["epochs"] == 1500).all()
+    assert (frame["gpus"] == 0.5).all()
+
+
+def test_node_types_the_autoscaler_can_start_count_as_capacity(tmp_path, monkeypatch):
+    from seqrep import launch
+
+    config = tmp_path / "ray_bootstrap_config.yaml"
+    config.write_text("head_node_type: head\navailable_node_types:\n"
+                      "  head: {resources: {CPU: 8}, max_workers: 0}\n"
+                      "  gpu: {resources: {CPU: 4, GPU: 1}, min_workers: 0, max_workers: 4}\n"
+                      "  idle: {resources: {CPU: 64, GPU: 8}, max_workers: 0}\n")
+    monkeypatch.setattr(launch, "AUTOSCALER_CONFIG", config)
+    assert launch._autoscaled_node_types() == {"head": {"CPU": 8}, "gpu": {"CPU": 4, "GPU": 1}}
+    monkeypatch.setattr(launch, "AUTOSCALER_CONFIG", tmp_path / "absent.yaml")
+    assert launch._autoscaled_node_types() == {}
