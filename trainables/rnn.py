@@ -122,7 +122,8 @@ def train(config: Config, session: Session) -> None:
     if not isinstance(data, SequenceData):
         raise SeqrepError(f"method rnn needs a sequence data set (jsb, nottingham, piano-midi, musedata), "
                           f"got {ctx.dataset!r}")
-    splits = {name: [torch.as_tensor(s) for s in data.split(name)] for name in ("train", "valid", "test")}
+    # torch.tensor copies: arrays shipped through Ray's object store are read-only views
+    splits = {name: [torch.tensor(s) for s in data.split(name)] for name in ("train", "valid", "test")}
 
     torch.manual_seed(ctx.seed)
     init = torch.Generator().manual_seed(ctx.seed)

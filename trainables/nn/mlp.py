@@ -96,9 +96,10 @@ def as_tensors(data: RegressionData, device: torch.device | str) -> dict[str, tu
     out = {}
     for split in ("train", "valid", "test"):
         x, y = data.split(split)
+        # torch.tensor copies: arrays shipped through Ray's object store are read-only views
         out[split] = (
-            torch.as_tensor(np.asarray(x, dtype=np.float32), device=device),
-            torch.as_tensor(np.asarray(y, dtype=np.float32), device=device),
+            torch.tensor(np.asarray(x, dtype=np.float32), device=device),
+            torch.tensor(np.asarray(y, dtype=np.float32), device=device),
         )
     return out
 
