@@ -30,7 +30,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -351,8 +351,3 @@ def format_space(space: SearchSpace) -> str:
 
 def resolved_json(space: SearchSpace) -> str:
     return json.dumps(space.to_json(), indent=2)
-
-
-def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Config values as MLflow params / Parquet columns (`config.<key>`)."""
-    return {f"config.{k}": v for k, v in sorted(config.items())}
