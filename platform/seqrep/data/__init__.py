@@ -8,27 +8,14 @@ music sets) are fetched by `seqrep data download`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from seqrep.data import polyphonic
-from seqrep.data.base import file_sha256
+from seqrep.data.base import DatasetInfo, file_sha256
 from seqrep.errors import SeqrepError
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    description: str
-    load: Callable[[Path], Any]
-    files: tuple[str, ...] = ()  # paths relative to the data directory; empty when generated
-    sha256: tuple[tuple[str, str], ...] = ()  # (file, checksum) pairs that `verify` checks
-    # Fetches the files into the data directory it is given: [(path, fetched or already good)].
-    # None when generated or when there is no source to fetch from.
-    download: Callable[[Path], list[tuple[Path, bool]]] | None = None
 
 
 def resolve_data_dir(cli_value: str | os.PathLike | None = None) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -72,3 +73,17 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """A registry entry of `seqrep.data`: how to load a named data set and which files it needs."""
+
+    name: str
+    description: str
+    load: Callable[[Path], Any]
+    files: tuple[str, ...] = ()  # paths relative to the data directory; empty when generated
+    sha256: tuple[tuple[str, str], ...] = ()  # (file, checksum) pairs that `verify` checks
+    # Fetches the files into the data directory it is given: [(path, fetched or already good)].
+    # None when generated or when there is no source to fetch from.
+    download: Callable[[Path], list[tuple[Path, bool]]] | None = None
