@@ -41,8 +41,8 @@ def test_spaces_name_prints_readably_and_as_json(capsys):
     "argv, message",
     [
         (["search", "table99", "--dataset", "toy"], "seqrep: error: unknown search space 'table99'; available: "),
-        (["search", "table7-nn-toy", "--dataset", "moon"], "seqrep: error: unknown dataset 'moon'; available: jsb, musedata, nottingham, piano-midi, toy"),
-        (["reproduce", "table99"], "seqrep: error: unknown table 'table99'; available: table3, table6, table7"),
+        (["search", "table7-nn-toy", "--dataset", "moon"], "seqrep: error: unknown dataset 'moon'; available: characters, jsb, "),
+        (["reproduce", "table99"], "seqrep: error: unknown table 'table99'; available: table3, table6, table7, table8"),
         (["reproduce", "table7", "--dataset", "jsb"], "seqrep: error: table7 has no data set(s) jsb; it covers toy, sarcos"),
         (["summarize", "."], "seqrep: error: . is not a seqrep study (no study.json)"),
     ],

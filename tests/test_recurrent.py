@@ -13,14 +13,6 @@ from trainables.nn.recurrent import FastDropoutRNN, set_spectral_radius
 from trainables.rnn import evaluate_nll, frame_nll, shift
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def binary_sequence(steps, batch, features, generator, p=0.3):
     return (torch.rand(steps, batch, features, generator=generator, dtype=torch.float64) < p).double()
 

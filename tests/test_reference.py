@@ -18,7 +18,7 @@ ROW_COUNTS = {
     10: 72,  # 6 data sets x 4 methods x (error, pooling, transfer)
     11: 18,  # 6 methods x (error, pooling, transfer)
     12: 14,  # 4 methods x 3 + 2 Fisher kernel errors
-    13: 19,  # 4 data sets x 5 columns, minus Deep RNN on Piano-midi.de
+    13: 23,  # 4 data sets x 5 columns, minus Deep RNN on Piano-midi.de, plus 4 DMM baseline rows (no thesis value)
     14: 4,   # 3 MSE + 1 NLL
 }
 
@@ -105,13 +105,15 @@ def test_keys_unique(table):
 def test_values(table):
     df = load(table)
     assert set(df["dataset"]) <= DATASETS
-    assert (df["thesis"] != "").all()
+    # only the DMM baseline, which the thesis does not have, may leave the thesis cell empty
+    assert ((df["thesis"] != "") | (df["method"] == "DMM")).all()
     assert not df["thesis"].str.contains("–").any()
     for _, row in df.iterrows():
         if row["metric"] in WORD_METRICS:
             assert row["thesis"].isalpha(), row.to_dict()
         else:
-            float(row["thesis"])  # raises if not numeric
+            if row["thesis"] != "":
+                float(row["thesis"])  # raises if not numeric
 
 
 @pytest.mark.parametrize("table", [10, 11, 12])
@@ -124,8 +126,15 @@ def test_pooling_transfer_rows(table):
         assert set(others["metric"]) == expected
 
 
-def test_no_table8():
-    assert not (REFERENCE_DIR / "table8.csv").exists()
+def test_table8_holds_literature_rows_and_fawn_rows_without_thesis_numbers():
+    """The thesis's Table 8 is lost: FAWN rows have no thesis number, PBP and MC-dropout rows are
+    the published means with their source in the note (results/reference/README.md)."""
+    df = load(8)
+    fawn = df[df["method"].isin(["FAWN-VB", "FAWN-ROPD"])]
+    assert (fawn["thesis"] == "").all() and set(fawn["space"]) == {"table8-fawn-vb", "table8-fawn-ropd"}
+    literature = df[df["method"].isin(["PBP", "MC-dropout"])]
+    assert (literature["space"] == "").all() and len(literature) == 40
+    assert literature["note"].str.contains("Hernandez-Lobato and Adams \\(2015\\)|Gal and Ghahramani \\(2016\\)").all()
     assert "Table 8" in (REFERENCE_DIR / "README.md").read_text(encoding="utf-8")
 
 
@@ -160,7 +169,7 @@ def test_spaces():
     assert set(t12.loc[~ours, "space"]) == {""}
     assert dict(zip(load(13)["method"], load(13)["space"])) == {
         "STORN": "table13-storn", "FD-RNN": "table1-fd-rnn", "sRNN": "table3-srnn",
-        "RNN-NADE": "", "Deep RNN": "",
+        "RNN-NADE": "", "Deep RNN": "", "DMM": "table13-dmm",
     }
     assert dict(zip(load(14)["method"], load(14)["space"])) == {
         "STORN": "table14-storn", "RNN-RBM": "", "RT-RBM": "",

@@ -22,17 +22,6 @@ METHODS = ("mlp", "mdn")
 SMALL = {"hidden_units": 8}  # the contract tests need a network, not a good one
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as `run_in_ray` gives a one-CPU trial. On these tiny matrices a second
-    OpenMP thread only adds synchronisation, which on a busy 2-core machine once made the DN test
-    take 96 s instead of 5."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def context(max_epochs: int, seed: int = 0) -> TrialContext:
     return TrialContext(dataset="toy", max_epochs=max_epochs, seed=seed, metric="valid_nll", mode="min")
 

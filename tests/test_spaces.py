@@ -9,7 +9,8 @@ import numpy as np
 import optuna
 import pytest
 
-from seqrep import spaces
+from seqrep import data as datasets
+from seqrep import methods, spaces
 from seqrep.spaces import SpaceError
 
 BASE = """\
@@ -72,7 +73,8 @@ def test_repository_spaces_all_load():
          "FILE: unknown field(s) colour; allowed: name, method, source, datasets, metric, mode, trials, "
          "max_epochs, notes, fixed, space"),
         (("{loguniform: [1.0e-4, 0.1]}", "{normal: [0, 1]}"),
-         "FILE: space.step_rate: unknown distribution 'normal'; allowed: choice, uniform, loguniform, randint, quniform"),
+         "FILE: space.step_rate: unknown distribution 'normal'; allowed: choice, uniform, loguniform, randint, quniform, "
+         "grid"),
         (("{loguniform: [1.0e-4, 0.1]}", "{uniform: [0.5, 0.1]}"),
          "FILE: space.step_rate: low <= high must hold, but got low=0.5, high=0.1"),
         (("{loguniform: [1.0e-4, 0.1]}", "{loguniform: [0.0, 0.1]}"),
@@ -80,7 +82,7 @@ def test_repository_spaces_all_load():
         (("fixed: {momentum: 0.0}", "fixed: {momentum: 0.0, step_rate: 0.01}"),
          "FILE: step_rate both fixed and searched; keep each key in one of fixed or space"),
         (("method: mlp", "method: lstm9"),
-         "FILE: method: unknown method 'lstm9'; available: mdn, mlp, rnn"),
+         f"FILE: method: unknown method 'lstm9'; available: {', '.join(methods.available())}"),
         (("randint: [200, 600]", "randint: [200.5, 600]"),
          "FILE: space.hidden_units: randint takes integer bounds, got [200.5, 600]"),
         (("quniform: [0.1, 0.9, 0.1]", "quniform: [0.1, 0.95, 0.1]"),
@@ -92,7 +94,7 @@ def test_repository_spaces_all_load():
         (("{choice: [sigmoid, rectifier]}", "{choice: [sigmoid, tanh]}"),
          "FILE: space.transfer: got 'tanh', allowed: 'sigmoid', 'rectifier'"),
         (("datasets: [toy]", "datasets: [toy, moon]"),
-         "FILE: datasets: unknown data set 'moon'; available: jsb, musedata, nottingham, piano-midi, toy"),
+         f"FILE: datasets: unknown data set 'moon'; available: {', '.join(datasets.names())}"),
         (("metric: valid_nll", "metric: test_nll"),
          "FILE: metric must be a validation metric named valid_<quantity>, got 'test_nll'"),
         (("mode: min", "mode: lowest"), "FILE: mode must be min or max, got 'lowest'"),

@@ -33,14 +33,6 @@ GRID_MEANS = torch.linspace(-4.0, 4.0, 9, dtype=F64)
 GRID_VARS = torch.logspace(math.log10(0.01), math.log10(9.0), 6, dtype=F64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared
-    yield
-    torch.set_num_threads(previous)
-
-
 def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

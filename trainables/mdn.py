@@ -29,22 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import seqrep.data
 from seqrep.config import MethodConfig
 from seqrep.errors import SeqrepError
 from seqrep.session import Session
-from trainables.nn.mlp import (
-    MLP,
-    Transfer,
-    as_tensors,
-    check_body_config,
-    minibatches,
-    plot_predictive,
-    regression_metrics,
-    rmsprop,
-    seeded_generator,
-)
-from trainables.nn.training import fit
+from trainables.nn import regression
+from trainables.nn.mlp import MLP, Transfer, check_body_config, rmsprop
 
 VARIANCE_FLOOR = 1e-6  # keeps every component's density bounded however well it fits one point
 
@@ -54,8 +43,8 @@ class Config(MethodConfig):
     hidden_layers: int = 1  # the thesis searches 1, 2 or 3
     hidden_units: int = 50  # toy: 10, 25, 50 or 100 (Section 2.6.3.1)
     transfer: Literal["sigmoid", "rectifier"] = "rectifier"
-    step_rate: float = 1e-3  # rmsprop's step rate (PyTorch's lr)
-    decay: float = 0.9  # rmsprop's decay of the squared-gradient average (PyTorch's alpha)
+    step_rate: float = 1e-3  # rmsprop's step rate
+    decay: float = 0.9  # rmsprop's decay of the squared-gradient average
     momentum: float = 0.0
     batch_size: int = 10  # toy: 10, 25 or 50
     components: int = 1  # K; 1 is the thesis's DN
@@ -120,58 +109,25 @@ class MixtureDensityNetwork(nn.Module):
 
 
 def train(config: Config, session: Session) -> None:
-    ctx = session.context
-    device = torch.device(ctx.device)
-    data = seqrep.data.load(ctx.dataset, ctx.data_dir)
-    tensors = as_tensors(data, device)
-    x_train, y_train = tensors["train"]
-    n_train = x_train.shape[0]
-
-    torch.manual_seed(ctx.seed)
+    data = regression.load(session)
+    n_inputs, n_outputs = data.x_train.shape[1], data.y_train.shape[1]
+    torch.manual_seed(session.context.seed)
     model = MixtureDensityNetwork(
-        x_train.shape[1], y_train.shape[1], config.components, config.hidden_layers, config.hidden_units, config.transfer
+        n_inputs, n_outputs, config.components, config.hidden_layers, config.hidden_units, config.transfer
     )
-    model.to(device)
+    model.to(session.context.device)
     optimizer = rmsprop(model.parameters(), config.step_rate, config.decay, config.momentum)
-    generator = seeded_generator(ctx.seed)
 
-    def train_epoch() -> float:
-        total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per batch
-        for x, y in minibatches(x_train, y_train, config.batch_size, generator):
-            loss = mixture_nll(y, *model(x)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            total += loss.detach() * x.shape[0]
-        return float(total) / n_train
+    def clip() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
 
-    def predict(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return mixture_moments(*model(x))
-
-    def evaluate(split: str) -> dict[str, float]:
-        x, y = tensors[split]
-        params = model(x)
-        mean, _ = mixture_moments(*params)
-        return regression_metrics(y, mean, mixture_nll(y, *params))
-
-    def on_finish() -> None:
-        if x_train.shape[1] != 1:
-            return
-        with torch.no_grad():
-            nll = evaluate("test")["nll"]
-        name = "DN (mdn, K=1)" if config.components == 1 else f"MDN (K={config.components})"
-        title = f"{name} on {data.name}: test NLL {nll:.3f}"
-        plot_predictive(session.artifact_dir / "predictive.png", data, predict, title, device)
-
-    fit(
-        session,
-        model=model,
-        optimizer=optimizer,
-        train_epoch=train_epoch,
-        evaluate=evaluate,
-        config=config.to_dict(),
-        generator=generator,
-        on_finish=on_finish,
+    name = "DN (mdn, K=1)" if config.components == 1 else f"MDN (K={config.components})"
+    regression.fit_regression(
+        session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
+        loss=lambda x, y: mixture_nll(y, *model(x)).mean(),
+        predict=lambda x: mixture_moments(*model(x)),
+        nll=lambda x, y: mixture_nll(y, *model(x)),
+        config=config.to_dict(), title=name,
+        before_step=clip if config.max_grad_norm is not None else None,
+        evaluation_point=optimizer.climin_point,
     )

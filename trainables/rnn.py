@@ -76,9 +76,7 @@ class Config(MethodConfig):
             ("grad_norm", "grad_norm is null or > 0", self.grad_norm is None or self.grad_norm > 0),
             ("batch_size", "batch_size >= 1", self.batch_size >= 1),
         ]
-        for field, rule, holds in rules:
-            if not holds:
-                raise SeqrepError(f"{__name__}.Config: {rule} must hold, but got {field}={getattr(self, field)!r}")
+        self.check(rules)
 
 
 def shift(x: torch.Tensor) -> torch.Tensor:

@@ -118,7 +118,7 @@ def cmd_summarize(args) -> int:
 def cmd_reproduce(args) -> int:
     from seqrep import launch
 
-    md, csv = launch.reproduce(args.table, args.dataset, _options(args), Path(args.out))
+    md, csv = launch.reproduce(args.table, args.dataset, _options(args), Path(args.out), splits=args.splits)
     print(md.read_text())
     print(f"seqrep: wrote {md} and {csv}")
     return 0
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", help="table3, table6, table7, table9 ... table14")
     p.add_argument("--dataset", action="append", help="restrict to this data set (repeatable)")
     p.add_argument("--out", default=str(paths.DEFAULT_TABLES), help="output folder (default %(default)s)")
+    p.add_argument("--splits", type=int, default=None,
+                   help="table8: run the first K train/test splits of each UCI set (default 10, or all if fewer)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("data", help="list, verify or download the data sets in the data directory")

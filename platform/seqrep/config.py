@@ -38,6 +38,13 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check(self, rules: "list[tuple[str, str, bool]]") -> None:
+        """Raise for the first (field, rule, holds) whose rule does not hold, naming rule and value."""
+        for field, rule, holds in rules:
+            if not holds:
+                raise SeqrepError(f"{type(self).__module__}.Config: {rule} must hold, "
+                                  f"but got {field}={getattr(self, field)!r}")
+
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check `value` against a field's annotation; integral floats become ints (Ray's quniform)."""

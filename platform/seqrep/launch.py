@@ -140,10 +140,12 @@ def _no_count(space: spaces.SearchSpace) -> int:
     raise SeqrepError(f"space {space.name} gives no trial count (the thesis gives none); pass --trials N")
 
 
-def plan(space_name: str, dataset: str, options: StudyOptions) -> StudyPlan:
-    """Validate everything about a study without starting anything."""
+def plan(space_name: str, dataset: str, options: StudyOptions,
+         space: spaces.SearchSpace | None = None) -> StudyPlan:
+    """Validate everything about a study without starting anything (`space`: an already loaded,
+    possibly narrowed, space to use instead of loading `space_name`)."""
     options.validate()
-    space = spaces.load(space_name)
+    space = space or spaces.load(space_name)
     datasets.info(dataset)
     space.check_dataset(dataset)
     data_dir = datasets.require(dataset, options.data_dir).resolve()
@@ -462,17 +464,49 @@ def _run_study(p: StudyPlan, dataset: Any) -> Path:
             ray.shutdown()
 
 
-def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out_dir: Path) -> tuple[Path, Path]:
-    """Run the studies a thesis table needs (reusing identical finished ones) and write the table."""
+def _available_studies(table: str, needed: list[tuple[str, str]], data_dir: str | None) -> list[tuple[str, str]]:
+    """The studies whose data sets are all in the data directory; the others are named and skipped.
+    None left: the missing-data error of the first, so the user learns what to fetch."""
+    from seqrep import data as seqrep_data
+
+    have, lacking = [], {}
+    for space_name, dataset in needed:
+        missing = seqrep_data.missing_files(dataset, data_dir)
+        if missing:
+            lacking.setdefault(dataset, missing)
+        else:
+            have.append((space_name, dataset))
+    if lacking and not have:
+        first = next(iter(lacking))
+        seqrep_data.require(first, data_dir)  # raises, naming the files and where to get them
+    for dataset, missing in lacking.items():
+        print(f"seqrep: {table}: skipping {dataset}, whose files are not in the data directory "
+              f"({', '.join(str(m) for m in missing)}); `seqrep reproduce {table} --dataset {dataset}` says how "
+              f"to get them", flush=True)
+    return have
+
+
+def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out_dir: Path,
+              splits: int | None = None) -> tuple[Path, Path]:
+    """Run the studies a thesis table needs (reusing identical finished ones) and write the table.
+
+    `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1."""
     from seqrep import tables
+    from seqrep.data import resolve_data_dir
+    from seqrep.data.regression import split_space
 
     options.validate()
     needed = tables.studies_for(table, datasets)
+    if not datasets:  # the whole table: rebuild what the data directory allows, say what it lacks
+        needed = _available_studies(table, needed, options.data_dir)
     plans = []
     for space_name, dataset in needed:  # validate every study before running any
         study_options = dataclasses.replace(
             options, name=f"{options.name}-{space_name}-{dataset}" if options.name else None)
-        plans.append(plan(space_name, dataset, study_options))
+        space = split_space(spaces.load(space_name), dataset, splits, resolve_data_dir(options.data_dir))
+        plans.append(plan(space_name, dataset, study_options, space))
+    if splits is not None and not any("split" in p.space.space for p in plans):
+        raise SeqrepError(f"--splits applies to tables run once per UCI split (table8), not to {table}")
     directories: dict[tuple[str, str], Path] = {}
     for p in plans:
         existing = read_record(p.directory)

@@ -18,6 +18,10 @@ File format (every field is checked; unknown ones are errors)::
       step_rate:     {loguniform: [1.0e-4, 0.1]}   # low > 0
       hidden_units:  {randint: [200, 600]}    # BOTH bounds inclusive, as in the thesis
       p_drop:        {quniform: [0.0, 0.5, 0.1]}   # low and high multiples of q; values low, low+q, ..., high
+      split:         {grid: [0, 1, 2]}        # every value once (Ray's grid_search): trials x 3 runs
+
+`grid` is not sampled: each `trials` draw of the other keys runs once per grid value (a study of
+`trials` x len(grid) runs; Table 8 runs one per UCI split). The Optuna searcher cannot take it.
 
 `randint` includes its upper bound (the thesis's "200 … 600" includes 600); Ray's `tune.randint`
 excludes it, so the converter passes `high + 1`. Optuna's `IntDistribution` includes both bounds.
@@ -38,7 +42,7 @@ from seqrep import methods, paths
 from seqrep.config import _coerce
 from seqrep.errors import SeqrepError
 
-KINDS = ("choice", "uniform", "loguniform", "randint", "quniform")
+KINDS = ("choice", "uniform", "loguniform", "randint", "quniform", "grid")
 FIELDS = ("name", "method", "source", "datasets", "metric", "mode", "trials", "max_epochs", "notes", "fixed", "space")
 REQUIRED = ("name", "method", "source", "datasets", "metric", "mode", "max_epochs", "space")
 
@@ -61,8 +65,8 @@ class Distribution:
         return self.args[1]
 
     def to_json(self) -> dict[str, Any]:
-        if self.kind == "choice":
-            return {"type": "choice", "values": list(self.args)}
+        if self.kind in ("choice", "grid"):
+            return {"type": self.kind, "values": list(self.args)}
         out = {"type": self.kind, "low": self.low, "high": self.high}
         if self.kind == "randint":
             out["inclusive"] = True
@@ -71,8 +75,8 @@ class Distribution:
         return out
 
     def describe(self) -> str:
-        if self.kind == "choice":
-            return "choice " + ", ".join("null" if v is None else str(v) for v in self.args)
+        if self.kind in ("choice", "grid"):
+            return f"{self.kind} " + ", ".join("null" if v is None else str(v) for v in self.args)
         if self.kind == "randint":
             return f"randint {self.low} … {self.high} (inclusive)"
         if self.kind == "quniform":
@@ -132,12 +136,12 @@ def parse_distribution(spec: Any, where: str) -> Distribution:
         raise SpaceError(f"{where}: unknown distribution {kind!r}; allowed: {', '.join(KINDS)}")
     if not isinstance(args, list):
         raise SpaceError(f"{where}: {kind} takes a list, got {args!r}")
-    if kind == "choice":
+    if kind in ("choice", "grid"):
         if not args:
-            raise SpaceError(f"{where}: choice needs at least one value")
+            raise SpaceError(f"{where}: {kind} needs at least one value")
         for value in args:
             if value is not None and not isinstance(value, (bool, int, float, str)):
-                raise SpaceError(f"{where}: choice values must be null, booleans, numbers or strings, got {value!r}")
+                raise SpaceError(f"{where}: {kind} values must be null, booleans, numbers or strings, got {value!r}")
         return Distribution(kind, tuple(args))
     expected = 3 if kind == "quniform" else 2
     shape = "[low, high, q]" if kind == "quniform" else "[low, high]"
@@ -229,7 +233,7 @@ def parse(data: Any, path: Path) -> SearchSpace:
     dists = {}
     for key, spec in space.items():
         dist = parse_distribution(spec, f"{where}: space.{key}")
-        values = dist.args if dist.kind == "choice" else dist.args[:2]
+        values = dist.args if dist.kind in ("choice", "grid") else dist.args[:2]
         for value in values:
             _check_value(module.Config, key, value, f"{where}: space.{key}")
         dists[key] = dist
@@ -289,6 +293,8 @@ def to_tune(space: SearchSpace) -> dict[str, Any]:
     for key, dist in space.space.items():
         if dist.kind == "choice":
             out[key] = tune.choice(list(dist.args))
+        elif dist.kind == "grid":
+            out[key] = tune.grid_search(list(dist.args))
         elif dist.kind == "uniform":
             out[key] = tune.uniform(dist.low, dist.high)
         elif dist.kind == "loguniform":
@@ -318,6 +324,8 @@ def to_optuna(space: SearchSpace) -> dict[str, Any]:
             out[key] = od.IntDistribution(dist.low, dist.high)
         elif dist.kind == "quniform":
             out[key] = od.FloatDistribution(dist.low, dist.high, step=dist.args[2])
+        elif dist.kind == "grid":
+            raise SpaceError(f"{space.path}: space.{key}: the optuna searcher cannot run a grid; use --searcher random")
         else:
             raise AssertionError(dist.kind)
     return out
@@ -351,3 +359,15 @@ def format_space(space: SearchSpace) -> str:
 
 def resolved_json(space: SearchSpace) -> str:
     return json.dumps(space.to_json(), indent=2)
+
+
+def with_grid(space: SearchSpace, key: str, values: list) -> SearchSpace:
+    """`space` with the grid over `key` replaced by `values` (`seqrep reproduce table8 --splits K`)."""
+    if key not in space.space or space.space[key].kind != "grid":
+        raise SpaceError(f"{space.path}: space.{key} is not a grid, so it cannot be narrowed")
+    return dataclasses.replace(space, space={**space.space, key: Distribution("grid", tuple(values))})
+
+
+def grid_size(space: SearchSpace) -> int:
+    """How many runs one `trials` draw makes: the product of the grid sizes (1 without a grid)."""
+    return math.prod(len(d.args) for d in space.space.values() if d.kind == "grid")

@@ -58,6 +58,12 @@ def _better(a: float, b: float | None, mode: str) -> bool:
     return b is None or (a < b if mode == "min" else a > b)
 
 
+def _is_metric(key: str) -> bool:
+    """A final metric kept in the summary: valid_*, test_*, and train_* measured at the best epoch
+    (Table 9's train_nca_prob); not the last epoch's train_loss, which is in the history."""
+    return key.startswith(("valid_", "test_")) or (key.startswith("train_") and key != "train_loss")
+
+
 def trial_row(trial_dir: Path, study: Mapping[str, Any], runs: Mapping[str, str]) -> dict[str, Any]:
     """One trial folder -> one summary row (without the study-wide identity columns)."""
     from seqrep.session import trial_seed
@@ -79,9 +85,9 @@ def trial_row(trial_dir: Path, study: Mapping[str, Any], runs: Mapping[str, str]
     if final is not None:
         row["status"], row["error"] = final["seqrep_status"], None
         row["best_epoch"] = int(final.get("best_epoch") or 0) or None
-        row.update({k: v for k, v in final.items() if k.startswith(("valid_", "test_"))})
+        row.update({k: v for k, v in final.items() if _is_metric(k)})
         if row["best_epoch"] is None:  # diverged before any finite epoch: nothing to select
-            row.update({k: math.nan for k in row if k.startswith(("valid_", "test_"))})
+            row.update({k: math.nan for k in row if _is_metric(k)})
     else:
         if error_file.exists():
             row["status"], row["error"] = "errored", last_error_line(error_file.read_text())
@@ -117,7 +123,7 @@ def collect(study_dir: Path) -> pd.DataFrame:
         if ray_dir.is_dir() else []
     rows = [trial_row(d, study, runs) for d in trial_dirs]
     config_keys = sorted({k for r in rows for k in r["config"]})
-    metric_keys = sorted({k for r in rows for k in r if k.startswith(("valid_", "test_"))},
+    metric_keys = sorted({k for r in rows for k in r if _is_metric(k)},
                          key=lambda k: (not k.startswith("valid_"), k))
     records = []
     for r in rows:
@@ -151,7 +157,7 @@ def collect(study_dir: Path) -> pd.DataFrame:
 def _arrow_column(name: str, values: list[Any]) -> pa.Array:
     if name in ("best_epoch", "epochs", "seed", "trial_seed"):
         return pa.array(values, type=pa.int64())
-    if name.startswith(("valid_", "test_")) or name in ("wall_s", "cpus", "gpus"):
+    if _is_metric(name) or name in ("wall_s", "cpus", "gpus"):
         return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
     if name.startswith("config."):
         try:  # a typed column when the values share a type (null allowed), else text

@@ -9,7 +9,6 @@ the regression metrics and the plot of a 1-d predictive distribution.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from seqrep.data.base import RegressionData
-from seqrep.errors import SeqrepError
+from trainables.nn.optim import RmsProp
 
 Transfer = Literal["sigmoid", "rectifier"]
 TRANSFERS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "rectifier": nn.ReLU}
@@ -58,19 +57,14 @@ def check_body_config(config: Any) -> None:
         ("momentum", "0 <= momentum < 1", 0 <= config.momentum < 1),
         ("batch_size", "batch_size >= 1", config.batch_size >= 1),
     ]
-    for field, rule, holds in rules:
-        if not holds:
-            raise SeqrepError(
-                f"{type(config).__module__}.Config: {rule} must hold, but got {field}={getattr(config, field)!r}"
-            )
+    config.check(rules)
 
 
-def rmsprop(params, step_rate: float, decay: float, momentum: float) -> torch.optim.RMSprop:
-    """rmsprop with the thesis's parameter names: step rate, decay rate (of the squared-gradient
-    average) and momentum. The small offset in the denominator is PyTorch's default (1e-8)."""
-    # foreach: one call per update instead of a Python loop over parameters, which on networks
-    # this small costs more than the arithmetic (also on the CPU, where it is not the default).
-    return torch.optim.RMSprop(params, lr=step_rate, alpha=decay, momentum=momentum, foreach=True)
+def rmsprop(params, step_rate: float, decay: float, momentum: float) -> RmsProp:
+    """rmsprop with Nesterov momentum as the thesis ran it (climin's, `trainables.nn.optim`), with
+    the thesis's parameter names: step rate, decay rate (of the squared-gradient average) and
+    momentum (Section 2.6.3). Validate at `optimizer.climin_point()` (climin's resting point)."""
+    return RmsProp(params, step_rate=step_rate, decay=decay, momentum=momentum)
 
 
 def minibatches(
@@ -102,13 +96,6 @@ def as_tensors(data: RegressionData, device: torch.device | str) -> dict[str, tu
             torch.tensor(np.asarray(y, dtype=np.float32), device=device),
         )
     return out
-
-
-def regression_metrics(y: torch.Tensor, mean: torch.Tensor, nll: torch.Tensor) -> dict[str, float]:
-    """Table 7's columns: MSE (over points and output dimensions) of the predictive mean `mean`
-    (n, d) against `y` (n, d), its root, and the mean of the per-point NLL `nll` (n,) in nats."""
-    mse = float(((mean - y) ** 2).mean())
-    return {"mse": mse, "rmse": math.sqrt(mse), "nll": float(nll.mean())}
 
 
 def plot_predictive(

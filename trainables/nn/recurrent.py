@@ -23,6 +23,22 @@ its two bias vectors are summed), so FD with every rate 0 equals the determinist
 projections of all time steps are computed before the recurrence, which then does only the
 recurrent matrix products (two per step under FD: one for the mean, one for the variance).
 
+Extensions for STORN and the deep Markov model (Chapter 4):
+
+- `cell="sigmoid"`: logistic-sigmoid hidden units (Section 4.4.1 uses them in both of STORN's
+  nets). torch has no sigmoid `nn.RNN`, so this cell always runs the propagation loop (with every
+  rate 0 the variances stay exactly 0 and the loop is the deterministic net); its parameters live
+  in an `nn.RNN` like the tanh cell's.
+- `n_undropped`: the last `n_undropped` input columns are exempt from input dropout (STORN's latent
+  sample z_t enters the generating net through its own weights W'_in, Eq. 29, not through the
+  dropped data inputs).
+- `learn_rates=True`: the three dropout rates are parameters (keep = sigmoid(logit)), learned with
+  the weights; Section 4.4 does this for STORN's recognition model.
+- `moments(x)`: the output layer's pre-activation mean and variance (no squashing), the Gaussian
+  statistics STORN's recognition model reads (Section 4.4: FD's variance serves as sigma^2_t).
+- `BidirectionalFD`: a biRNN (Section 1.2) of two such nets, one reading the reversed sequences
+  (`reverse_padded`, which respects each sequence's length).
+
 Initialisation (Sections 1.3.3, 2.5.2): W_in ~ N(0, sigma2_in), W_rec and W_out ~ N(0, sigma2),
 b_h = 0, b_y = -0.8, and for the tanh net W_rec rescaled to spectral radius rho. The thesis also
 "set all but a few parameters to zero" (sparse initialisation, Sutskever et al. 2013); that is not
@@ -39,7 +55,7 @@ from torch import Tensor, nn
 
 from trainables.nn import variance as vp
 
-Cell = Literal["tanh", "lstm"]
+Cell = Literal["tanh", "lstm", "sigmoid"]
 
 
 def set_spectral_radius(weight: Tensor, rho: float) -> None:
@@ -72,29 +88,54 @@ class FastDropoutRNN(nn.Module):
         p_drop_hidden: float = 0.0,
         p_drop_output: float = 0.0,
         fd_final_layer: bool = True,
+        n_undropped: int = 0,
+        learn_rates: bool = False,
     ):
         super().__init__()
-        if cell not in ("tanh", "lstm"):
-            raise ValueError(f"cell must be tanh or lstm, got {cell!r}")
+        if cell not in ("tanh", "lstm", "sigmoid"):
+            raise ValueError(f"cell must be tanh, lstm or sigmoid, got {cell!r}")
+        if not 0 <= n_undropped <= n_in:
+            raise ValueError(f"0 <= n_undropped <= n_in must hold, but got n_undropped={n_undropped}, n_in={n_in}")
         self.cell = cell
         self.n_hidden = n_hidden
-        self.keep_input = keep_probability(p_drop_input)
-        self.keep_hidden = keep_probability(p_drop_hidden)
-        self.keep_output = keep_probability(p_drop_output)
-        self.fd_final_layer = fd_final_layer
-        if cell == "tanh":
-            self.core = nn.RNN(n_in, n_hidden, nonlinearity="tanh")
+        self.n_undropped = n_undropped
+        keeps = (keep_probability(p_drop_input), keep_probability(p_drop_hidden), keep_probability(p_drop_output))
+        self.learn_rates = learn_rates
+        if learn_rates:
+            # keep = sigmoid(logit); a rate of exactly 0 would be an infinite logit, so start just below it
+            clipped = torch.tensor(keeps, dtype=torch.float32).clamp(1e-3, 1.0 - 1e-3)
+            self.keep_logits = nn.Parameter(torch.log(clipped) - torch.log1p(-clipped))  # (input, hidden, output)
         else:
+            self._keeps = keeps
+        self.fd_final_layer = fd_final_layer
+        if cell == "lstm":
             self.core = nn.LSTM(n_in, n_hidden)
+        else:
+            self.core = nn.RNN(n_in, n_hidden, nonlinearity="tanh")  # parameters only for "sigmoid"
         self.out = nn.Linear(n_hidden, n_out)
+
+    def _keep(self, which: int) -> float | Tensor:
+        return torch.sigmoid(self.keep_logits[which]) if self.learn_rates else self._keeps[which]
+
+    @property
+    def keep_input(self) -> float | Tensor:
+        return self._keep(0)
+
+    @property
+    def keep_hidden(self) -> float | Tensor:
+        return self._keep(1)
+
+    @property
+    def keep_output(self) -> float | Tensor:
+        return self._keep(2)
 
     @property
     def deterministic(self) -> bool:
-        return self.keep_input == self.keep_hidden == self.keep_output == 1.0
+        return not self.learn_rates and self._keeps == (1.0, 1.0, 1.0)
 
     def initialise(self, sigma2: float, sigma2_in: float, rho: float | None, b_h: float = 0.0, b_y: float = -0.8,
                    generator: torch.Generator | None = None) -> None:
-        """The thesis's initialisation (module docstring); rho applies to the tanh net only."""
+        """The thesis's initialisation (module docstring); rho applies to the tanh and sigmoid nets."""
         with torch.no_grad():
             self.core.weight_ih_l0.normal_(0.0, math.sqrt(sigma2_in), generator=generator)
             self.core.weight_hh_l0.normal_(0.0, math.sqrt(sigma2), generator=generator)
@@ -102,11 +143,11 @@ class FastDropoutRNN(nn.Module):
             self.core.bias_ih_l0.fill_(b_h)
             self.core.bias_hh_l0.zero_()
             self.out.bias.fill_(b_y)
-        if rho is not None and self.cell == "tanh":
+        if rho is not None and self.cell != "lstm":
             set_spectral_radius(self.core.weight_hh_l0, rho)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.deterministic:
+        if self.deterministic and self.cell != "sigmoid":
             hidden, _ = self.core(x)  # (T, B, H)
             return self.out(hidden)
         mean, var = self._fd_hidden(x)  # each (T, B, H)
@@ -115,10 +156,32 @@ class FastDropoutRNN(nn.Module):
         out_mean, out_var = vp.fd_affine(mean, var, self.out.weight, self.out.bias, self.keep_output)
         return out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * out_var)
 
+    def hidden_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the hidden units, (T, B, H) each (zero variance without dropout)."""
+        if self.deterministic and self.cell != "sigmoid":
+            hidden, _ = self.core(x)
+            return hidden, torch.zeros_like(hidden)
+        return self._fd_hidden(x)
+
+    def output_moments(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+        """Moments of the output pre-activation given the hidden units' (FD on the output weights)."""
+        if not self.fd_final_layer:
+            out = self.out(mean)
+            return out, torch.zeros_like(out)
+        return vp.fd_affine(mean, var, self.out.weight, self.out.bias, self.keep_output)
+
+    def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the output pre-activation, (T, B, n_out) each, without squashing."""
+        return self.output_moments(*self.hidden_moments(x))
+
     def _fd_hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
         core = self.core
         bias = core.bias_ih_l0 + core.bias_hh_l0
-        in_mean, in_var = vp.fd_affine(x, None, core.weight_ih_l0, bias, self.keep_input)  # (T, B, G*H) each
+        keep_in = self.keep_input
+        if self.n_undropped:
+            keep_in = x.new_ones(x.shape[-1]) * keep_in  # (n_in,): dropout only on the data columns
+            keep_in = torch.cat([keep_in[: x.shape[-1] - self.n_undropped], x.new_ones(self.n_undropped)])
+        in_mean, in_var = vp.fd_affine(x, None, core.weight_ih_l0, bias, keep_in)  # (T, B, G*H) each
         w_rec = core.weight_hh_l0
         w_rec_sq = w_rec.square()
         keep = self.keep_hidden
@@ -133,6 +196,8 @@ class FastDropoutRNN(nn.Module):
             a_var = in_var[t] + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec_sq.T
             if self.cell == "tanh":
                 h_mean, h_var = vp.tanh(a_mean, a_var)
+            elif self.cell == "sigmoid":
+                h_mean, h_var = vp.sigmoid(a_mean, a_var)
             else:
                 (i_m, f_m, g_m, o_m), (i_v, f_v, g_v, o_v) = a_mean.chunk(4, -1), a_var.chunk(4, -1)
                 i_m, i_v = vp.sigmoid(i_m, i_v)
@@ -147,3 +212,41 @@ class FastDropoutRNN(nn.Module):
             means.append(h_mean)
             variances.append(h_var)
         return torch.stack(means), torch.stack(variances)
+
+
+def reverse_padded(x: Tensor, mask: Tensor) -> Tensor:
+    """Reverse each sequence of a padded batch x (T, B, ...) within its own length (mask (T, B)).
+
+    Step t of sequence b goes to L_b - 1 - t; padding stays where it is. Applying it twice is the
+    identity.
+    """
+    steps = x.shape[0]
+    lengths = mask.sum(0).long()  # (B,)
+    t = torch.arange(steps, device=x.device)[:, None]  # (T, 1)
+    index = torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # (T, B)
+    index = index.reshape(index.shape + (1,) * (x.dim() - 2)).expand_as(x)
+    return torch.gather(x, 0, index)
+
+
+class BidirectionalFD(nn.Module):
+    """A biRNN with fast dropout (Section 1.2): one net reads x_1:T forwards, one backwards.
+
+    The output pre-activation is W_f h_f,t + W_b h_b,t + b_f + b_b, i.e. one output layer over
+    the concatenated hidden states; under FD the two halves' dropout masks are independent, so
+    means and variances add. Both nets take the same constructor arguments as `FastDropoutRNN`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.forward_net = FastDropoutRNN(*args, **kwargs)
+        self.backward_net = FastDropoutRNN(*args, **kwargs)
+
+    def initialise(self, *args, **kwargs) -> None:
+        self.forward_net.initialise(*args, **kwargs)
+        self.backward_net.initialise(*args, **kwargs)
+
+    def moments(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Output pre-activation mean and variance, (T, B, n_out) each."""
+        f_mean, f_var = self.forward_net.moments(x)
+        b_mean, b_var = self.backward_net.moments(reverse_padded(x, mask))
+        return f_mean + reverse_padded(b_mean, mask), f_var + reverse_padded(b_var, mask)

@@ -37,6 +37,8 @@ def fit(
     generator: torch.Generator | None = None,
     on_finish: Callable[[], None] | None = None,
     evaluation_point: Callable[[], ContextManager] | None = None,
+    patience: int | None = None,
+    tolerance: float = 0.0,
 ) -> None:
     """Run `train_epoch` until the epoch budget, reporting `evaluate("valid")` after each epoch.
 
@@ -46,10 +48,14 @@ def fit(
     trial continues the same sequence. `on_finish()` runs with the best state loaded (plots).
     `evaluation_point()` is a context in which the parameters are where validation should look
     and the best state is copied (climin's Nesterov optimisers keep a look-ahead point otherwise).
+    `patience`: stop early (status still `completed`) once the selection metric has gone
+    `patience` epochs without improving by more than `tolerance` times its magnitude on the value
+    that last did so ("until convergence", Section 2.6.3); None runs the whole budget.
     """
     at_eval = evaluation_point or contextlib.nullcontext
     ctx = session.context
     start, best, best_epoch, best_state, best_valid = 1, None, 0, None, {}
+    plateau_value, plateau_epoch = None, 0  # the last value that improved by more than `tolerance`
     state = session.restore()
     if state is not None:
         model.load_state_dict(state["model"])
@@ -59,6 +65,9 @@ def fit(
         start = int(state["epoch"]) + 1
         best = state["best"] if state["best_epoch"] else None
         best_epoch, best_state, best_valid = int(state["best_epoch"]), state["best_state"], state["best_valid"]
+        if "plateau_epoch" in state:
+            plateau_epoch = int(state["plateau_epoch"])
+            plateau_value = None if math.isnan(state["plateau_value"]) else state["plateau_value"]
 
     status = "completed"
     for epoch in range(start, ctx.max_epochs + 1):
@@ -78,6 +87,9 @@ def fit(
             break
         if improved:
             best, best_epoch, best_state, best_valid = score, epoch, candidate, valid
+        margin = tolerance * abs(plateau_value) if plateau_value is not None else 0.0
+        if plateau_value is None or ctx.better(score, plateau_value - margin if ctx.mode == "min" else plateau_value + margin):
+            plateau_value, plateau_epoch = score, epoch
         session.report(
             {"epoch": epoch, "train_loss": train_loss, **valid},
             checkpoint={
@@ -89,8 +101,12 @@ def fit(
                 "best_epoch": best_epoch,
                 "best_state": best_state if best_state is not None else {},
                 "best_valid": best_valid,
+                "plateau_value": plateau_value if plateau_value is not None else math.nan,
+                "plateau_epoch": plateau_epoch,
             },
         )
+        if patience is not None and epoch - plateau_epoch >= patience:
+            break
 
     final: dict[str, float] = {"best_epoch": best_epoch}
     if best_state is not None:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from seqrep.data import polyphonic
+from seqrep.data import mocap, polyphonic, regression, ucr
 from seqrep.data.base import DatasetInfo, file_sha256
 from seqrep.errors import SeqrepError
 
@@ -57,6 +57,9 @@ _REGISTRY: dict[str, DatasetInfo] = {
         _load_toy,
     ),
     **{name: _polyphonic(name) for name in polyphonic.SOURCES},
+    **regression.registry_entries(),  # sarcos, uci-<name> (Section 2.6)
+    **ucr.registry_entries(),  # ucr-<name> of Tables 9-10, characters, tidigits (Chapter 3)
+    **mocap.registry_entries(),  # mocap, Table 14 (Section 4.4.2)
 }
 
 
@@ -64,7 +67,9 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def info(name: str) -> DatasetInfo:
+def info(name: str, data_dir: str | os.PathLike | None = None) -> DatasetInfo:
+    if name not in _REGISTRY and name.lower().startswith(ucr.PREFIX) and len(name) > len(ucr.PREFIX):
+        return ucr.info(name, resolve_data_dir(data_dir))  # any ucr/<Name>/ folder, resolved at lookup time
     if name not in _REGISTRY:
         raise SeqrepError(f"unknown dataset {name!r}; available: {', '.join(names())}")
     return _REGISTRY[name]
@@ -72,11 +77,12 @@ def info(name: str) -> DatasetInfo:
 
 def missing_files(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     root = resolve_data_dir(data_dir)
-    return [root / rel for rel in info(name).files if not (root / rel).exists()]
+    return [root / rel for rel in info(name, root).files if not (root / rel).exists()]
 
 
 def _missing_message(name: str, root: Path, missing: list[Path]) -> str:
     how = f"fetch it with `seqrep data download {name} --data-dir {root}`, or " if info(name).download else ""
+    how += f"get it from {info(name).source} and " if info(name).source else ""
     return (f"data set {name!r} needs {', '.join(str(p) for p in missing)}, which is not in the data directory "
             f"{root}; {how}put the files there or point --data-dir / SEQREP_DATA at a folder that has them")
 

@@ -21,6 +21,10 @@ class RegressionData:
     y_valid: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # Set when the targets above are standardised, (y - y_mean) / y_std per output dimension:
+    # the methods then report MSE and NLL in the original units (trainables.nn.regression).
+    y_mean: np.ndarray | None = None
+    y_std: np.ndarray | None = None
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in ("train", "valid", "test"):
@@ -87,3 +91,42 @@ class DatasetInfo:
     # Fetches the files into the data directory it is given: [(path, fetched or already good)].
     # None when generated or when there is no source to fetch from.
     download: Callable[[Path], list[tuple[Path, bool]]] | None = None
+    source: str = ""  # where to get the files by hand when there is no download (named in errors)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationData:
+    """Labelled variable-length sequences (thesis Chapter 3): train and test splits only.
+
+    `train` / `test` are lists of float32 arrays (T_i, D); `y_train` / `y_test` int64 class indices
+    0..K-1 into `classes` (the labels as written in the files, as strings). A validation split is
+    the method's business (a seeded stratified split or folds of the training data, Section 3.5.2).
+    """
+
+    name: str
+    train: list[np.ndarray]
+    y_train: np.ndarray
+    test: list[np.ndarray]
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            seqs, labels = getattr(self, split), getattr(self, f"y_{split}")
+            if len(seqs) != len(labels):
+                raise ValueError(f"{self.name}: {len(seqs)} {split} sequences but {len(labels)} labels")
+            bad = [(i, s.shape) for i, s in enumerate(seqs) if s.ndim != 2 or len(s) == 0]
+            if bad:
+                raise ValueError(f"{self.name}: every sequence must be a non-empty (T, D) array, "
+                                 f"but {split}[{bad[0][0]}] has shape {bad[0][1]}")
+        widths = {s.shape[1] for s in list(self.train) + list(self.test)}
+        if len(widths) > 1:
+            raise ValueError(f"{self.name}: all sequences must have the same number of features, got {sorted(widths)}")
+
+    @property
+    def n_features(self) -> int:
+        return (self.train or self.test)[0].shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)

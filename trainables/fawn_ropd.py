@@ -1,0 +1,26 @@
+"""FAWN-ROPD: regularised direct optimisation of the predictive distribution (Section 2.6.2.2, Tables 7, 8).
+
+Gaussian weights q(theta) propagated in closed form (`trainables.nn.fawn`), trained on
+
+    L = sum_i -log N(z_i | E[y_i], V[y_i] + sigma_hat^2) + KL[q || p],
+
+the approximate predictive distribution of Eq. (26) with the likelihood's noise, regularised by the
+KL to the learned reference distribution p = N(mu~, sigma~^2) (no regularisation coefficient).
+Adam 0.001, model selection on the training loss (the `valid_*` metrics are the training split's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from seqrep.session import Session
+from trainables.nn.fawn import FAWNConfig, train_fawn
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(FAWNConfig):
+    pass
+
+
+def train(config: Config, session: Session) -> None:
+    train_fawn(config, session, "ropd")

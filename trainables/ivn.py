@@ -1,0 +1,65 @@
+"""IVN: implicit variance network (Section 2.6.1, Table 7).
+
+A fast-dropout net (`trainables.nn.fdnet.FastDropoutNet`) whose propagated output moments ARE the
+predictive distribution, trained on the implicit variance loss, the Gaussian NLL
+
+    L_iv = 1/2 r^T Sigma^-1 r + log (2 pi)^{D/2} |Sigma|^{1/2},  Sigma = diag(V[y]), r = z - E[y],
+
+with every layer's variance scaled by a learned beta > beta_min (V[y'] = beta V[y]); beta_min and
+the input's variance are hyper-parameters of the random search (Section 2.6.3). A floor of 1e-6 on
+V[y] guards the loss where no noise reaches the output (all rates and the input variance 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+from seqrep.config import MethodConfig
+from seqrep.errors import SeqrepError
+from seqrep.session import Session
+from trainables.fd import check_rates, predictive
+from trainables.nn import regression
+from trainables.nn.fdnet import FastDropoutNet
+from trainables.nn.mlp import check_body_config, rmsprop
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(MethodConfig):
+    hidden_layers: int = 1
+    hidden_units: int = 50
+    transfer: Literal["sigmoid", "rectifier"] = "rectifier"
+    step_rate: float = 1e-3  # rmsprop (climin, Nesterov momentum)
+    decay: float = 0.9
+    momentum: float = 0.0
+    batch_size: int = 10
+    p_drop_input: float = 0.2
+    p_drop_hidden: float = 0.5
+    input_variance: float = 0.0  # the constant variance V[x] given to every input
+    beta_min: float = 1e-3  # beta > beta_min for every layer's variance scale
+
+    def __post_init__(self):
+        check_body_config(self)
+        check_rates(self)
+        if not self.input_variance >= 0:
+            raise SeqrepError(f"{__name__}.Config: input_variance >= 0 must hold, but got input_variance={self.input_variance!r}")
+        if not self.beta_min >= 0:
+            raise SeqrepError(f"{__name__}.Config: beta_min >= 0 must hold, but got beta_min={self.beta_min!r}")
+
+
+def train(config: Config, session: Session) -> None:
+    data = regression.load(session)
+    torch.manual_seed(session.context.seed)
+    model = FastDropoutNet(data.x_train.shape[1], data.y_train.shape[1], config.hidden_layers, config.hidden_units,
+                           config.transfer, config.p_drop_input, config.p_drop_hidden, config.input_variance,
+                           beta_min=config.beta_min)
+    model.to(session.context.device)
+    optimizer = rmsprop(model.parameters(), config.step_rate, config.decay, config.momentum)
+    regression.fit_regression(
+        session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
+        loss=lambda x, y: regression.gaussian_nll(y, *predictive(model, x)).mean(),
+        predict=lambda x: predictive(model, x), config=config.to_dict(), title="IVN",
+        evaluation_point=optimizer.climin_point,
+    )

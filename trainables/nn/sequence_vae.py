@@ -1,0 +1,132 @@
+"""Training and evaluation shared by the latent-variable sequence models (STORN, the DMM).
+
+A model here is an `nn.Module` with `likelihood` ("bernoulli" or "gaussian"), a buffer
+`log_sigma` (the Gaussian emission's log standard deviation) and
+
+    terms(x, mask, samples, generator) -> Terms(fit, rest, kl), each (K, B),
+
+for x (T, B, D) with mask (T, B) and K = `samples` draws z ~ q(z | x) per sequence, every entry
+summed over that sequence's real frames (padding counts nowhere):
+
+- `fit`: log p(x | z) for Bernoulli outputs; for Gaussian outputs the sum of squared residuals
+  ||x_t - mean_t||^2, from which log p(x | z) follows for any sigma (`emission_log_likelihood`),
+- `rest`: log p(z) - log q(z | x) at the drawn z (the rest of the importance weight),
+- `kl`: the analytic KL(q || p) (for STORN the same for every k; for the DMM it depends on the
+  drawn z_{t-1} of the transition prior).
+
+From these: the negative ELBO (Eq. 31) per frame, `elbo_nll` = -sum_b [mean_k log p(x_b | z_k) -
+mean_k kl_kb] / frames, and the importance-sampled `nll` = -sum_b LME_k [log p(x_b | z_k) + rest_kb]
+/ frames (`trainables.nn.latent`, per sequence). Training minimises the one-sample negative ELBO
+per frame of a minibatch (SGVB, Section 1.4.3) with the Gaussian's sigma fixed at 1 (Section
+4.4.2). After training, "a binary search for a better value" of sigma (Section 4.4.2) is a
+bounded golden-section search on log sigma (scipy) minimising the validation estimate, which is
+cheap: the drawn z and the squared residuals do not depend on sigma. The chosen sigma is stored in
+`log_sigma`, so it travels with the best state to the test split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from seqrep.data.sequences import pad
+from trainables.nn.latent import LOG_2PI, check_samples, log_mean_exp
+
+TRAIN_SIGMA = 1.0  # Section 4.4.2: "the standard deviation was fixed to 1 during training"
+LOG_SIGMA_RANGE = (math.log(1e-2), math.log(1e1))  # where the search for sigma looks
+
+
+class Terms(NamedTuple):
+    fit: Tensor  # (K, B)
+    rest: Tensor  # (K, B)
+    kl: Tensor  # (K, B)
+
+
+def emission_log_likelihood(fit: Tensor, frames: Tensor, features: int, likelihood: str, log_sigma: float | Tensor) -> Tensor:
+    """log p(x_b | z_k), (K, B): `fit` itself (Bernoulli) or the Gaussian with sigma = exp(log_sigma),
+    -fit / (2 sigma^2) - n_b D (log 2 pi + 2 log sigma) / 2 for n_b frames of D features."""
+    if likelihood == "bernoulli":
+        return fit
+    log_sigma = torch.as_tensor(log_sigma, dtype=fit.dtype)
+    return -0.5 * fit * torch.exp(-2.0 * log_sigma) - 0.5 * frames * features * (LOG_2PI + 2.0 * log_sigma)
+
+
+def sgvb_loss(model, x: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+    """The one-sample negative bound (Eq. 31) summed over the batch's frames, and their number."""
+    terms = model.terms(x, mask, 1, generator)
+    frames = mask.sum(0)  # (B,)
+    log_px = emission_log_likelihood(terms.fit, frames, x.shape[-1], model.likelihood, math.log(TRAIN_SIGMA))
+    return (terms.kl - log_px).sum(), int(frames.sum())
+
+
+class SplitStats(NamedTuple):
+    fit: Tensor  # (K, N) for the N sequences of a split
+    rest: Tensor
+    kl: Tensor
+    frames: Tensor  # (N,)
+    features: int
+
+
+@torch.no_grad()
+def collect(model, sequences: Sequence[Tensor], samples: int, device: torch.device, seed: int,
+            batch_size: int = 32, budget: int = 2 ** 18) -> SplitStats:
+    """K = `samples` draws for every sequence of a split; the same `seed` gives the same draws
+    (common random numbers, so that epochs and sigmas are compared on equal terms). The K draws are
+    a batch dimension, taken in chunks of at most `budget` (draws x sequences x steps) so that the
+    nets' per-step states stay a few hundred MB even for Piano-midi.de's long pieces."""
+    check_samples(samples)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: less padding
+    fits, rests, kls, frames = [], [], [], []
+    for start in range(0, len(order), batch_size):
+        x, mask = pad([sequences[i] for i in order[start:start + batch_size]])
+        x, mask = x.to(device), mask.to(device)
+        chunk = max(1, budget // (x.shape[0] * x.shape[1]))  # K * B sequences of T steps at a time
+        parts = [model.terms(x, mask, min(chunk, samples - k), generator) for k in range(0, samples, chunk)]
+        fits.append(torch.cat([p.fit for p in parts]).double().cpu())
+        rests.append(torch.cat([p.rest for p in parts]).double().cpu())
+        kls.append(torch.cat([p.kl for p in parts]).double().cpu())
+        frames.append(mask.sum(0).double().cpu())
+    return SplitStats(torch.cat(fits, 1), torch.cat(rests, 1), torch.cat(kls, 1), torch.cat(frames),
+                      sequences[0].shape[-1])
+
+
+def metrics(stats: SplitStats, likelihood: str, log_sigma: float) -> dict[str, float]:
+    """`nll` (importance-sampled, per sequence) and `elbo_nll`, both per frame, in nats."""
+    log_px = emission_log_likelihood(stats.fit, stats.frames, stats.features, likelihood, log_sigma)  # (K, N)
+    total_frames = float(stats.frames.sum())
+    log_likelihood = log_mean_exp(log_px + stats.rest, dim=0)  # (N,): per sequence, never over the batch
+    elbo = log_px.mean(0) - stats.kl.mean(0)  # (N,)
+    return {"nll": -float(log_likelihood.sum()) / total_frames, "elbo_nll": -float(elbo.sum()) / total_frames}
+
+
+def search_sigma(stats: SplitStats, criterion: str = "nll") -> float:
+    """The log sigma in LOG_SIGMA_RANGE that minimises `criterion` on these draws (golden section)."""
+    from scipy.optimize import minimize_scalar
+
+    result = minimize_scalar(lambda s: metrics(stats, "gaussian", s)[criterion], bounds=LOG_SIGMA_RANGE,
+                             method="bounded", options={"xatol": 1e-4})
+    return float(result.x)
+
+
+def make_evaluate(model, splits: dict[str, Sequence[Tensor]], device: torch.device, seed: int,
+                  samples: dict[str, int], extra: Callable[[str], dict[str, float]] | None = None):
+    """`evaluate(split)` for `fit`: nll and elbo_nll with K = samples[split] draws, sigma searched
+    on the validation split (Gaussian outputs; then also `sigma`), plus `extra(split)`."""
+
+    def evaluate(split: str) -> dict[str, float]:
+        stats = collect(model, splits[split], samples[split], device, seed)
+        out: dict[str, float] = {}
+        if model.likelihood == "gaussian":
+            if split == "valid":
+                model.log_sigma.fill_(search_sigma(stats))
+            out["sigma"] = math.exp(float(model.log_sigma))
+        out.update(metrics(stats, model.likelihood, float(model.log_sigma)))
+        if extra is not None:
+            out.update(extra(split))
+        return out
+
+    return evaluate
