@@ -11,6 +11,7 @@ import pytest
 
 from seqrep import data as datasets
 from seqrep import methods, spaces
+from seqrep.errors import SeqrepError
 from seqrep.spaces import SpaceError
 
 BASE = """\
@@ -197,3 +198,13 @@ def test_json_and_readable_forms(tmp_path):
     assert "randint 200 … 600 (inclusive)" in text
     assert "choice sigmoid, rectifier" in text
     assert textwrap.dedent(text).splitlines()[0] == "s  (s.yaml)"
+
+
+def test_a_dataset_pattern_admits_any_ucr_folder():
+    space = spaces.load("table10-sf")
+    space.check_dataset("ucr-gunpoint")  # any folder in the UCR layout, not only the thesis's sets
+    with pytest.raises(SeqrepError) as err:
+        space.check_dataset("jsb")
+    assert str(err.value) == (
+        "space table10-sf applies to data set(s) ucr-twopatterns, ucr-beef, ucr-cbf, ucr-lightning2, "
+        "ucr-lightning7, ucr-ecg200, ucr-*, not 'jsb'; pass --dataset with one of those")

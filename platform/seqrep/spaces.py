@@ -5,7 +5,7 @@ File format (every field is checked; unknown ones are errors)::
     name: table7-nn-toy              # must equal the file's stem
     method: mlp                      # a module trainables/<method>.py
     source: "Table 7, Section 2.6.3" # where in the thesis the space comes from
-    datasets: [toy]                  # data sets it applies to
+    datasets: [toy]                  # data sets it applies to (shell-style patterns allowed: ucr-*)
     metric: valid_nll                # selection metric, a `valid_*` name
     mode: min                        # min or max
     trials: 8                        # the thesis's count where it gives one (null: none given)
@@ -30,6 +30,7 @@ excludes it, so the converter passes `high + 1`. Optuna's `IntDistribution` incl
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import typing
@@ -115,7 +116,8 @@ class SearchSpace:
         }
 
     def check_dataset(self, dataset: str) -> None:
-        if dataset not in self.datasets:
+        """`dataset` must be listed, or match a listed shell-style pattern (`ucr-*`: any UCR folder)."""
+        if not any(fnmatch.fnmatchcase(dataset, entry) for entry in self.datasets):
             raise SeqrepError(
                 f"space {self.name} applies to data set(s) {', '.join(self.datasets)}, not {dataset!r}; "
                 f"pass --dataset with one of those"
@@ -200,7 +202,8 @@ def parse(data: Any, path: Path) -> SearchSpace:
     if not isinstance(raw_datasets, list) or not raw_datasets or not all(isinstance(d, str) for d in raw_datasets):
         raise SpaceError(f"{where}: datasets must be a non-empty list of data set names, got {raw_datasets!r}")
     for dataset in raw_datasets:
-        if dataset not in datasets.names():
+        pattern = any(c in dataset for c in "*?[")  # a pattern must match a registered name
+        if not (fnmatch.filter(datasets.names(), dataset) if pattern else dataset in datasets.names()):
             raise SpaceError(f"{where}: datasets: unknown data set {dataset!r}; available: {', '.join(datasets.names())}")
     metric = data["metric"]
     if not isinstance(metric, str) or not metric.startswith("valid_"):
