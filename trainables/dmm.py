@@ -40,11 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqrep.config import MethodConfig
-from seqrep.data.sequences import batches
 from seqrep.session import Session
 from trainables.nn import sequence_vae
 from trainables.nn.latent import kl_normal, normal_log_density
-from trainables.nn.optim import renormalise_gradients
 from trainables.nn.recurrent import FastDropoutRNN, reverse_padded
 from trainables.nn.training import fit
 from trainables.storn import load_sequences
@@ -157,17 +155,8 @@ def train(config: Config, session: Session) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.step_rate)
     order = torch.Generator().manual_seed(ctx.seed + 1)
 
-    def train_epoch() -> float:
-        total, frames = torch.zeros((), device=device), 0
-        for batch in batches(splits["train"], config.batch_size, order, pool=4):
-            loss, n = sequence_vae.sgvb_loss(model, batch.x.to(device), batch.mask.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            (loss / n).backward()
-            renormalise_gradients(model.parameters(), config.grad_norm)
-            optimizer.step()
-            total += loss.detach()
-            frames += n
-        return float(total) / frames
+    train_epoch = sequence_vae.make_train_epoch(model, optimizer, splits["train"], config.batch_size, order,
+                                                config.grad_norm, device)
 
     evaluate = sequence_vae.make_evaluate(model, splits, device, ctx.seed + 2,
                                           {"valid": config.valid_is_samples, "test": config.is_samples})

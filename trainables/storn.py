@@ -57,12 +57,12 @@ from torch import Tensor, nn
 import seqrep.data
 from seqrep.config import MethodConfig
 from seqrep.data.base import SequenceData
-from seqrep.data.sequences import batches, pad
+from seqrep.data.sequences import pad
 from seqrep.errors import SeqrepError
 from seqrep.session import Session
 from trainables.nn import sequence_vae
 from trainables.nn.latent import kl_standard_normal, normal_log_density, reparameterise
-from trainables.nn.optim import Adadelta, RmsProp, renormalise_gradients
+from trainables.nn.optim import Adadelta, RmsProp
 from trainables.nn.recurrent import BidirectionalFD, FastDropoutRNN
 from trainables.nn.training import fit
 from trainables.rnn import shift
@@ -317,17 +317,8 @@ def train(config: Config, session: Session) -> None:
     optimizer = build_optimizer(config, model.parameters())
     order = torch.Generator().manual_seed(ctx.seed + 1)
 
-    def train_epoch() -> float:
-        total, frames = torch.zeros((), device=device), 0
-        for batch in batches(splits["train"], config.batch_size, order, pool=4):
-            loss, n = sequence_vae.sgvb_loss(model, batch.x.to(device), batch.mask.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            (loss / n).backward()
-            renormalise_gradients(model.parameters(), config.grad_norm)
-            optimizer.step()
-            total += loss.detach()
-            frames += n
-        return float(total) / frames
+    train_epoch = sequence_vae.make_train_epoch(model, optimizer, splits["train"], config.batch_size, order,
+                                                config.grad_norm, device)
 
     def extra(split: str) -> dict[str, float]:
         if config.likelihood != "gaussian":

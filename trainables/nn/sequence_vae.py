@@ -32,8 +32,9 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from seqrep.data.sequences import pad
+from seqrep.data.sequences import batches, pad
 from trainables.nn.latent import LOG_2PI, check_samples, log_mean_exp
+from trainables.nn.optim import renormalise_gradients
 
 TRAIN_SIGMA = 1.0  # Section 4.4.2: "the standard deviation was fixed to 1 during training"
 LOG_SIGMA_RANGE = (math.log(1e-2), math.log(1e1))  # where the search for sigma looks
@@ -71,6 +72,27 @@ class SplitStats(NamedTuple):
 
 
 @torch.no_grad()
+def make_train_epoch(model, optimizer: torch.optim.Optimizer, train: Sequence[Tensor], batch_size: int,
+                     order: torch.Generator, grad_norm: float | None, device: torch.device) -> Callable[[], float]:
+    """One SGVB pass over `train` in length-bucketed minibatches (order drawn from `order`): the
+    negative bound per frame is minimised, gradients renormalised above `grad_norm`; the pass
+    returns the mean negative bound per training frame."""
+
+    def train_epoch() -> float:
+        total, frames = torch.zeros((), device=device), 0
+        for batch in batches(train, batch_size, order, pool=4):
+            loss, n = sgvb_loss(model, batch.x.to(device), batch.mask.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            (loss / n).backward()
+            renormalise_gradients(model.parameters(), grad_norm)
+            optimizer.step()
+            total += loss.detach()
+            frames += n
+        return float(total) / frames
+
+    return train_epoch
+
+
 def collect(model, sequences: Sequence[Tensor], samples: int, device: torch.device, seed: int,
             batch_size: int = 32, budget: int = 2 ** 18) -> SplitStats:
     """K = `samples` draws for every sequence of a split; the same `seed` gives the same draws
