@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from seqrep.config import MethodConfig
-from seqrep.errors import SeqrepError
 from seqrep.session import Session
 from trainables.nn import regression
 from trainables.nn.fdnet import FastDropoutNet
@@ -40,14 +39,8 @@ class Config(MethodConfig):
 
     def __post_init__(self):
         check_body_config(self)
-        check_rates(self)
-
-
-def check_rates(config) -> None:
-    for field in ("p_drop_input", "p_drop_hidden"):
-        value = getattr(config, field)
-        if not 0 <= value < 1:
-            raise SeqrepError(f"{type(config).__module__}.Config: 0 <= {field} < 1 must hold, but got {field}={value!r}")
+        self.check([(field, f"0 <= {field} < 1", 0 <= getattr(self, field) < 1)
+                    for field in ("p_drop_input", "p_drop_hidden")])
 
 
 def predictive(model: FastDropoutNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,40 +13,28 @@ V[y] guards the loss where no noise reaches the output (all rates and the input 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import torch
 
-from seqrep.config import MethodConfig
-from seqrep.errors import SeqrepError
 from seqrep.session import Session
-from trainables.fd import check_rates, predictive
+from trainables import fd
+from trainables.fd import predictive
 from trainables.nn import regression
 from trainables.nn.fdnet import FastDropoutNet
-from trainables.nn.mlp import check_body_config, rmsprop
+from trainables.nn.mlp import rmsprop
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(MethodConfig):
-    hidden_layers: int = 1
-    hidden_units: int = 50
-    transfer: Literal["sigmoid", "rectifier"] = "rectifier"
-    step_rate: float = 1e-3  # rmsprop (climin, Nesterov momentum)
-    decay: float = 0.9
-    momentum: float = 0.0
-    batch_size: int = 10
-    p_drop_input: float = 0.2
-    p_drop_hidden: float = 0.5
+class Config(fd.Config):
+    """FD's configuration (`trainables.fd.Config`) plus the input variance and the floor of beta."""
+
     input_variance: float = 0.0  # the constant variance V[x] given to every input
     beta_min: float = 1e-3  # beta > beta_min for every layer's variance scale
 
     def __post_init__(self):
-        check_body_config(self)
-        check_rates(self)
-        if not self.input_variance >= 0:
-            raise SeqrepError(f"{__name__}.Config: input_variance >= 0 must hold, but got input_variance={self.input_variance!r}")
-        if not self.beta_min >= 0:
-            raise SeqrepError(f"{__name__}.Config: beta_min >= 0 must hold, but got beta_min={self.beta_min!r}")
+        super().__post_init__()
+        self.check([("input_variance", "input_variance >= 0", self.input_variance >= 0),
+                    ("beta_min", "beta_min >= 0", self.beta_min >= 0)])
 
 
 def train(config: Config, session: Session) -> None:

@@ -62,21 +62,25 @@ class Config(MethodConfig):
     batch_size: int = 16  # sequences per minibatch
 
     def __post_init__(self):
-        rules = [
-            ("hidden_units", "hidden_units >= 1", self.hidden_units >= 1),
-            ("p_drop_input", "0 <= p_drop_input < 1", 0 <= self.p_drop_input < 1),
-            ("p_drop_hidden", "0 <= p_drop_hidden < 1", 0 <= self.p_drop_hidden < 1),
-            ("p_drop_output", "0 <= p_drop_output < 1", 0 <= self.p_drop_output < 1),
-            ("step_rate", "step_rate > 0", self.step_rate > 0),
-            ("momentum", "0 <= momentum < 1", 0 <= self.momentum < 1),
-            ("decay", "0 <= decay < 1", 0 <= self.decay < 1),
-            ("sigma2", "sigma2 > 0", self.sigma2 > 0),
-            ("sigma2_in", "sigma2_in > 0", self.sigma2_in > 0),
-            ("rho", "rho is null or > 0", self.rho is None or self.rho > 0),
-            ("grad_norm", "grad_norm is null or > 0", self.grad_norm is None or self.grad_norm > 0),
-            ("batch_size", "batch_size >= 1", self.batch_size >= 1),
-        ]
-        self.check(rules)
+        self.check([("hidden_units", "hidden_units >= 1", self.hidden_units >= 1), *fd_rnn_rules(self)])
+
+
+def fd_rnn_rules(c) -> list[tuple[str, str, bool]]:
+    """The rules on the FD-RNN fields a Config shares with this one (dropout rates, climin optimiser,
+    initialisation, gradient renormalisation, batch size), for `MethodConfig.check`."""
+    return [
+        ("p_drop_input", "0 <= p_drop_input < 1", 0 <= c.p_drop_input < 1),
+        ("p_drop_hidden", "0 <= p_drop_hidden < 1", 0 <= c.p_drop_hidden < 1),
+        ("p_drop_output", "0 <= p_drop_output < 1", 0 <= c.p_drop_output < 1),
+        ("step_rate", "step_rate > 0", c.step_rate > 0),
+        ("momentum", "0 <= momentum < 1", 0 <= c.momentum < 1),
+        ("decay", "0 <= decay < 1", 0 <= c.decay < 1),
+        ("sigma2", "sigma2 > 0", c.sigma2 > 0),
+        ("sigma2_in", "sigma2_in > 0", c.sigma2_in > 0),
+        ("rho", "rho is null or > 0", c.rho is None or c.rho > 0),
+        ("grad_norm", "grad_norm is null or > 0", c.grad_norm is None or c.grad_norm > 0),
+        ("batch_size", "batch_size >= 1", c.batch_size >= 1),
+    ]
 
 
 def shift(x: torch.Tensor) -> torch.Tensor:

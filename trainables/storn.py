@@ -65,7 +65,7 @@ from trainables.nn.latent import kl_standard_normal, normal_log_density, reparam
 from trainables.nn.optim import Adadelta, RmsProp
 from trainables.nn.recurrent import BidirectionalFD, FastDropoutRNN
 from trainables.nn.training import fit
-from trainables.rnn import shift
+from trainables.rnn import fd_rnn_rules, shift
 
 VAR_FLOOR = 1e-6
 
@@ -105,20 +105,10 @@ class Config(MethodConfig):
             ("latent_units", "latent_units >= 1", self.latent_units >= 1),
             ("hidden_units", "hidden_units >= 1", self.hidden_units >= 1),
             ("recognition_units", "recognition_units >= 1", self.recognition_units >= 1),
-            ("p_drop_input", "0 <= p_drop_input < 1", 0 <= self.p_drop_input < 1),
-            ("p_drop_hidden", "0 <= p_drop_hidden < 1", 0 <= self.p_drop_hidden < 1),
-            ("p_drop_output", "0 <= p_drop_output < 1", 0 <= self.p_drop_output < 1),
+            *fd_rnn_rules(self),
             ("rec_p_drop_input", "0 <= rec_p_drop_input < 1", 0 <= self.rec_p_drop_input < 1),
             ("rec_p_drop_hidden", "0 <= rec_p_drop_hidden < 1", 0 <= self.rec_p_drop_hidden < 1),
             ("rec_p_drop_output", "0 <= rec_p_drop_output < 1", 0 <= self.rec_p_drop_output < 1),
-            ("step_rate", "step_rate > 0", self.step_rate > 0),
-            ("momentum", "0 <= momentum < 1", 0 <= self.momentum < 1),
-            ("decay", "0 <= decay < 1", 0 <= self.decay < 1),
-            ("sigma2", "sigma2 > 0", self.sigma2 > 0),
-            ("sigma2_in", "sigma2_in > 0", self.sigma2_in > 0),
-            ("rho", "rho is null or > 0", self.rho is None or self.rho > 0),
-            ("grad_norm", "grad_norm is null or > 0", self.grad_norm is None or self.grad_norm > 0),
-            ("batch_size", "batch_size >= 1", self.batch_size >= 1),
             ("is_samples", "is_samples >= 1 (K of the importance sampler)", self.is_samples >= 1),
             ("valid_is_samples", "valid_is_samples >= 1", self.valid_is_samples >= 1),
             ("mse_samples", "mse_samples >= 1", self.mse_samples >= 1),
