@@ -22,7 +22,6 @@ the variance), off by default since the thesis mentions none.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Literal
 
 import torch
@@ -75,8 +74,7 @@ def mixture_parameters(
 
 def mixture_nll(y: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     """-log sum_k pi_k N(y; mu_k, diag(sigma^2_k)) per point, in nats: (n,) from y (n, D)."""
-    diff = y.unsqueeze(1) - mu  # (n, 1, D) - (n, K, D) -> (n, K, D)
-    log_normal = -0.5 * (torch.log(2 * math.pi * variance) + diff**2 / variance).sum(dim=-1)  # (n, K)
+    log_normal = -regression.gaussian_nll(y.unsqueeze(1), mu, variance)  # (n, 1, D) against (n, K, D) -> (n, K)
     return -torch.logsumexp(log_pi + log_normal, dim=-1)
 
 
