@@ -34,7 +34,6 @@ to start (importing torch) on the same two cores, where one-per-GPU reuses a sin
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import subprocess
@@ -43,10 +42,9 @@ import threading
 import time
 from pathlib import Path
 
-import ray
 import torch
 
-from seqrep import launch, summary, tracking
+from seqrep import cluster, launch, studies, summary, tracking
 
 PACKINGS = (1, 2, 4, 8)  # trials per GPU
 
@@ -70,7 +68,7 @@ class Sampler:
 
     def _sample(self) -> None:
         try:
-            free = ray.available_resources().get("GPU", 0.0)
+            free = cluster.available_gpus()
             self.running.append(round((self.gpus - free) / self.gpus_per_trial))
         except Exception:  # noqa: BLE001 - a missed sample is no reason to stop the study
             pass
@@ -112,6 +110,28 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def _packings(args, work: Path, uri: str, gpus: float, cpus_per_trial: float, nvidia_smi: bool):
+    """One study per packing; rows (k, wall, trials/h, util, peak, statuses) and the store's start-up."""
+    t0 = time.perf_counter()
+    tracking.prepare_store(uri)  # a new sqlite store runs MLflow's migrations once
+    store_init = time.perf_counter() - t0
+    launch.preload()  # so that the first packing does not pay Ray Tune's imports
+
+    rows = []
+    for k in PACKINGS:
+        options = studies.StudyOptions(trials=args.trials, max_epochs=args.max_epochs, seed=0, name=f"pack{k}",
+                                      storage=str(work / "studies"), tracking_uri=uri, gpus_per_trial=1 / k,
+                                      cpus_per_trial=cpus_per_trial, command="benchmark")
+        plan = studies.plan(args.space, args.dataset, options)
+        t0 = time.perf_counter()
+        with Sampler(gpus, 1 / k, nvidia_smi) as sampler:
+            launch.run_study(plan)
+        wall = time.perf_counter() - t0
+        statuses = summary.read(plan.directory)["status"].value_counts().to_dict()
+        rows.append((k, wall, plan.trials / wall * 3600, sampler.mean_util(), sampler.peak_running(), statuses))
+    return rows, store_init
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="table7-nn-toy")
@@ -129,28 +149,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="seqrep-pack-"))
     uri = f"sqlite:///{work}/m.db"
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, logging_level="ERROR")
-    ray_start = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tracking.prepare_store(uri)  # a new sqlite store runs MLflow's migrations once
-    store_init = time.perf_counter() - t0
-    # what run_study imports on first use, imported here so that the first packing does not pay it
-    for module in ("ray.tune", "ray.tune.logger", "ray.tune.schedulers", "ray.tune.search.basic_variant"):
-        importlib.import_module(module)
-
-    rows = []
-    for k in PACKINGS:
-        options = launch.StudyOptions(trials=args.trials, max_epochs=args.max_epochs, seed=0, name=f"pack{k}",
-                                      storage=str(work / "studies"), tracking_uri=uri, gpus_per_trial=1 / k,
-                                      cpus_per_trial=cpus_per_trial, command="benchmark")
-        plan = launch.plan(args.space, args.dataset, options)
-        t0 = time.perf_counter()
-        with Sampler(gpus, 1 / k, nvidia_smi) as sampler:
-            launch.run_study(plan)
-        wall = time.perf_counter() - t0
-        statuses = summary.read(plan.directory)["status"].value_counts().to_dict()
-        rows.append((k, wall, plan.trials / wall * 3600, sampler.mean_util(), sampler.peak_running(), statuses))
-    ray.shutdown()
+    with cluster.local(num_cpus=cpus, num_gpus=gpus):
+        ray_start = time.perf_counter() - t0
+        rows, store_init = _packings(args, work, uri, gpus, cpus_per_trial, nvidia_smi)
 
     kind = (f"{real_gpus} real GPU(s)" if real_gpus else
             "1 logical GPU (no GPU here: trials run on the CPU, so this measures scheduling/packing only, "

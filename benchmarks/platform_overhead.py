@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
 import torch
 
-from seqrep import launch, summary, tracking
-from seqrep.session import TrialContext, run_local
+from seqrep import cluster, launch, studies, studydir, summary, tracking
+from seqrep.method import TrialContext
+from seqrep.session import run_local
 
 
 def main() -> None:
@@ -36,25 +36,27 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="seqrep-bench-"))
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    ray_start = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    tracking.prepare_store(f"sqlite:///{work}/m.db")  # a new sqlite store runs MLflow's migrations once
-    store_init = time.perf_counter() - t0
-
-    options = launch.StudyOptions(trials=args.trials, max_epochs=args.max_epochs, seed=0, storage=str(work / "studies"),
-                                  tracking_uri=f"sqlite:///{work}/m.db", max_concurrent=1, command="benchmark")
-    plan = launch.plan(args.space, "toy", options)
-    t0 = time.perf_counter()
-    launch.run_study(plan)
-    study_wall = time.perf_counter() - t0
+    with cluster.local(num_cpus=2):
+        ray_start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tracking.prepare_store(f"sqlite:///{work}/m.db")  # a new sqlite store runs MLflow's migrations once
+        store_init = time.perf_counter() - t0
+        options = studies.StudyOptions(trials=args.trials, max_epochs=args.max_epochs, seed=0,
+                                       storage=str(work / "studies"), tracking_uri=f"sqlite:///{work}/m.db",
+                                       max_concurrent=1, command="benchmark")
+        plan = studies.plan(args.space, "toy", options)
+        t0 = time.perf_counter()
+        launch.run_study(plan)
+        study_wall = time.perf_counter() - t0
     frame = summary.read(plan.directory)
-    ray.shutdown()
 
     torch.set_num_threads(1)  # what each study trial gets (--cpus-per-trial 1)
+    trial_dirs = studydir.trial_dirs(plan.directory)
+    if len(trial_dirs) != len(frame):
+        raise SystemExit(f"the plain loop found {len(trial_dirs)} trial folders but the study ran {len(frame)} "
+                         "trials: the comparison would be meaningless")
     t0 = time.perf_counter()
-    for trial_dir in sorted(d for d in plan.directory.iterdir() if (d / "params.json").exists()):
+    for trial_dir in trial_dirs:
         config = json.loads((trial_dir / "params.json").read_text())
         seed = int(frame.set_index("trial_id").loc[trial_dir.name, "trial_seed"])
         context = TrialContext(dataset="toy", max_epochs=args.max_epochs, seed=seed, metric=plan.space.metric,

@@ -29,7 +29,7 @@ def test_an_unreachable_tracking_server_fails_fast_and_creates_nothing(capsys, t
 
 
 def test_the_tracking_writer_pauses_while_the_store_is_down_and_recovers():
-    from seqrep.tracking import _Writer
+    from seqrep.tracking import Writer as _Writer
 
     calls = {"fail": 0, "ok": 0}
 
@@ -124,17 +124,17 @@ def test_every_trial_completes_when_a_worker_node_is_lost(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from seqrep import launch, summary
+    from seqrep import launch, studies, summary
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR")
     try:
-        options = launch.StudyOptions(trials=4, max_epochs=1500, seed=2, storage=str(tmp_path / "s"),
+        options = studies.StudyOptions(trials=4, max_epochs=1500, seed=2, storage=str(tmp_path / "s"),
                                       tracking_uri=f"sqlite:///{tmp_path}/m.db", cpus_per_trial=0.5,
                                       gpus_per_trial=0.5, max_failures=3, command="test", report_interval_s=0.2)
-        p = launch.plan("table7-nn-toy", "toy", options)
+        p = studies.plan("table7-nn-toy", "toy", options)
 
         def remove_a_worker():
             deadline = time.monotonic() + 300
@@ -157,14 +157,14 @@ def test_every_trial_completes_when_a_worker_node_is_lost(tmp_path):
 
 
 def test_node_types_the_autoscaler_can_start_count_as_capacity(tmp_path, monkeypatch):
-    from seqrep import launch
+    from seqrep import cluster
 
     config = tmp_path / "ray_bootstrap_config.yaml"
     config.write_text("head_node_type: head\navailable_node_types:\n"
                       "  head: {resources: {CPU: 8}, max_workers: 0}\n"
                       "  gpu: {resources: {CPU: 4, GPU: 1}, min_workers: 0, max_workers: 4}\n"
                       "  idle: {resources: {CPU: 64, GPU: 8}, max_workers: 0}\n")
-    monkeypatch.setattr(launch, "AUTOSCALER_CONFIG", config)
-    assert launch._autoscaled_node_types() == {"head": {"CPU": 8}, "gpu": {"CPU": 4, "GPU": 1}}
-    monkeypatch.setattr(launch, "AUTOSCALER_CONFIG", tmp_path / "absent.yaml")
-    assert launch._autoscaled_node_types() == {}
+    monkeypatch.setattr(cluster, "AUTOSCALER_CONFIG", config)
+    assert cluster._autoscaled_node_types() == {"head": {"CPU": 8}, "gpu": {"CPU": 4, "GPU": 1}}
+    monkeypatch.setattr(cluster, "AUTOSCALER_CONFIG", tmp_path / "absent.yaml")
+    assert cluster._autoscaled_node_types() == {}

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from seqrep.errors import SeqrepError
+from trainables.kit.importance import importance_log_likelihood
 from trainables.nn.latent import (
-    importance_log_likelihood,
     kl_normal,
     kl_standard_normal,
     log_mean_exp,

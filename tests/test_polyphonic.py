@@ -22,8 +22,8 @@ import seqrep.data
 from seqrep.cli import main
 from seqrep.data import polyphonic
 from seqrep.data.base import SequenceData
-from seqrep.data.sequences import batches, frame_count, masked_mean, masked_sum, pad
 from seqrep.errors import SeqrepError
+from trainables.nn.sequences import batches, frame_count, masked_mean, masked_sum, pad
 
 TINY = {
     "train": [[(21, 108), (), (60,)], [(60, 64, 67)]],

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from seqrep.data.sequences import pad
 from trainables.nn.pooling import pool, stochastic_probabilities
+from trainables.nn.sequences import pad
 
 
 def ragged(seed: int = 0, lengths=(5, 1, 3, 7), k: int = 4, positive: bool = False):

@@ -176,13 +176,13 @@ def test_nll_is_total_over_frames_and_padding_never_counts():
 
 @pytest.mark.skipif(not os.environ.get("SEQREP_DATA"), reason="SEQREP_DATA is not set: the real piano-roll files are not available")
 def test_fd_rnn_learns_on_real_jsb_chorales():
-    from seqrep.session import TrialContext, run_local
+    from seqrep.method import TrialContext
+    from seqrep.session import run_local
 
     config = {"cell": "tanh", "hidden_units": 48, "p_drop_input": 0.1, "p_drop_hidden": 0.2, "p_drop_output": 0.2,
               "step_rate": 0.001, "momentum": 0.9, "decay": 0.9, "grad_norm": 15.0, "batch_size": 16}
-    context = TrialContext(dataset="jsb", max_epochs=2, seed=0, metric="valid_nll", mode="min",
-                           data_dir=os.environ["SEQREP_DATA"])
-    session = run_local("rnn", config, context)
+    context = TrialContext(dataset="jsb", max_epochs=2, seed=0, metric="valid_nll", mode="min")
+    session = run_local("rnn", config, context, data_dir=os.environ["SEQREP_DATA"])
     first, second = session.history
     assert math.isfinite(first["valid_nll"]) and second["valid_nll"] < first["valid_nll"]
     assert session.status == "completed" and session.final["best_epoch"] == 2

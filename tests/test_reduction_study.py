@@ -10,7 +10,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from seqrep import launch, summary, tables
+from seqrep import launch, studies, summary, tables
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_sequence_reduction import toy_rows, write_ucr  # noqa: E402
@@ -28,10 +28,10 @@ def local_cluster():
 def test_table9_nca_study_reports_the_table_columns(tmp_path):
     # the ramps stand in for SyntheticControl: the space lists the thesis's UCR sets by name
     write_ucr(tmp_path / "data", "SyntheticControl", toy_rows(20, 10, 0), toy_rows(20, 10, 1))
-    o = launch.StudyOptions(trials=2, max_epochs=2, seed=3, data_dir=str(tmp_path / "data"),
+    o = studies.StudyOptions(trials=2, max_epochs=2, seed=3, data_dir=str(tmp_path / "data"),
                             storage=str(tmp_path / "studies"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
                             command="seqrep search (test)")
-    p = launch.plan("table9-nca", "ucr-syntheticcontrol", o)
+    p = studies.plan("table9-nca", "ucr-syntheticcontrol", o)
     frame = summary.read(launch.run_study(p).parent)
     assert len(frame) == 2 and frame["status"].tolist() == ["completed"] * 2
     for column in ("valid_error", "valid_nca_prob", "valid_improved", "valid_initial_error", "test_error",

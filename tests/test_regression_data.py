@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 
 import seqrep.data
-from seqrep import spaces, tables
+from seqrep import reproduce, searchers, spaces, tables
 from seqrep.data import regression
 from seqrep.errors import SeqrepError
 
@@ -192,13 +192,13 @@ def test_table8_spaces_grid_over_the_splits_and_reproduce_narrows_it(tmp_path):
     write_uci(tmp_path, n_splits=3)
     space = spaces.load("table8-fawn-ropd")
     assert space.space["split"].kind == "grid" and space.space["split"].args == tuple(range(10))
-    narrowed = regression.split_space(space, "uci-boston", 2, tmp_path)
-    assert narrowed.space["split"].args == (0, 1) and spaces.grid_size(narrowed) == 2
-    assert regression.split_space(space, "uci-boston", None, tmp_path).space["split"].args == (0, 1, 2)
+    narrowed = reproduce.split_space(space, "uci-boston", 2, tmp_path)
+    assert narrowed.space["split"].args == (0, 1)
+    assert reproduce.split_space(space, "uci-boston", None, tmp_path).space["split"].args == (0, 1, 2)
     for k in (0, 4):
         with pytest.raises(SeqrepError, match=rf"--splits {k}: uci-boston has 3 splits; pass --splits between 1 and 3"):
-            regression.split_space(space, "uci-boston", k, tmp_path)
-    tune_space = spaces.to_tune(narrowed)
+            reproduce.split_space(space, "uci-boston", k, tmp_path)
+    tune_space = searchers.to_tune(narrowed)
     assert tune_space["split"] == {"grid_search": [0, 1]}
 
 
@@ -221,14 +221,14 @@ def test_a_grid_space_reports_the_mean_and_std_over_its_trials(tmp_path):
 
 
 def test_reproduce_refuses_splits_out_of_range_and_on_tables_without_a_split_grid(tmp_path):
-    from seqrep import launch
+    from seqrep import studies
 
     write_uci(tmp_path, n_splits=3)
-    options = launch.StudyOptions(storage=str(tmp_path / "studies"), data_dir=str(tmp_path))
+    options = studies.StudyOptions(storage=str(tmp_path / "studies"), data_dir=str(tmp_path))
     with pytest.raises(SeqrepError, match=r"--splits 4: uci-boston has 3 splits; pass --splits between 1 and 3"):
-        launch.reproduce("table8", ["uci-boston"], options, tmp_path / "out", splits=4)
+        reproduce.reproduce("table8", ["uci-boston"], options, tmp_path / "out", splits=4)
     with pytest.raises(SeqrepError, match=r"--splits applies to tables run once per UCI split \(table8\), not to table7"):
-        launch.reproduce("table7", ["toy"], options, tmp_path / "out", splits=2)
+        reproduce.reproduce("table7", ["toy"], options, tmp_path / "out", splits=2)
     assert not (tmp_path / "studies").exists() and not (tmp_path / "out").exists()
 
 
@@ -236,7 +236,8 @@ def test_reproduce_refuses_splits_out_of_range_and_on_tables_without_a_split_gri
 def test_methods_train_on_generated_sarcos_and_uci_data(method, metric, tmp_path):
     import torch
 
-    from seqrep.session import TrialContext, run_local
+    from seqrep.method import TrialContext
+    from seqrep.session import run_local
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -246,10 +247,9 @@ def test_methods_train_on_generated_sarcos_and_uci_data(method, metric, tmp_path
         for dataset, extra in (("sarcos", {}), ("uci-boston", {"split": 1} if method == "fawn_ropd" else None)):
             if extra is None:
                 continue  # IVN needs a validation split, which the UCI protocol does not have
-            ctx = TrialContext(dataset=dataset, max_epochs=2, seed=0, metric=metric, mode="min",
-                               data_dir=str(tmp_path / "data"))
+            ctx = TrialContext(dataset=dataset, max_epochs=2, seed=0, metric=metric, mode="min")
             session = run_local(method, {"hidden_units": 4, "batch_size": 16, **extra}, ctx,
-                                out_dir=tmp_path / dataset)
+                                data_dir=str(tmp_path / "data"), out_dir=tmp_path / dataset)
             assert session.status == "completed", dataset
             assert np.isfinite([session.final[k] for k in ("test_mse", "test_rmse", "test_nll")]).all()
             assert not (tmp_path / dataset / "predictive.png").exists()  # the plot is for 1-d toy only

@@ -11,9 +11,11 @@ import pytest
 import torch
 from scipy import stats
 
-from seqrep.session import TrialContext, run_local
+from seqrep.method import TrialContext
+from seqrep.session import run_local
 from trainables import mdn
-from trainables.nn import fawn, regression
+from trainables.kit import regression_fit as regression
+from trainables.nn import fawn
 from trainables.nn.fdnet import FastDropoutNet
 
 

@@ -15,7 +15,8 @@ import seqrep.data
 from seqrep.data import toy
 from seqrep.data.base import RegressionData
 from seqrep.errors import SeqrepError
-from seqrep.session import TrialContext, run_local
+from seqrep.method import TrialContext
+from seqrep.session import run_local
 from trainables import mdn, mlp
 
 METHODS = ("mlp", "mdn")

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import seqrep.data
-from seqrep import launch, tables
+from seqrep import reproduce, studies, tables
 from seqrep.data import characters, tidigits, ucr
 from seqrep.data.base import ClassificationData
 from seqrep.errors import SeqrepError
-from seqrep.session import TrialContext, run_local
-from trainables.nn.reduction import nca_probabilities
+from seqrep.method import TrialContext
+from seqrep.session import run_local
+from trainables.nn.neighbourhood import nca_probabilities
 from trainables.rim import mutual_information
 from trainables.sf import sparse_filtering
 
@@ -151,9 +152,9 @@ def test_tidigits_loader_layout_and_errors(tmp_path):
 
 
 def test_reproduce_table11_without_tidigits_fails_before_any_trial(tmp_path):
-    options = launch.StudyOptions(data_dir=str(tmp_path), storage=str(tmp_path / "studies"))
+    options = studies.StudyOptions(data_dir=str(tmp_path), storage=str(tmp_path / "studies"))
     with pytest.raises(SeqrepError, match=r"data set 'tidigits' needs .*tidigits_mfcc.npz"):
-        launch.reproduce("table11", None, options, tmp_path / "tables")
+        reproduce.reproduce("table11", None, options, tmp_path / "tables")
     assert not (tmp_path / "studies").exists()
 
 
@@ -199,12 +200,11 @@ def ramps(tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_reports_and_judges(method, ramps, tmp_path):
     epochs = 6 if method == "ce" else 2  # a softmax from random weights needs a few Rprop passes
-    ctx = TrialContext(dataset="ucr-ramps", max_epochs=epochs, seed=0, metric="valid_error", mode="min",
-                       data_dir=str(ramps))
+    ctx = TrialContext(dataset="ucr-ramps", max_epochs=epochs, seed=0, metric="valid_error", mode="min")
     config = {"hidden_units": 6, "output_units": 3, "transfer": "tanh", "pooling": "mean", "init_std": 0.3}
     if method in ("nca", "ce"):
         config.update(optimizer="rprop", step_rate=0.05)
-    session = run_local(method, config, ctx, out_dir=tmp_path)
+    session = run_local(method, config, ctx, data_dir=str(ramps), out_dir=tmp_path)
     assert session.status == "completed"
     assert [h["epoch"] for h in session.history] == list(range(1, epochs + 1))
     final = session.final
@@ -219,13 +219,13 @@ def test_every_method_runs_reports_and_judges(method, ramps, tmp_path):
 
 
 def test_stochastic_pooling_and_lbfgs_and_normalisation_run(ramps, tmp_path):
-    ctx = TrialContext(dataset="ucr-ramps", max_epochs=1, seed=1, metric="valid_error", mode="min",
-                       data_dir=str(ramps))
+    ctx = TrialContext(dataset="ucr-ramps", max_epochs=1, seed=1, metric="valid_error", mode="min")
     s = run_local("nca", {"hidden_units": 5, "output_units": 2, "transfer": "lstm", "pooling": "sum",
-                          "optimizer": "lbfgs", "lbfgs_iterations": 3, "normalise": "dataset"}, ctx, out_dir=tmp_path)
+                          "optimizer": "lbfgs", "lbfgs_iterations": 3, "normalise": "dataset"}, ctx, data_dir=str(ramps),
+                  out_dir=tmp_path)
     assert s.status == "completed"
     s = run_local("sf", {"hidden_units": 5, "output_units": 2, "transfer": "rectifier", "pooling": "stochastic",
-                         "normalise": "sequence", "batch_fraction": 0.25}, ctx, out_dir=tmp_path)
+                         "normalise": "sequence", "batch_fraction": 0.25}, ctx, data_dir=str(ramps), out_dir=tmp_path)
     assert s.status == "completed"
 
 
@@ -238,11 +238,14 @@ def test_config_rules_name_the_value():
 
 # --- tables ------------------------------------------------------------------------------------
 
+IMPROVED = ("valid_improved",)  # what the reduction methods declare (DECLARES.row_requires)
+
+
 def test_best_trial_skips_trials_that_did_not_improve():
     trials = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": ["completed"] * 3,
                            "valid_error": [0.1, 0.2, 0.3], "valid_improved": [0.0, 1.0, 1.0]})
-    assert tables.best_trial(trials, "valid_error", "min")["trial_id"] == "b"
-    assert tables.best_trial(trials.drop(columns="valid_improved"), "valid_error", "min")["trial_id"] == "a"
+    assert tables.best_trial(trials, "valid_error", "min", IMPROVED)["trial_id"] == "b"
+    assert tables.best_trial(trials.drop(columns="valid_improved"), "valid_error", "min", IMPROVED)["trial_id"] == "a"
 
 
 def test_table10_rows_take_words_from_the_best_trials_config(tmp_path, monkeypatch):
@@ -261,7 +264,7 @@ def test_table10_rows_take_words_from_the_best_trials_config(tmp_path, monkeypat
 
 
 def test_cross_validated_error_is_a_count_over_n():
-    from trainables.nn.reduction import logreg_cv_error
+    from trainables.kit.judges import logreg_cv_error
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 10)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqrep.session import LocalSession, TrialContext, trial_seed
+from seqrep.method import TrialContext
+from seqrep.results import trial_seed
+from seqrep.session import LocalSession
 
 CTX = TrialContext(dataset="toy", max_epochs=2, seed=1, metric="valid_nll", mode="min")
 

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from seqrep import data as datasets
-from seqrep import methods, spaces
+from seqrep import methods, searchers, spaces
 from seqrep.errors import SeqrepError
 from seqrep.spaces import SpaceError
 
@@ -130,7 +130,7 @@ def test_unknown_space_name_lists_the_available_ones():
 
 def test_randint_bounds_are_inclusive_in_ray_tune(tmp_path):
     space = spaces.load(write(tmp_path, BASE.format(name="s")))
-    domain = spaces.to_tune(space)["hidden_units"]
+    domain = searchers.to_tune(space)["hidden_units"]
     draws = np.asarray(domain.sample(size=20000, random_state=np.random.default_rng(0)))
     # 401 values, 20000 draws: P(a bound is never hit) = (400/401)^20000 < 1e-21
     assert draws.min() == 200 and draws.max() == 600
@@ -138,8 +138,8 @@ def test_randint_bounds_are_inclusive_in_ray_tune(tmp_path):
 
 def test_tune_and_optuna_agree_on_supports(tmp_path):
     space = spaces.load(write(tmp_path, BASE.format(name="s")))
-    tune_space = spaces.to_tune(space)
-    optuna_space = spaces.to_optuna(space)
+    tune_space = searchers.to_tune(space)
+    optuna_space = searchers.to_optuna(space)
     assert set(optuna_space) == set(space.space) and tune_space["momentum"] == 0.0
     rng = np.random.default_rng(1)
     sampler = optuna.samplers.RandomSampler(seed=1)
@@ -178,7 +178,7 @@ def _configs(space, seed, n=6):
         pass
 
     generator = BasicVariantGenerator(random_state=seed)
-    generator.add_configurations([Experiment("x", run, config=spaces.to_tune(space), num_samples=n)])
+    generator.add_configurations([Experiment("x", run, config=searchers.to_tune(space), num_samples=n)])
     return [generator.next_trial().config for _ in range(n)]
 
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-import seqrep.data
 from seqrep.data.base import SequenceData
-from seqrep.data.sequences import pad
 from seqrep.errors import SeqrepError
-from seqrep.session import TrialContext, run_local
+from seqrep.method import TrialContext
+from seqrep.session import run_local
 from trainables import dmm, storn
-from trainables.nn import sequence_vae
+from trainables.kit import sequence_vae
 from trainables.nn.latent import normal_log_density
 from trainables.nn.recurrent import BidirectionalFD, FastDropoutRNN, reverse_padded
+from trainables.nn.sequences import pad
 from trainables.rnn import frame_nll, shift
 
 
@@ -157,13 +157,16 @@ def test_dmm_combiner_is_the_product_of_the_two_gaussians():
     mean, var = model.infer(x, mask)
     left = model.left(x)
     right = reverse_padded(model.right(reverse_padded(x, mask)), mask)
-    mu_l, var_l = left[..., :2], torch.nn.functional.softplus(left[..., 2:]) + dmm.VAR_FLOOR
-    mu_r, var_r = right[..., :2], torch.nn.functional.softplus(right[..., 2:]) + dmm.VAR_FLOOR
+    mu_l, var_l = left[..., :2], torch.nn.functional.softplus(left[..., 2:]) + dmm.VARIANCE_FLOOR
+    mu_r, var_r = right[..., :2], torch.nn.functional.softplus(right[..., 2:]) + dmm.VARIANCE_FLOOR
     # N(mu_l, var_l) N(mu_r, var_r) is proportional to N(mean, var): precisions add
     torch.testing.assert_close(1 / var, 1 / var_l + 1 / var_r)
     torch.testing.assert_close(mean / var, mu_l / var_l + mu_r / var_r)
     # the transition starts as the identity map blended with the proposal
     torch.testing.assert_close(model.transition.linear.weight, torch.eye(2, dtype=torch.float64))
+
+
+TINY: dict[str, SequenceData] = {}
 
 
 def tiny_sequences(name, gaussian, seed=0):
@@ -176,14 +179,14 @@ def tiny_sequences(name, gaussian, seed=0):
         return [(rng.random((int(rng.integers(length // 2, length + 1)), 6)) < 0.3).astype(np.float32) for _ in range(n)]
 
     data = SequenceData(name, make(12, 60 if gaussian else 12), make(4, 60 if gaussian else 12), make(4, 60 if gaussian else 12))
-    seqrep.data.ship(name, data)
+    TINY[name] = data  # handed to the trial through its context (TrialContext.data)
     return name
 
 
 def test_storn_runs_end_to_end_on_piano_rolls_and_is_reproducible():
     dataset = tiny_sequences("tiny-rolls-storn", gaussian=False)
     config = dict(hidden_units=8, recognition_units=8, latent_units=2, batch_size=4, is_samples=20, step_rate=0.5)
-    context = TrialContext(dataset=dataset, max_epochs=2, seed=3, metric="valid_elbo_nll", mode="min")
+    context = TrialContext(dataset=dataset, max_epochs=2, seed=3, metric="valid_elbo_nll", mode="min", data=TINY[dataset])
     first = run_local("storn", config, context)
     second = run_local("storn", config, context)
     assert first.status == "completed"
@@ -198,7 +201,7 @@ def test_storn_on_real_valued_data_logs_mse_sigma_and_both_figures(tmp_path):
     dataset = tiny_sequences("tiny-mocap-storn", gaussian=True)
     config = dict(hidden_units=8, recognition_units=8, latent_units=2, batch_size=4, is_samples=10,
                   valid_is_samples=3, mse_samples=2, likelihood="gaussian", bidirectional=True, b_y=0.0)
-    context = TrialContext(dataset=dataset, max_epochs=1, seed=3, metric="valid_nll", mode="min")
+    context = TrialContext(dataset=dataset, max_epochs=1, seed=3, metric="valid_nll", mode="min", data=TINY[dataset])
     session = run_local("storn", config, context, out_dir=tmp_path)
     final = session.final
     for key in ("test_nll", "test_elbo_nll", "test_mse", "test_sigma", "valid_sigma"):
@@ -229,7 +232,7 @@ def test_imputation_and_sampling_keep_the_known_steps():
 def test_dmm_runs_end_to_end():
     dataset = tiny_sequences("tiny-rolls-dmm", gaussian=False)
     config = dict(latent_units=2, transition_units=4, emission_units=4, rnn_units=6, batch_size=4, is_samples=20)
-    context = TrialContext(dataset=dataset, max_epochs=2, seed=3, metric="valid_elbo_nll", mode="min")
+    context = TrialContext(dataset=dataset, max_epochs=2, seed=3, metric="valid_elbo_nll", mode="min", data=TINY[dataset])
     session = run_local("dmm", config, context)
     assert session.status == "completed"
     assert math.isfinite(session.final["test_nll"])
@@ -238,7 +241,7 @@ def test_dmm_runs_end_to_end():
 
 def test_bernoulli_on_real_valued_data_is_refused():
     dataset = tiny_sequences("tiny-real-refused", gaussian=True)
-    context = TrialContext(dataset=dataset, max_epochs=1, seed=0, metric="valid_elbo_nll", mode="min")
+    context = TrialContext(dataset=dataset, max_epochs=1, seed=0, metric="valid_elbo_nll", mode="min", data=TINY[dataset])
     with pytest.raises(SeqrepError, match=r"likelihood bernoulli needs binary data, but tiny-real-refused train\[0\]"):
         run_local("storn", dict(hidden_units=4, recognition_units=4, latent_units=2), context)
 

@@ -9,7 +9,7 @@ import pytest
 ray = pytest.importorskip("ray")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from seqrep import launch, summary  # noqa: E402
+from seqrep import launch, reproduce, studies, summary  # noqa: E402
 from seqrep.errors import SeqrepError  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def options(tmp_path, **kw):
     base = dict(storage=str(tmp_path / "studies"), tracking_uri=f"sqlite:///{tmp_path}/m.db", seed=7,
                 command="seqrep search (test)")
     base.update(kw)
-    return launch.StudyOptions(**base)
+    return studies.StudyOptions(**base)
 
 
 def runs_of(uri, study):
@@ -40,7 +40,7 @@ def runs_of(uri, study):
 
 def test_three_trials_on_fractional_gpus_give_three_rows_and_nested_runs(tmp_path):
     o = options(tmp_path, trials=3, max_epochs=4, cpus_per_trial=0.5, gpus_per_trial=0.5)
-    p = launch.plan("table7-nn-toy", "toy", o)
+    p = studies.plan("table7-nn-toy", "toy", o)
     frame = summary.read(launch.run_study(p).parent)
     assert len(frame) == 3 and frame["trial_id"].is_unique
     assert frame["status"].tolist() == ["completed"] * 3
@@ -86,7 +86,7 @@ def test_a_nan_producing_trial_ends_diverged_and_the_study_goes_on(tmp_path):
     path = tmp_path / "diverging.yaml"
     path.write_text(DIVERGING)
     o = options(tmp_path, max_epochs=3, seed=1)
-    p = launch.plan(str(path), "toy", o)
+    p = studies.plan(str(path), "toy", o)
     frame = summary.read(launch.run_study(p).parent)
     assert len(frame) == 4
     huge = frame["config.step_rate"] == 1e30
@@ -100,16 +100,16 @@ def test_a_nan_producing_trial_ends_diverged_and_the_study_goes_on(tmp_path):
 
 def test_existing_studies_are_refused_or_resumed_without_duplicates(tmp_path):
     o = options(tmp_path, trials=2, max_epochs=2)
-    p = launch.plan("table7-nn-toy", "toy", o)
+    p = studies.plan("table7-nn-toy", "toy", o)
     launch.run_study(p)
     with pytest.raises(SeqrepError, match=r"already exists in .* \(finished\); pass --resume to continue it"):
-        launch.run_study(launch.plan("table7-nn-toy", "toy", options(tmp_path, trials=2, max_epochs=2)))
+        launch.run_study(studies.plan("table7-nn-toy", "toy", options(tmp_path, trials=2, max_epochs=2)))
     with pytest.raises(SeqrepError, match=r"already holds a different study named 'table7-nn-toy-toy' "
                                           r"\(it differs in trials\); choose another --name"):
-        launch.run_study(launch.plan("table7-nn-toy", "toy", options(tmp_path, trials=3, max_epochs=2)))
+        launch.run_study(studies.plan("table7-nn-toy", "toy", options(tmp_path, trials=3, max_epochs=2)))
     with pytest.raises(SeqrepError, match=r"--resume: nothing to resume in .*table7-dn-toy-toy"):
-        launch.run_study(launch.plan("table7-dn-toy", "toy", options(tmp_path, trials=2, max_epochs=2, resume=True)))
-    resumed = launch.plan("table7-nn-toy", "toy", options(tmp_path, trials=2, max_epochs=2, resume=True))
+        launch.run_study(studies.plan("table7-dn-toy", "toy", options(tmp_path, trials=2, max_epochs=2, resume=True)))
+    resumed = studies.plan("table7-nn-toy", "toy", options(tmp_path, trials=2, max_epochs=2, resume=True))
     frame = summary.read(launch.run_study(resumed).parent)
     assert len(frame) == 2 and frame["trial_id"].is_unique
     _, parents, children = runs_of(o.tracking_uri, p.name)
@@ -121,7 +121,7 @@ def test_optuna_searcher_is_seeded(tmp_path):
     configs = []
     for run in ("a", "b"):
         o = options(tmp_path / run, trials=3, max_epochs=2, searcher="optuna", max_concurrent=1)
-        frame = summary.read(launch.run_study(launch.plan("table7-dn-toy", "toy", o)).parent)
+        frame = summary.read(launch.run_study(studies.plan("table7-dn-toy", "toy", o)).parent)
         assert len(frame) == 3 and set(frame["status"]) == {"completed"}
         # OptunaSearch names trials by random ids, so rows come in another order: compare as sets
         configs.append(sorted(json.dumps(r, sort_keys=True) for r in frame.filter(like="config.").to_dict("records")))
@@ -129,13 +129,13 @@ def test_optuna_searcher_is_seeded(tmp_path):
 
 
 def test_a_trial_too_big_for_every_node_is_refused_before_it_waits(tmp_path):
-    p = launch.plan("table7-nn-toy", "toy", options(tmp_path, trials=1, gpus_per_trial=4))
+    p = studies.plan("table7-nn-toy", "toy", options(tmp_path, trials=1, gpus_per_trial=4))
     with pytest.raises(SeqrepError, match=r"no node of the Ray cluster can hold one trial \(1 CPU, 4 GPU\)"):
         launch.run_study(p)
 
 
 def test_reproduce_table7_toy_fills_every_row(tmp_path):
-    md, csv = launch.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")
+    md, csv = reproduce.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")
     import pandas as pd
 
     frame = pd.read_csv(csv)
@@ -148,6 +148,6 @@ def test_reproduce_table7_toy_fills_every_row(tmp_path):
     assert "| toy | DN | 3.8706 |" in md.read_text()
     # a second call reuses both finished studies instead of running them again
     before = {p.name: p.stat().st_mtime for p in (tmp_path / "studies").glob("*/trials.parquet")}
-    launch.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")
+    reproduce.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")
     after = {p.name: p.stat().st_mtime for p in (tmp_path / "studies").glob("*/trials.parquet")}
     assert before == after

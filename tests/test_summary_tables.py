@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from seqrep import summary, tables
+from seqrep import studydir, summary, tables
 from seqrep.errors import SeqrepError
-from seqrep.session import trial_seed
+from seqrep.results import trial_seed
 
 STUDY = {
     "name": "table7-nn-toy-toy", "space": "table7-nn-toy", "method": "mlp", "dataset": "toy", "seed": 7,
@@ -24,7 +24,7 @@ def epoch(e, nll, mse=1.0):
 
 
 def make_trial(study_dir, trial_id, config, results, error=None):
-    d = study_dir / summary.RAY_DIR / trial_id
+    d = study_dir / studydir.RAY_DIR / trial_id
     d.mkdir(parents=True)
     (d / "params.json").write_text(json.dumps(config))
     (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
@@ -60,7 +60,7 @@ def study_dir(tmp_path):
     make_trial(d, "t_00003", {"hidden_units": 100, "transfer": "sigmoid", "step_rate": 0.1}, [
         {**epoch(2, 2.2), "history": [epoch(1, 2.4), epoch(2, 2.2)], **common},
     ])
-    with open(d / summary.RAY_DIR / "t_00003" / "result.json", "a") as f:
+    with open(d / studydir.RAY_DIR / "t_00003" / "result.json", "a") as f:
         f.write('{"epoch": 3, "vali')
     return d
 

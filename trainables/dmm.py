@@ -21,7 +21,7 @@ So q(z_{1:T} | x) = prod_t q(z_t | x), which does not condition on z_{t-1} (the 
 "ST-LR"/combiner variants do; the source followed here combines left and right only). The bound
 is sum_t E_q[log p(x_t | z_t)] - sum_t E_q[KL(q(z_t | x) || p(z_t | z_{t-1}))], the KL analytic
 given the drawn z_{t-1}; `nll` is the same per-sequence importance-sampled estimate as STORN's
-(`trainables.nn.sequence_vae`), with weights p(x | z) p(z) / q(z | x).
+(`trainables.kit.sequence_vae`), with weights p(x | z) p(z) / q(z | x).
 
 Differences from the DMM paper: no KL annealing, no dropout in the inference RNN, Adam with
 gradient renormalisation as there but step rates searched; the RNNs are tanh sRNNs
@@ -39,15 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqrep.config import MethodConfig
-from seqrep.session import Session
-from trainables.nn import sequence_vae
+from seqrep.method import MethodConfig, Session
+from trainables.kit import sequence_vae
+from trainables.kit.sequence_models import at_least_one, grad_norm_rule, sampler_rules, sequence_trial
+from trainables.nn.gaussian import VARIANCE_FLOOR
 from trainables.nn.latent import kl_normal, normal_log_density
 from trainables.nn.recurrent import FastDropoutRNN, reverse_padded
-from trainables.nn.training import fit
-from trainables.storn import load_sequences
-
-VAR_FLOOR = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +61,13 @@ class Config(MethodConfig):
     valid_is_samples: int = 1  # K on the validation split each epoch
 
     def __post_init__(self):
-        rules = [
-            ("latent_units", "latent_units >= 1", self.latent_units >= 1),
-            ("transition_units", "transition_units >= 1", self.transition_units >= 1),
-            ("emission_units", "emission_units >= 1", self.emission_units >= 1),
-            ("rnn_units", "rnn_units >= 1", self.rnn_units >= 1),
+        self.check([
+            *at_least_one(self, "latent_units", "transition_units", "emission_units", "rnn_units"),
             ("step_rate", "step_rate > 0", self.step_rate > 0),
-            ("grad_norm", "grad_norm is null or > 0", self.grad_norm is None or self.grad_norm > 0),
-            ("batch_size", "batch_size >= 1", self.batch_size >= 1),
-            ("is_samples", "is_samples >= 1 (K of the importance sampler)", self.is_samples >= 1),
-            ("valid_is_samples", "valid_is_samples >= 1", self.valid_is_samples >= 1),
-        ]
-        self.check(rules)
+            grad_norm_rule(self),
+            *at_least_one(self, "batch_size"),
+            *sampler_rules(self),
+        ])
 
 
 class GatedTransition(nn.Module):
@@ -96,7 +88,7 @@ class GatedTransition(nn.Module):
         g = torch.sigmoid(self.gate(z_prev))
         h = self.proposal(F.relu(self.proposal_hidden(z_prev)))
         mean = (1.0 - g) * self.linear(z_prev) + g * h
-        return mean, F.softplus(self.scale(F.relu(h))) + VAR_FLOOR
+        return mean, F.softplus(self.scale(F.relu(h))) + VARIANCE_FLOOR
 
 
 class DeepMarkovModel(nn.Module):
@@ -120,8 +112,8 @@ class DeepMarkovModel(nn.Module):
         """mu_t and sigma^2_t of q(z_t | x): the left and right estimates combined, (T, B, Z) each."""
         left = self.left(x)  # (T, B, 2Z)
         right = reverse_padded(self.right(reverse_padded(x, mask)), mask)
-        mu_l, var_l = left[..., : self.n_latent], F.softplus(left[..., self.n_latent:]) + VAR_FLOOR
-        mu_r, var_r = right[..., : self.n_latent], F.softplus(right[..., self.n_latent:]) + VAR_FLOOR
+        mu_l, var_l = left[..., : self.n_latent], F.softplus(left[..., self.n_latent:]) + VARIANCE_FLOOR
+        mu_r, var_r = right[..., : self.n_latent], F.softplus(right[..., self.n_latent:]) + VARIANCE_FLOOR
         total = var_l + var_r
         return (mu_r * var_l + mu_l * var_r) / total, var_l * var_r / total
 
@@ -145,20 +137,10 @@ class DeepMarkovModel(nn.Module):
 
 def train(config: Config, session: Session) -> None:
     ctx = session.context
-    device = torch.device(ctx.device)
-    data = load_sequences(ctx.dataset, ctx.data_dir, config.likelihood, "dmm")
-    # torch.tensor copies: arrays shipped through Ray's object store are read-only views
-    splits = {name: [torch.tensor(s) for s in data.split(name)] for name in ("train", "valid", "test")}
+    data, splits, device = sequence_trial(session, config.likelihood, "dmm")
 
     torch.manual_seed(ctx.seed)
     model = DeepMarkovModel(data.n_features, config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.step_rate)
-    order = torch.Generator().manual_seed(ctx.seed + 1)
 
-    train_epoch = sequence_vae.make_train_epoch(model, optimizer, splits["train"], config.batch_size, order,
-                                                config.grad_norm, device)
-
-    evaluate = sequence_vae.make_evaluate(model, splits, device, ctx.seed + 2,
-                                          {"valid": config.valid_is_samples, "test": config.is_samples})
-    fit(session, model=model, optimizer=optimizer, train_epoch=train_epoch, evaluate=evaluate,
-        config=config.to_dict(), generator=order)
+    sequence_vae.fit_sgvb(session, model, optimizer, splits, config)

@@ -6,15 +6,17 @@ Gaussian weights q(theta) propagated in closed form (`trainables.nn.fawn`), trai
 
 the approximate predictive distribution of Eq. (26) with the likelihood's noise, regularised by the
 KL to the learned reference distribution p = N(mu~, sigma~^2) (no regularisation coefficient).
-Adam 0.001, model selection on the training loss (the `valid_*` metrics are the training split's).
+The trainer is FAWN-VB's (`trainables.kit.fawn_fit`): Adam 0.001, model selection on the
+training loss, so the `valid_*` metrics are the training split's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from seqrep.session import Session
-from trainables.nn.fawn import FAWNConfig, train_fawn
+from seqrep.method import Session
+from trainables.kit.fawn_fit import FAWNConfig, train_fawn
+from trainables.nn.fawn import ropd_point_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,4 +25,4 @@ class Config(FAWNConfig):
 
 
 def train(config: Config, session: Session) -> None:
-    train_fawn(config, session, "ropd")
+    train_fawn(config, session, ropd_point_loss, "FAWN-ROPD")

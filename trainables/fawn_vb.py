@@ -6,15 +6,17 @@ Gaussian weights q(theta) propagated in closed form (`trainables.nn.fawn`), trai
 
 with E[log N(z | y, s2)] = -V[y] / (2 s2) - (z - E[y])^2 / (2 s2) - log sqrt(2 pi s2) and the
 learned global prior p = N(mu~, sigma~^2). Predictive distribution N(E[y], V[y] + sigma_hat^2).
-Adam 0.001, model selection on the training loss (the `valid_*` metrics are the training split's).
+Adam 0.001, model selection on the training loss (the `valid_*` metrics are the training split's),
+as for FAWN-ROPD: `trainables.kit.fawn_fit` trains both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from seqrep.session import Session
-from trainables.nn.fawn import FAWNConfig, train_fawn
+from seqrep.method import Session
+from trainables.kit.fawn_fit import FAWNConfig, train_fawn
+from trainables.nn.fawn import vb_point_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,4 +25,4 @@ class Config(FAWNConfig):
 
 
 def train(config: Config, session: Session) -> None:
-    train_fawn(config, session, "vb")
+    train_fawn(config, session, vb_point_loss, "FAWN-VB")

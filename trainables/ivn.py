@@ -16,17 +16,18 @@ import dataclasses
 
 import torch
 
-from seqrep.session import Session
-from trainables import fd
-from trainables.fd import predictive
-from trainables.nn import regression
+from seqrep.method import Session
+from trainables.kit import regression_fit
+from trainables.kit.fast_dropout import FastDropoutConfig, predictive
 from trainables.nn.fdnet import FastDropoutNet
-from trainables.nn.mlp import rmsprop
+from trainables.nn.feedforward import rmsprop
+from trainables.nn.gaussian import gaussian_nll
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(fd.Config):
-    """FD's configuration (`trainables.fd.Config`) plus the input variance and the floor of beta."""
+class Config(FastDropoutConfig):
+    """FD's configuration (`trainables.kit.fast_dropout.FastDropoutConfig`) plus the input variance
+    and the floor of beta."""
 
     input_variance: float = 0.0  # the constant variance V[x] given to every input
     beta_min: float = 1e-3  # beta > beta_min for every layer's variance scale
@@ -38,16 +39,16 @@ class Config(fd.Config):
 
 
 def train(config: Config, session: Session) -> None:
-    data = regression.load(session)
+    data = regression_fit.load(session)
     torch.manual_seed(session.context.seed)
     model = FastDropoutNet(data.x_train.shape[1], data.y_train.shape[1], config.hidden_layers, config.hidden_units,
                            config.transfer, config.p_drop_input, config.p_drop_hidden, config.input_variance,
                            beta_min=config.beta_min)
     model.to(session.context.device)
     optimizer = rmsprop(model.parameters(), config.step_rate, config.decay, config.momentum)
-    regression.fit_regression(
+    regression_fit.fit_regression(
         session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
-        loss=lambda x, y: regression.gaussian_nll(y, *predictive(model, x)).mean(),
+        loss=lambda x, y: gaussian_nll(y, *predictive(model, x)).mean(),
         predict=lambda x: predictive(model, x), config=config.to_dict(), title="IVN",
         evaluation_point=optimizer.climin_point,
     )

@@ -22,35 +22,27 @@ the variance), off by default since the thesis mentions none.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrep.config import MethodConfig
-from seqrep.errors import SeqrepError
-from seqrep.session import Session
-from trainables.nn import regression
-from trainables.nn.mlp import MLP, Transfer, check_body_config, rmsprop
-
-VARIANCE_FLOOR = 1e-6  # keeps every component's density bounded however well it fits one point
+from seqrep.method import SeqrepError, Session
+from trainables.kit import regression_fit
+from trainables.kit.regression_config import RegressionConfig
+from trainables.nn.feedforward import MLP, Transfer, rmsprop
+from trainables.nn.gaussian import VARIANCE_FLOOR, gaussian_nll  # the floor bounds every component's density
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(MethodConfig):
-    hidden_layers: int = 1  # the thesis searches 1, 2 or 3
-    hidden_units: int = 50  # toy: 10, 25, 50 or 100 (Section 2.6.3.1)
-    transfer: Literal["sigmoid", "rectifier"] = "rectifier"
-    step_rate: float = 1e-3  # rmsprop's step rate
-    decay: float = 0.9  # rmsprop's decay of the squared-gradient average
-    momentum: float = 0.0
-    batch_size: int = 10  # toy: 10, 25 or 50
+class Config(RegressionConfig):
+    """The shared regression fields (`trainables.kit.regression_config`) plus K and clipping."""
+
     components: int = 1  # K; 1 is the thesis's DN
     max_grad_norm: float | None = None  # clip the global gradient norm to this; None: no clipping
 
     def __post_init__(self):
-        check_body_config(self)
+        super().__post_init__()
         if self.components < 1:
             raise SeqrepError(f"{__name__}.Config: components >= 1 must hold, but got components={self.components!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -74,7 +66,7 @@ def mixture_parameters(
 
 def mixture_nll(y: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     """-log sum_k pi_k N(y; mu_k, diag(sigma^2_k)) per point, in nats: (n,) from y (n, D)."""
-    log_normal = -regression.gaussian_nll(y.unsqueeze(1), mu, variance)  # (n, 1, D) against (n, K, D) -> (n, K)
+    log_normal = -gaussian_nll(y.unsqueeze(1), mu, variance)  # (n, 1, D) against (n, K, D) -> (n, K)
     return -torch.logsumexp(log_pi + log_normal, dim=-1)
 
 
@@ -107,7 +99,7 @@ class MixtureDensityNetwork(nn.Module):
 
 
 def train(config: Config, session: Session) -> None:
-    data = regression.load(session)
+    data = regression_fit.load(session)
     n_inputs, n_outputs = data.x_train.shape[1], data.y_train.shape[1]
     torch.manual_seed(session.context.seed)
     model = MixtureDensityNetwork(
@@ -120,7 +112,7 @@ def train(config: Config, session: Session) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
 
     name = "DN (mdn, K=1)" if config.components == 1 else f"MDN (K={config.components})"
-    regression.fit_regression(
+    regression_fit.fit_regression(
         session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
         loss=lambda x, y: mixture_nll(y, *model(x)).mean(),
         predict=lambda x: mixture_moments(*model(x)),

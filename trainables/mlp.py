@@ -17,30 +17,20 @@ comparison with DN (`trainables/mdn.py`) and IVN.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqrep.config import MethodConfig
-from seqrep.session import Session
-from trainables.nn import regression
-from trainables.nn.mlp import MLP, check_body_config, rmsprop
+from seqrep.method import Session
+from trainables.kit import regression_fit
+from trainables.kit.regression_config import RegressionConfig
+from trainables.nn.feedforward import MLP, rmsprop
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(MethodConfig):
-    hidden_layers: int = 1  # the thesis searches 1, 2 or 3
-    hidden_units: int = 50  # toy: 10, 25, 50 or 100 (Section 2.6.3.1)
-    transfer: Literal["sigmoid", "rectifier"] = "rectifier"
-    step_rate: float = 1e-3  # rmsprop's step rate
-    decay: float = 0.9  # rmsprop's decay of the squared-gradient average
-    momentum: float = 0.0
-    batch_size: int = 10  # toy: 10, 25 or 50; the smallest sees 5 updates per epoch of 50 points
-
-    def __post_init__(self):
-        check_body_config(self)
+class Config(RegressionConfig):
+    """The shared regression fields (`trainables.kit.regression_config`), nothing more."""
 
 
 def residual_variance(prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,7 +39,7 @@ def residual_variance(prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 
 def train(config: Config, session: Session) -> None:
-    data = regression.load(session)
+    data = regression_fit.load(session)
     x_train, y_train = (torch.tensor(np.asarray(a, dtype=np.float32), device=session.context.device)
                         for a in data.split("train"))
     torch.manual_seed(session.context.seed)
@@ -61,7 +51,7 @@ def train(config: Config, session: Session) -> None:
         mean = model(x)
         return mean, residual_variance(model(x_train), y_train).expand_as(mean)
 
-    regression.fit_regression(
+    regression_fit.fit_regression(
         session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
         loss=lambda x, y: F.mse_loss(model(x), y),  # mean over points and output dimensions
         predict=predict, config=config.to_dict(), title="NN (mlp)",

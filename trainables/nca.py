@@ -14,8 +14,8 @@ epoch `train_nca_prob` (leave-one-out on the training part) - the columns of Tab
 
 Choices the thesis leaves open: selection is on a held-out stratified 20% of the training set
 (the thesis selected "on the training set"); the embedding size (`output_units`); Rprop's and
-L-BFGS's settings (PyTorch's defaults, `trainables.nn.reduction`). The shared network, optimisers,
-split and evaluation are in `trainables.nn.reduction`.
+L-BFGS's settings (PyTorch's defaults, `trainables.kit.reduction_run`). The shared network is
+`trainables.nn.pooled_rnn`; optimisers, split and evaluation are in `trainables.kit`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from seqrep.session import Session
+from seqrep.method import Declaration, Session
+from trainables.kit.reduction_config import Problem, ReductionConfig
+from trainables.kit.reduction_run import run
+from trainables.nn.neighbourhood import nca_probabilities
+from trainables.nn.pooled_rnn import PooledRNN
 from trainables.nn.pooling import pool
-from trainables.nn.reduction import PooledRNN, Problem, ReductionConfig, nca_probabilities, run
+
+DECLARES = Declaration(row_requires=("valid_improved",), train_metrics=("train_nca_prob",))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,17 +6,21 @@ predicted frames of the minibatch (padding never counts) instead of summed (a co
 The embedding is rho(h_1:T), so `output_units` is unused (the output layer has the input's size).
 `penalty` weighs an L2 term on all weights but the output bias (the space's "penalty weight",
 which Section 3.5.2 draws for every criterion). Judged by logistic regression
-(`trainables.nn.reduction`).
+(`trainables.kit.reduction_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from seqrep.data.sequences import frame_count, masked_sum
-from seqrep.session import Session
+from seqrep.method import Declaration, Session
+from trainables.kit.reduction_config import Problem, ReductionConfig
+from trainables.kit.reduction_run import run
+from trainables.nn.pooled_rnn import PooledRNN
 from trainables.nn.pooling import pool
-from trainables.nn.reduction import PooledRNN, Problem, ReductionConfig, run
+from trainables.nn.sequences import frame_count, masked_sum
+
+DECLARES = Declaration(row_requires=("valid_improved",))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,16 +4,20 @@ Weights ~ N(0, init_std^2), W_rec rescaled to `spectral_radius` (Section 1.3.3);
 the pooled hidden state rho(h_1:T). Nothing is trained: the trial runs one evaluation "epoch"
 (the space's `max_epochs: 1`; more epochs repeat the same evaluation), and is exempt from the
 improved-during-training rule (`valid_improved` is 1). Judged by a logistic regression on the
-training embeddings (`trainables.nn.reduction`).
+training embeddings (`trainables.kit.reduction_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from seqrep.session import Session
+from seqrep.method import Declaration, Session
+from trainables.kit.reduction_config import Problem, ReductionConfig
+from trainables.kit.reduction_run import run
+from trainables.nn.pooled_rnn import PooledRNN
 from trainables.nn.pooling import pool
-from trainables.nn.reduction import PooledRNN, Problem, ReductionConfig, run
+
+DECLARES = Declaration(row_requires=("valid_improved",))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ p(z | x) = softmax(e) over the `output_units` entries of the embedding e = rho(y
     L = -( H[p_hat(z)] - (1/N) sum_i H[p(z | x_i)] ) + lambda * sum ||theta||^2   (all but b_out),
 
 with p_hat(z) = (1/N) sum_i p(z | x_i) estimated on the minibatch and lambda = `penalty`. The
-embedding e (before the softmax) is judged by logistic regression (`trainables.nn.reduction`).
+embedding e (before the softmax) is judged by logistic regression (`trainables.kit.judges`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ import dataclasses
 
 import torch
 
-from seqrep.session import Session
+from seqrep.method import Declaration, Session
+from trainables.kit.reduction_config import Problem, ReductionConfig
+from trainables.kit.reduction_run import run
+from trainables.nn.pooled_rnn import PooledRNN
 from trainables.nn.pooling import pool
-from trainables.nn.reduction import PooledRNN, Problem, ReductionConfig, run
+
+DECLARES = Declaration(row_requires=("valid_improved",))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,15 +29,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-import seqrep.data
-from seqrep.config import MethodConfig
-from seqrep.data.base import SequenceData
-from seqrep.data.sequences import batches, pad
-from seqrep.errors import SeqrepError
-from seqrep.session import Session
-from trainables.nn.optim import Adadelta, RmsProp, renormalise_gradients
+from seqrep.method import MethodConfig, Session
+from trainables.kit.sequence_models import climin_optimizer, fd_rnn_rules, sequence_data, tensor_splits
+from trainables.kit.training import fit
+from trainables.nn.optim import renormalise_gradients
 from trainables.nn.recurrent import FastDropoutRNN
-from trainables.nn.training import fit
+from trainables.nn.sequences import batches, pad, shift
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,40 +62,10 @@ class Config(MethodConfig):
         self.check([("hidden_units", "hidden_units >= 1", self.hidden_units >= 1), *fd_rnn_rules(self)])
 
 
-def fd_rnn_rules(c) -> list[tuple[str, str, bool]]:
-    """The rules on the FD-RNN fields a Config shares with this one (dropout rates, climin optimiser,
-    initialisation, gradient renormalisation, batch size), for `MethodConfig.check`."""
-    return [
-        ("p_drop_input", "0 <= p_drop_input < 1", 0 <= c.p_drop_input < 1),
-        ("p_drop_hidden", "0 <= p_drop_hidden < 1", 0 <= c.p_drop_hidden < 1),
-        ("p_drop_output", "0 <= p_drop_output < 1", 0 <= c.p_drop_output < 1),
-        ("step_rate", "step_rate > 0", c.step_rate > 0),
-        ("momentum", "0 <= momentum < 1", 0 <= c.momentum < 1),
-        ("decay", "0 <= decay < 1", 0 <= c.decay < 1),
-        ("sigma2", "sigma2 > 0", c.sigma2 > 0),
-        ("sigma2_in", "sigma2_in > 0", c.sigma2_in > 0),
-        ("rho", "rho is null or > 0", c.rho is None or c.rho > 0),
-        ("grad_norm", "grad_norm is null or > 0", c.grad_norm is None or c.grad_norm > 0),
-        ("batch_size", "batch_size >= 1", c.batch_size >= 1),
-    ]
-
-
-def shift(x: torch.Tensor) -> torch.Tensor:
-    """Network inputs for targets x (T, B, D): x_0 = 0, x_1, ..., x_T-1 (time-major)."""
-    return torch.cat([torch.zeros_like(x[:1]), x[:-1]], dim=0)
-
-
 def frame_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Bernoulli NLL of each frame, summed over notes, zero on padding: (T, B)."""
     per_note = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return per_note.sum(-1) * mask
-
-
-def build_optimizer(config: Config, parameters):
-    if config.optimizer == "rmsprop":
-        return RmsProp(parameters, step_rate=config.step_rate, decay=config.decay, momentum=config.momentum)
-    return Adadelta(parameters, step_rate=config.step_rate, decay=config.decay, momentum=config.momentum,
-                    offset=config.offset)
 
 
 @torch.no_grad()
@@ -120,12 +87,8 @@ def evaluate_nll(model: FastDropoutRNN, sequences, device: torch.device, batch_s
 def train(config: Config, session: Session) -> None:
     ctx = session.context
     device = torch.device(ctx.device)
-    data = seqrep.data.load(ctx.dataset, ctx.data_dir)
-    if not isinstance(data, SequenceData):
-        raise SeqrepError(f"method rnn needs a sequence data set (jsb, nottingham, piano-midi, musedata), "
-                          f"got {ctx.dataset!r}")
-    # torch.tensor copies: arrays shipped through Ray's object store are read-only views
-    splits = {name: [torch.tensor(s) for s in data.split(name)] for name in ("train", "valid", "test")}
+    data = sequence_data(session, "rnn", "jsb, nottingham, piano-midi, musedata")
+    splits = tensor_splits(data)
 
     torch.manual_seed(ctx.seed)
     init = torch.Generator().manual_seed(ctx.seed)
@@ -133,7 +96,7 @@ def train(config: Config, session: Session) -> None:
                            config.p_drop_input, config.p_drop_hidden, config.p_drop_output, config.fd_final_layer)
     model.initialise(config.sigma2, config.sigma2_in, config.rho, config.b_h, config.b_y, generator=init)
     model.to(device)
-    optimizer = build_optimizer(config, model.parameters())
+    optimizer = climin_optimizer(config, model.parameters())
     order = torch.Generator().manual_seed(ctx.seed + 1)
 
     def train_epoch() -> float:
@@ -153,13 +116,5 @@ def train(config: Config, session: Session) -> None:
     def evaluate(split: str) -> dict[str, float]:
         return evaluate_nll(model, splits[split], device)
 
-    fit(
-        session,
-        model=model,
-        optimizer=optimizer,
-        train_epoch=train_epoch,
-        evaluate=evaluate,
-        config=config.to_dict(),
-        generator=order,
-        evaluation_point=optimizer.climin_point,
-    )
+    fit(session, model=model, optimizer=optimizer, train_epoch=train_epoch, evaluate=evaluate, config=config.to_dict(),
+        generator=order, evaluation_point=optimizer.climin_point)

@@ -21,9 +21,13 @@ import dataclasses
 
 import torch
 
-from seqrep.session import Session
+from seqrep.method import Declaration, Session
+from trainables.kit.reduction_config import Problem, ReductionConfig
+from trainables.kit.reduction_run import run
+from trainables.nn.pooled_rnn import PooledRNN
 from trainables.nn.pooling import pool
-from trainables.nn.reduction import PooledRNN, Problem, ReductionConfig, run
+
+DECLARES = Declaration(row_requires=("valid_improved",))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ Training maximises the bound of Eq. 31,
     log p(x_{1:T}) >= E_q[sum_t log p(x_t | h_{t-1}, z_{1:t})] - KL(q || p(z_{1:T})),
 
 with one reparameterised sample z_t = mu_t + sigma_t eps_t per sequence and the KL in closed
-form (`trainables.nn.latent`), masked so padding counts nowhere (`trainables.nn.sequence_vae`).
+form (`trainables.nn.latent`), masked so padding counts nowhere (`trainables.kit.sequence_vae`).
 
 Section 4.4: both nets are FD-RNNs (`trainables.nn.recurrent.FastDropoutRNN`) of 300 logistic
 sigmoid units; the generating net's dropout rates are hyper-parameters, the recognition net's are
@@ -54,20 +54,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import seqrep.data
-from seqrep.config import MethodConfig
-from seqrep.data.base import SequenceData
-from seqrep.data.sequences import pad
-from seqrep.errors import SeqrepError
-from seqrep.session import Session
-from trainables.nn import sequence_vae
+from seqrep.method import MethodConfig, Session
+from trainables.kit import sequence_vae
+from trainables.kit.sequence_models import (
+    at_least_one,
+    climin_optimizer,
+    fd_rnn_rules,
+    rate_rules,
+    sampler_rules,
+    sequence_trial,
+)
+from trainables.nn.gaussian import VARIANCE_FLOOR
 from trainables.nn.latent import kl_standard_normal, normal_log_density, reparameterise
-from trainables.nn.optim import Adadelta, RmsProp
 from trainables.nn.recurrent import BidirectionalFD, FastDropoutRNN
-from trainables.nn.training import fit
-from trainables.rnn import fd_rnn_rules, shift
-
-VAR_FLOOR = 1e-6
+from trainables.nn.sequences import pad, shift
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,19 +101,13 @@ class Config(MethodConfig):
     mse_samples: int = 10  # prior draws averaged for the one-step prediction (Gaussian data)
 
     def __post_init__(self):
-        rules = [
-            ("latent_units", "latent_units >= 1", self.latent_units >= 1),
-            ("hidden_units", "hidden_units >= 1", self.hidden_units >= 1),
-            ("recognition_units", "recognition_units >= 1", self.recognition_units >= 1),
+        self.check([
+            *at_least_one(self, "latent_units", "hidden_units", "recognition_units"),
             *fd_rnn_rules(self),
-            ("rec_p_drop_input", "0 <= rec_p_drop_input < 1", 0 <= self.rec_p_drop_input < 1),
-            ("rec_p_drop_hidden", "0 <= rec_p_drop_hidden < 1", 0 <= self.rec_p_drop_hidden < 1),
-            ("rec_p_drop_output", "0 <= rec_p_drop_output < 1", 0 <= self.rec_p_drop_output < 1),
-            ("is_samples", "is_samples >= 1 (K of the importance sampler)", self.is_samples >= 1),
-            ("valid_is_samples", "valid_is_samples >= 1", self.valid_is_samples >= 1),
-            ("mse_samples", "mse_samples >= 1", self.mse_samples >= 1),
-        ]
-        self.check(rules)
+            *rate_rules(self, "rec_p_drop_input", "rec_p_drop_hidden", "rec_p_drop_output"),
+            *sampler_rules(self),
+            *at_least_one(self, "mse_samples"),
+        ])
 
 
 class Storn(nn.Module):
@@ -143,8 +137,8 @@ class Storn(nn.Module):
         """mu_t and sigma^2_t of q(z_t | x), (T, B, Z) each."""
         mean, var = self.recognition.moments(x, mask) if self.bidirectional else self.recognition.moments(x)
         if self.recognition_variance == "fd":
-            return mean, var + VAR_FLOOR
-        return mean[..., : self.n_latent], mean[..., self.n_latent:].square() + VAR_FLOOR
+            return mean, var + VARIANCE_FLOOR
+        return mean[..., : self.n_latent], mean[..., self.n_latent:].square() + VARIANCE_FLOOR
 
     def emission(self, x_prev: Tensor, z: Tensor) -> Tensor:
         """Bernoulli logits or the Gaussian mean of x_t from inputs x_{t-1} and z_t: (T, N, D)."""
@@ -272,64 +266,24 @@ def write_figures(model: Storn, test, directory, device: torch.device, seed: int
     plot_channels(directory / "samples.png", series, "50 samples after a 20-step stimulus, cf. thesis Figure 16")
 
 
-def build_optimizer(config: Config, parameters):
-    if config.optimizer == "rmsprop":
-        return RmsProp(parameters, step_rate=config.step_rate, decay=config.decay, momentum=config.momentum)
-    return Adadelta(parameters, step_rate=config.step_rate, decay=config.decay, momentum=config.momentum,
-                    offset=config.offset)
-
-
-def load_sequences(dataset: str, data_dir, likelihood: str, method: str) -> SequenceData:
-    data = seqrep.data.load(dataset, data_dir)
-    if not isinstance(data, SequenceData):
-        raise SeqrepError(f"method {method} needs a sequence data set (jsb, nottingham, piano-midi, musedata, "
-                          f"mocap), got {dataset!r}")
-    if likelihood == "bernoulli":
-        for split in ("train", "valid", "test"):
-            for i, seq in enumerate(data.split(split)):
-                if not np.isin(seq, (0.0, 1.0)).all():
-                    raise SeqrepError(f"method {method}: likelihood bernoulli needs binary data, but {dataset} "
-                                      f"{split}[{i}] holds other values; use likelihood: gaussian")
-    return data
-
-
 def train(config: Config, session: Session) -> None:
     ctx = session.context
-    device = torch.device(ctx.device)
-    data = load_sequences(ctx.dataset, ctx.data_dir, config.likelihood, "storn")
-    # torch.tensor copies: arrays shipped through Ray's object store are read-only views
-    splits = {name: [torch.tensor(s) for s in data.split(name)] for name in ("train", "valid", "test")}
+    data, splits, device = sequence_trial(session, config.likelihood, "storn")
 
     torch.manual_seed(ctx.seed)
     model = Storn(data.n_features, config)
     model.initialise(config, torch.Generator().manual_seed(ctx.seed))
     model.to(device)
-    optimizer = build_optimizer(config, model.parameters())
-    order = torch.Generator().manual_seed(ctx.seed + 1)
-
-    train_epoch = sequence_vae.make_train_epoch(model, optimizer, splits["train"], config.batch_size, order,
-                                                config.grad_norm, device)
+    optimizer = climin_optimizer(config, model.parameters())
 
     def extra(split: str) -> dict[str, float]:
         if config.likelihood != "gaussian":
             return {}
         return {"mse": one_step_mse(model, splits[split], config.mse_samples, device, ctx.seed + 3)}
 
-    evaluate = sequence_vae.make_evaluate(model, splits, device, ctx.seed + 2,
-                                          {"valid": config.valid_is_samples, "test": config.is_samples}, extra)
-
     def on_finish() -> None:
         if config.likelihood == "gaussian":
             write_figures(model, splits["test"], session.artifact_dir, device, ctx.seed + 4)
 
-    fit(
-        session,
-        model=model,
-        optimizer=optimizer,
-        train_epoch=train_epoch,
-        evaluate=evaluate,
-        config=config.to_dict(),
-        generator=order,
-        on_finish=on_finish,
-        evaluation_point=optimizer.climin_point,
-    )
+    sequence_vae.fit_sgvb(session, model, optimizer, splits, config, extra=extra, on_finish=on_finish,
+                          evaluation_point=optimizer.climin_point)

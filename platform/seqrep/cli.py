@@ -11,60 +11,48 @@ from seqrep import __version__, paths
 from seqrep.errors import SeqrepError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _flag(flag: str):
+    """An argparse type for a numeric flag, checked by the rule `StudyOptions.validate` applies."""
 
+    def parse(text: str):
+        from seqrep.studies import LIMITS, flag_violation
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+        kind, _, what = LIMITS[flag]
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if flag_violation(flag, value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
 
-
-def _resource(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (fractions allowed), got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (fractions allowed), got {text!r}")
-    return value
+    return parse
 
 
 def _budget_flags() -> argparse.ArgumentParser:
     """The budget and placement flags shared by `search` and `reproduce`."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("budget and placement")
-    g.add_argument("--trials", type=_positive_int, help="number of trials (default: the space's)")
-    g.add_argument("--max-epochs", type=_positive_int, help="epochs per trial (default: the space's)")
+    g.add_argument("--trials", type=_flag("--trials"), help="number of trials (default: the space's)")
+    g.add_argument("--max-epochs", type=_flag("--max-epochs"), help="epochs per trial (default: the space's)")
     g.add_argument("--seed", type=int, default=0, help="seed of the search and the trials (default 0)")
     g.add_argument("--name", help="study name (default: SPACE-DATASET; for reproduce, a prefix)")
     g.add_argument("--storage", default=str(paths.DEFAULT_STORAGE), help="folder of study folders (default %(default)s)")
     g.add_argument("--tracking-uri", help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI, else {paths.DEFAULT_TRACKING_URI})")
     g.add_argument("--data-dir", help="data directory (default $SEQREP_DATA, else a user cache dir)")
-    g.add_argument("--cpus-per-trial", type=_resource, default=1.0, help="CPUs per trial (default 1)")
-    g.add_argument("--gpus-per-trial", type=_resource, default=0.0, help="GPUs per trial; 0.25 packs four per GPU (default 0)")
-    g.add_argument("--max-concurrent", type=_non_negative_int, default=0, help="trials at once (default 0: as many as fit)")
+    g.add_argument("--cpus-per-trial", type=_flag("--cpus-per-trial"), default=1.0, help="CPUs per trial (default 1)")
+    g.add_argument("--gpus-per-trial", type=_flag("--gpus-per-trial"), default=0.0, help="GPUs per trial; 0.25 packs four per GPU (default 0)")
+    g.add_argument("--max-concurrent", type=_flag("--max-concurrent"), default=0, help="trials at once (default 0: as many as fit)")
     g.add_argument("--searcher", choices=("random", "optuna"), default="random", help="random search or Optuna TPE")
     g.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="run every trial to the end, or ASHA early stopping")
     g.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local one")
     g.add_argument("--resume", action="store_true", help="continue a study whose driver stopped")
-    g.add_argument("--max-failures", type=_non_negative_int, default=2, help="restarts of a failed trial from its last checkpoint (default 2)")
+    g.add_argument("--max-failures", type=_flag("--max-failures"), default=2, help="restarts of a failed trial from its last checkpoint (default 2)")
     return p
 
 
 def _options(args):
-    from seqrep.launch import StudyOptions
+    from seqrep.studies import StudyOptions
 
     return StudyOptions(
         trials=args.trials, max_epochs=args.max_epochs, seed=args.seed, name=args.name, storage=args.storage,
@@ -78,10 +66,10 @@ def cmd_spaces(args) -> int:
     from seqrep import spaces
 
     if args.name:
-        space = spaces.load(args.name)
+        space = spaces.load(args.name, check_config=args.check)
         print(spaces.resolved_json(space) if args.json else spaces.format_space(space))
         return 0
-    good, bad = spaces.list_spaces()
+    good, bad = spaces.list_spaces(check_config=args.check)
     if args.json:
         print(json.dumps([s.to_json() for s in good], indent=2))
     else:
@@ -96,9 +84,9 @@ def cmd_spaces(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from seqrep import launch, summary
+    from seqrep import launch, studies, summary
 
-    p = launch.plan(args.space, args.dataset, _options(args))
+    p = studies.plan(args.space, args.dataset, _options(args))
     out = launch.run_study(p)
     frame = summary.read(out.parent)
     counts = frame["status"].value_counts().to_dict()
@@ -116,9 +104,9 @@ def cmd_summarize(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from seqrep import launch
+    from seqrep.reproduce import reproduce
 
-    md, csv = launch.reproduce(args.table, args.dataset, _options(args), Path(args.out), splits=args.splits)
+    md, csv = reproduce(args.table, args.dataset, _options(args), Path(args.out), splits=args.splits)
     print(md.read_text())
     print(f"seqrep: wrote {md} and {csv}")
     return 0
@@ -168,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("spaces", help="list the search spaces, or show one")
     p.add_argument("name", nargs="?", help="a space name or a path to a YAML file")
     p.add_argument("--json", action="store_true", help="print the resolved space as JSON")
+    p.add_argument("--check", action="store_true",
+                   help="also check every key and value against the method's Config (imports the method)")
     p.set_defaults(func=cmd_spaces)
 
     p = sub.add_parser("search", parents=[_budget_flags()], help="run a random search (a study) on a Ray cluster")

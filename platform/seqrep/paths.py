@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from seqrep.errors import SeqrepError
 
@@ -39,3 +40,15 @@ def reference_dir() -> Path:
 def tracking_uri(cli_value: str | None) -> str:
     """`--tracking-uri`, else `$MLFLOW_TRACKING_URI`, else the embedded sqlite store."""
     return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(tmp)` to a temporary name beside it, then rename: a reader sees
+    the old file or the new one, never half of one (also on a shared file system)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,10 +1,8 @@
-"""The small interface a method trains through, and its two implementations.
+"""The two implementations of the method-facing `seqrep.method.Session`.
 
-A method sees only `Session`: it reads its run context (dataset, epoch budget, seed, selection
-metric, device), reports metrics once per epoch with the state to resume from, and finishes once
-with its final metrics and the model to keep. `LocalSession` runs a method in this process (tests,
-benchmarks, a GPU box without Ray); `RaySession` is the Ray Tune adapter. Ray is imported only
-inside the adapter, so methods and the local session never need it.
+`LocalSession` runs a method in this process (tests, benchmarks, a GPU box without Ray);
+`RaySession` is the Ray Tune adapter. Ray is imported only inside the adapter, so methods and the
+local session never need it.
 
 Reporting to Ray Tune costs a few milliseconds per call, which would dominate a 5000-epoch toy
 trial, so `RaySession` buffers per-epoch metrics and sends them at most once per
@@ -16,80 +14,19 @@ latest state, from which a restarted trial resumes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
-STATUSES = ("completed", "diverged")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialContext:
-    """What a trial needs to know besides its hyperparameters."""
-
-    dataset: str
-    max_epochs: int
-    seed: int  # this trial's own seed, derived from the study seed and the trial's config
-    metric: str  # selection metric, e.g. "valid_nll"
-    mode: str  # "min" or "max"
-    data_dir: str | None = None
-    device: str = "cpu"
-
-    def better(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        return value < best if self.mode == "min" else value > best
-
-
-def trial_seed(study_seed: int, config: Mapping[str, Any]) -> int:
-    """A trial's seed: a hash of the study seed and the trial's config (stable across restarts)."""
-    blob = json.dumps({"seed": study_seed, "config": dict(config)}, sort_keys=True, default=repr)
-    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-class Session(ABC):
-    """What a method calls. See the module docstring for the reporting contract."""
-
-    context: TrialContext
-
-    @abstractmethod
-    def report(self, metrics: Mapping[str, float], checkpoint: Mapping[str, Any] | None = None) -> None:
-        """One epoch's metrics (must hold `epoch`) and the state to resume from.
-
-        The session may persist `checkpoint` now or at a later report; it must hold only what
-        `torch.load(weights_only=True)` accepts (tensors, numbers, strings, lists, dicts).
-        """
-
-    @abstractmethod
-    def finish(self, metrics: Mapping[str, float], model: Mapping[str, Any] | None, status: str) -> None:
-        """The trial's last call: final metrics, the model to keep (best checkpoint), its status."""
-
-    @abstractmethod
-    def restore(self) -> dict[str, Any] | None:
-        """The latest persisted checkpoint of this trial, or None on a fresh start."""
-
-    @property
-    @abstractmethod
-    def artifact_dir(self) -> Path:
-        """A directory for files (plots) that should end up with the trial's run."""
-
+from seqrep.method import STATUSES, Session, TrialContext
+from seqrep.results import CONFIG_FILE, MODEL_FILE, STATE_FILE, STATUS_KEY, trial_seed
 
 def _roundtrip(state: Mapping[str, Any]) -> dict[str, Any]:
     buffer = io.BytesIO()
@@ -176,7 +113,7 @@ class RaySession(Session):
             for name, state in files.items():
                 torch.save(dict(state), directory / name)
             (directory / CONFIG_FILE).write_text(
-                json.dumps({"config": self._config, "context": dataclasses.asdict(self.context)}, indent=2)
+                json.dumps({"config": self._config, "context": self.context.describe()}, indent=2)
             )
             if extra is not None:
                 for path in extra.iterdir():
@@ -212,7 +149,7 @@ class RaySession(Session):
         result = dict(self._latest)
         result.update(metrics)
         result["history"] = self._buffer
-        result["seqrep_status"] = status
+        result[STATUS_KEY] = status
         self._send(result, {MODEL_FILE: model if model is not None else {}}, extra=self._artifacts)
         self._buffer = []
         shutil.rmtree(self._artifacts, ignore_errors=True)
@@ -232,43 +169,51 @@ class RaySession(Session):
         return self._artifacts
 
 
-def run_in_ray(config: dict[str, Any], *, method: str, study: Mapping[str, Any], dataset: Any = None) -> None:
+@dataclasses.dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of a study shares, handed by the driver to `run_in_ray` (picklable)."""
+
+    method: str
+    dataset: str
+    max_epochs: int
+    seed: int  # the study's seed; each trial derives its own with `trial_seed`
+    metric: str
+    mode: str
+    cpus_per_trial: float = 1.0
+    report_interval_s: float = 1.0
+
+
+def run_in_ray(config: dict[str, Any], *, spec: TrialSpec, dataset: Any) -> None:
     """The function Ray Tune runs for every trial (wrapped with `tune.with_parameters`).
 
     `dataset` is the data set the driver loaded once; `tune.with_parameters` keeps it in Ray's
-    object store, from which each node fetches it once.
+    object store, from which each node fetches it once, and the session hands it to the method.
     """
     import ray
 
-    from seqrep import data, methods
-
-    if dataset is not None:
-        data.ship(study["dataset"], dataset)
-    module = methods.resolve(method)
-    cfg = module.Config.from_dict(config, where=f"trial config of method {method}")
-    cpus = max(1, int(study.get("cpus_per_trial") or 1))
-    torch.set_num_threads(cpus)
-    gpu_ids = ray.get_gpu_ids()
-    device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
-    context = TrialContext(
-        dataset=study["dataset"],
-        max_epochs=int(study["max_epochs"]),
-        seed=trial_seed(int(study["seed"]), config),
-        metric=study["metric"],
-        mode=study["mode"],
-        data_dir=study.get("data_dir"),
-        device=device,
-    )
-    interval = float(os.environ.get("SEQREP_REPORT_INTERVAL_S", study.get("report_interval_s", 1.0)))
-    module.train(cfg, RaySession(context, config, report_interval_s=interval))
-
-
-def run_local(method: str, config: Mapping[str, Any], context: TrialContext, **session_kwargs) -> LocalSession:
-    """Run one trial of `method` in this process and return the session with all it reported."""
     from seqrep import methods
+
+    module = methods.resolve(spec.method)
+    cfg = module.Config.from_dict(config, where=f"trial config of method {spec.method}")
+    torch.set_num_threads(max(1, int(spec.cpus_per_trial or 1)))
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    context = TrialContext(dataset=spec.dataset, data=dataset, max_epochs=spec.max_epochs,
+                           seed=trial_seed(spec.seed, config), metric=spec.metric, mode=spec.mode, device=device)
+    module.train(cfg, RaySession(context, config, report_interval_s=spec.report_interval_s))
+
+
+def run_local(method: str, config: Mapping[str, Any], context: TrialContext,
+              data_dir: str | os.PathLike | None = None, **session_kwargs) -> LocalSession:
+    """Run one trial of `method` in this process and return the session with all it reported.
+
+    A context without data (`data=None`) gets the data set `context.dataset` loaded from
+    `data_dir` (else `$SEQREP_DATA`, else the cache directory)."""
+    from seqrep import data, methods
 
     module = methods.resolve(method)
     cfg = module.Config.from_dict(dict(config), where=f"config of method {method}")
+    if context.data is None:
+        context = dataclasses.replace(context, data=data.load(context.dataset, data_dir))
     session = LocalSession(context, **session_kwargs)
     module.train(cfg, session)
     return session

@@ -40,8 +40,8 @@ from typing import Any
 import yaml
 
 from seqrep import methods, paths
-from seqrep.config import _coerce
 from seqrep.errors import SeqrepError
+from seqrep.method import coerce, is_finite
 
 KINDS = ("choice", "uniform", "loguniform", "randint", "quniform", "grid")
 FIELDS = ("name", "method", "source", "datasets", "metric", "mode", "trials", "max_epochs", "notes", "fixed", "space")
@@ -124,10 +124,6 @@ class SearchSpace:
             )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def parse_distribution(spec: Any, where: str) -> Distribution:
     """One `{kind: args}` mapping -> Distribution, or a SpaceError naming what is allowed."""
     if not isinstance(spec, dict) or len(spec) != 1:
@@ -147,7 +143,7 @@ def parse_distribution(spec: Any, where: str) -> Distribution:
         return Distribution(kind, tuple(args))
     expected = 3 if kind == "quniform" else 2
     shape = "[low, high, q]" if kind == "quniform" else "[low, high]"
-    if len(args) != expected or not all(_is_number(a) for a in args):
+    if len(args) != expected or not all(is_finite(a) for a in args):
         raise SpaceError(f"{where}: {kind} takes {shape} as finite numbers, got {args!r}")
     low, high = args[0], args[1]
     if low > high:
@@ -171,16 +167,14 @@ def _check_value(config_cls, key: str, value: Any, where: str) -> None:
     """The value's type, then the method's own rules (its Config's __post_init__) with defaults elsewhere."""
     hints = typing.get_type_hints(config_cls)
     try:
-        coerced = _coerce(value, hints[key], where)
+        coerced = coerce(value, hints[key], where)
         config_cls(**{key: coerced})
     except SeqrepError as err:
         message = str(err)
         raise SpaceError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
-def parse(data: Any, path: Path) -> SearchSpace:
-    """Validate the loaded YAML of one space file."""
-    where = str(path)
+def _check_fields(data: Any, where: str, path: Path) -> None:
     if not isinstance(data, dict):
         raise SpaceError(f"{where}: expected a mapping of fields ({', '.join(FIELDS)}), got {type(data).__name__}")
     unknown = sorted(set(data) - set(FIELDS))
@@ -189,22 +183,22 @@ def parse(data: Any, path: Path) -> SearchSpace:
     missing = [f for f in REQUIRED if f not in data]
     if missing:
         raise SpaceError(f"{where}: missing field(s) {', '.join(missing)}")
-    name = data["name"]
-    if name != path.stem:
-        raise SpaceError(f"{where}: name must equal the file name {path.stem!r}, got {name!r}")
-    try:
-        module = methods.resolve(str(data["method"]))
-    except SeqrepError as err:
-        raise SpaceError(f"{where}: method: {err}") from None
+    if data["name"] != path.stem:
+        raise SpaceError(f"{where}: name must equal the file name {path.stem!r}, got {data['name']!r}")
+
+
+def _check_datasets(raw: Any, where: str) -> None:
     from seqrep import data as datasets  # imported here: the registry pulls in loaders
 
-    raw_datasets = data["datasets"]
-    if not isinstance(raw_datasets, list) or not raw_datasets or not all(isinstance(d, str) for d in raw_datasets):
-        raise SpaceError(f"{where}: datasets must be a non-empty list of data set names, got {raw_datasets!r}")
-    for dataset in raw_datasets:
+    if not isinstance(raw, list) or not raw or not all(isinstance(d, str) for d in raw):
+        raise SpaceError(f"{where}: datasets must be a non-empty list of data set names, got {raw!r}")
+    for dataset in raw:
         pattern = any(c in dataset for c in "*?[")  # a pattern must match a registered name
         if not (fnmatch.filter(datasets.names(), dataset) if pattern else dataset in datasets.names()):
             raise SpaceError(f"{where}: datasets: unknown data set {dataset!r}; available: {', '.join(datasets.names())}")
+
+
+def _check_budget(data: dict, where: str) -> None:
     metric = data["metric"]
     if not isinstance(metric, str) or not metric.startswith("valid_"):
         raise SpaceError(f"{where}: metric must be a validation metric named valid_<quantity>, got {metric!r}")
@@ -216,6 +210,36 @@ def parse(data: Any, path: Path) -> SearchSpace:
     max_epochs = data["max_epochs"]
     if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
         raise SpaceError(f"{where}: max_epochs must be a positive integer, got {max_epochs!r}")
+
+
+def _check_config(method: str, fixed: dict, dists: dict[str, Distribution], where: str) -> None:
+    """Every key a field of the method's Config, every value (and range end) one it accepts."""
+    config_cls = methods.resolve(method).Config
+    allowed = config_cls.field_names()
+    for section, keys in (("fixed", fixed), ("space", dists)):
+        for key in keys:
+            if key not in allowed:
+                raise SpaceError(f"{where}: {section}.{key}: not a config key of method {method}; "
+                                 f"allowed: {', '.join(allowed)}")
+    for key, value in fixed.items():
+        _check_value(config_cls, key, value, f"{where}: fixed.{key}")
+    for key, dist in dists.items():
+        for value in (dist.args if dist.kind in ("choice", "grid") else dist.args[:2]):
+            _check_value(config_cls, key, value, f"{where}: space.{key}")
+
+
+def parse(data: Any, path: Path, check_config: bool = True) -> SearchSpace:
+    """Validate the loaded YAML of one space file. `check_config=False` skips checking the keys and
+    values against the method's Config, which imports the method (and torch): listing and showing
+    spaces do without; every study checks them before it starts."""
+    where = str(path)
+    _check_fields(data, where, path)
+    try:
+        methods.check_name(str(data["method"]))
+    except SeqrepError as err:
+        raise SpaceError(f"{where}: method: {err}") from None
+    _check_datasets(data["datasets"], where)
+    _check_budget(data, where)
     fixed = data.get("fixed") or {}
     space = data["space"] or {}
     if not isinstance(fixed, dict):
@@ -225,39 +249,19 @@ def parse(data: Any, path: Path) -> SearchSpace:
     both = sorted(set(fixed) & set(space))
     if both:
         raise SpaceError(f"{where}: {', '.join(both)} both fixed and searched; keep each key in one of fixed or space")
-    allowed = module.Config.field_names()
-    for section, keys in (("fixed", fixed), ("space", space)):
-        for key in keys:
-            if key not in allowed:
-                raise SpaceError(f"{where}: {section}.{key}: not a config key of method {data['method']}; "
-                                 f"allowed: {', '.join(allowed)}")
-    for key, value in fixed.items():
-        _check_value(module.Config, key, value, f"{where}: fixed.{key}")
-    dists = {}
-    for key, spec in space.items():
-        dist = parse_distribution(spec, f"{where}: space.{key}")
-        values = dist.args if dist.kind in ("choice", "grid") else dist.args[:2]
-        for value in values:
-            _check_value(module.Config, key, value, f"{where}: space.{key}")
-        dists[key] = dist
+    dists = {key: parse_distribution(spec, f"{where}: space.{key}") for key, spec in space.items()}
+    if check_config:
+        _check_config(str(data["method"]), fixed, dists, where)
     return SearchSpace(
-        name=name,
-        method=data["method"],
-        source=str(data["source"]),
-        datasets=tuple(raw_datasets),
-        metric=metric,
-        mode=data["mode"],
-        trials=trials,
-        max_epochs=max_epochs,
-        fixed=dict(fixed),
-        space=dists,
-        path=path,
-        notes=str(data.get("notes") or ""),
+        name=data["name"], method=data["method"], source=str(data["source"]), datasets=tuple(data["datasets"]),
+        metric=data["metric"], mode=data["mode"], trials=data.get("trials"), max_epochs=data["max_epochs"],
+        fixed=dict(fixed), space=dists, path=path, notes=str(data.get("notes") or ""),
     )
 
 
-def load(name_or_path: str | Path) -> SearchSpace:
-    """A space by name (`search_spaces/<name>.yaml`) or by path to a YAML file."""
+def load(name_or_path: str | Path, check_config: bool = True) -> SearchSpace:
+    """A space by name (`search_spaces/<name>.yaml`) or by path to a YAML file (`parse` says what
+    `check_config` does)."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         path = candidate
@@ -274,64 +278,18 @@ def load(name_or_path: str | Path) -> SearchSpace:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise SpaceError(f"{path}:{line} not valid YAML: {getattr(err, 'problem', err)}") from None
-    return parse(data, path)
+    return parse(data, path, check_config)
 
 
-def list_spaces() -> tuple[list[SearchSpace], list[str]]:
+def list_spaces(check_config: bool = True) -> tuple[list[SearchSpace], list[str]]:
     """Every space in search_spaces/, and the errors of files that do not load."""
     good, bad = [], []
     for path in sorted(paths.spaces_dir().glob("*.yaml")):
         try:
-            good.append(load(path))
+            good.append(load(path, check_config))
         except SeqrepError as err:
             bad.append(str(err))
     return good, bad
-
-
-def to_tune(space: SearchSpace) -> dict[str, Any]:
-    """Ray Tune `param_space`: fixed values as constants, one `ray.tune` domain per searched key."""
-    from ray import tune
-
-    out: dict[str, Any] = dict(space.fixed)
-    for key, dist in space.space.items():
-        if dist.kind == "choice":
-            out[key] = tune.choice(list(dist.args))
-        elif dist.kind == "grid":
-            out[key] = tune.grid_search(list(dist.args))
-        elif dist.kind == "uniform":
-            out[key] = tune.uniform(dist.low, dist.high)
-        elif dist.kind == "loguniform":
-            out[key] = tune.loguniform(dist.low, dist.high)
-        elif dist.kind == "randint":
-            out[key] = tune.randint(dist.low, dist.high + 1)  # Ray excludes the upper bound
-        elif dist.kind == "quniform":
-            out[key] = tune.quniform(dist.low, dist.high, dist.args[2])
-        else:  # parse_distribution admits only KINDS
-            raise AssertionError(dist.kind)
-    return out
-
-
-def to_optuna(space: SearchSpace) -> dict[str, Any]:
-    """Optuna distributions for the searched keys (fixed values stay in Ray's param_space)."""
-    from optuna import distributions as od
-
-    out: dict[str, Any] = {}
-    for key, dist in space.space.items():
-        if dist.kind == "choice":
-            out[key] = od.CategoricalDistribution(list(dist.args))
-        elif dist.kind == "uniform":
-            out[key] = od.FloatDistribution(dist.low, dist.high)
-        elif dist.kind == "loguniform":
-            out[key] = od.FloatDistribution(dist.low, dist.high, log=True)
-        elif dist.kind == "randint":
-            out[key] = od.IntDistribution(dist.low, dist.high)
-        elif dist.kind == "quniform":
-            out[key] = od.FloatDistribution(dist.low, dist.high, step=dist.args[2])
-        elif dist.kind == "grid":
-            raise SpaceError(f"{space.path}: space.{key}: the optuna searcher cannot run a grid; use --searcher random")
-        else:
-            raise AssertionError(dist.kind)
-    return out
 
 
 def format_space(space: SearchSpace) -> str:
@@ -369,8 +327,3 @@ def with_grid(space: SearchSpace, key: str, values: list) -> SearchSpace:
     if key not in space.space or space.space[key].kind != "grid":
         raise SpaceError(f"{space.path}: space.{key} is not a grid, so it cannot be narrowed")
     return dataclasses.replace(space, space={**space.space, key: Distribution("grid", tuple(values))})
-
-
-def grid_size(space: SearchSpace) -> int:
-    """How many runs one `trials` draw makes: the product of the grid sizes (1 without a grid)."""
-    return math.prod(len(d.args) for d in space.space.values() if d.kind == "grid")

@@ -18,14 +18,15 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from seqrep import paths, spaces, summary
+from seqrep import paths, spaces, studydir, summary
 from seqrep.errors import SeqrepError
+from seqrep.method import Declaration
+from seqrep.paths import atomic_write
 
 REFERENCE_COLUMNS = ["dataset", "method", "metric", "thesis", "space", "note"]
 OUTPUT_COLUMNS = ["dataset", "method", "metric", "thesis", "ours", "trials", "best_trial", "study", "space", "note",
                   "ours_std"]
 USABLE = ("completed", "diverged")
-IMPROVED = "valid_improved"  # 0.0: the trial's classification did not improve in training (trainables.nn.reduction)
 
 
 def available() -> list[str]:
@@ -62,10 +63,13 @@ def studies_for(table: str, datasets: Iterable[str] | None = None) -> list[tuple
     return out
 
 
-def best_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+def best_trial(trials: pd.DataFrame, metric: str, mode: str, requires: Iterable[str] = ()) -> pd.Series | None:
+    """The finished trial with the best finite `metric`; `requires`: metrics that must not be 0 for
+    a trial to count (what its method declares, e.g. Section 3.5.2's `valid_improved`)."""
     usable = trials[trials["status"].isin(USABLE)]
-    if IMPROVED in usable:  # Section 3.5.2: keep only trials whose classification improved in training
-        usable = usable[usable[IMPROVED].map(lambda v: not (isinstance(v, float) and v == 0.0))]
+    for column in requires:
+        if column in usable:
+            usable = usable[usable[column].map(lambda v: not (isinstance(v, float) and v == 0.0))]
     if metric not in usable:
         return None
     usable = usable[usable[metric].map(lambda v: isinstance(v, float) and math.isfinite(v))]
@@ -90,39 +94,48 @@ def aggregate_trials(trials: pd.DataFrame) -> pd.Series | None:
     return pd.Series(out)
 
 
+def study_pick(directory: Path, space_name: str) -> tuple[pd.Series | None, int, str]:
+    """A finished study's row for the table (its best trial, or the mean of a grid study), how many
+    trials finished, and the study's name."""
+    space = spaces.load(space_name, check_config=False)
+    trials = summary.read(directory)
+    usable = int(trials["status"].isin(USABLE).sum())
+    if any(d.kind == "grid" for d in space.space.values()):
+        return aggregate_trials(trials), usable, Path(directory).name
+    requires = Declaration.from_json((studydir.read_record(directory) or {}).get("declares")).row_requires
+    return best_trial(trials, space.metric, space.mode, requires), usable, Path(directory).name
+
+
+def _ours(trial: pd.Series | None, metric: str) -> tuple[object, float]:
+    """The cell's value (a number, or a word such as Table 10's pooling) and its spread."""
+    if trial is None:
+        return math.nan, math.nan
+    if metric in trial.index and pd.notna(trial[metric]):
+        return float(trial[metric]), float(trial.get(f"{metric}__std", math.nan))
+    if pd.notna(trial.get(f"config.{metric}")):  # a word: Table 10's pooling, transfer
+        return str(trial[f"config.{metric}"]), math.nan
+    return math.nan, math.nan
+
+
 def build(table: str, study_dir_of: Callable[[str, str], Path | None], datasets: Iterable[str] | None = None) -> pd.DataFrame:
     """The table in long format; `study_dir_of(space, dataset)` gives a finished study's folder."""
     frame = load_reference(table)
     if datasets:
         frame = frame[frame["dataset"].isin(set(datasets))]
-    best: dict[tuple[str, str], tuple[pd.Series | None, int, str]] = {}
+    picks: dict[tuple[str, str], tuple[pd.Series | None, int, str]] = {}
     rows = []
     for ref in frame.itertuples():
-        ours, ours_std, trials, best_id, study = math.nan, math.nan, None, None, None
         key = (ref.space, ref.dataset)
-        if ref.space:
-            if key not in best:
-                directory = study_dir_of(ref.space, ref.dataset)
-                if directory is not None and (Path(directory) / summary.SUMMARY_FILE).exists():
-                    space = spaces.load(ref.space)
-                    frame_trials = summary.read(directory)
-                    usable = int(frame_trials["status"].isin(USABLE).sum())
-                    grid = any(d.kind == "grid" for d in space.space.values())
-                    pick = aggregate_trials(frame_trials) if grid else best_trial(frame_trials, space.metric, space.mode)
-                    best[key] = (pick, usable, Path(directory).name)
-            if key in best:
-                trial, trials, study = best[key]
-                if trial is not None:
-                    best_id = trial["trial_id"]
-                    if ref.metric in trial.index and pd.notna(trial[ref.metric]):
-                        ours = float(trial[ref.metric])
-                        ours_std = float(trial.get(f"{ref.metric}__std", math.nan))
-                    elif pd.notna(trial.get(f"config.{ref.metric}")):  # a word: Table 10's pooling, transfer
-                        ours = str(trial[f"config.{ref.metric}"])
+        if ref.space and key not in picks:
+            directory = study_dir_of(ref.space, ref.dataset)
+            if directory is not None and (Path(directory) / summary.SUMMARY_FILE).exists():
+                picks[key] = study_pick(directory, ref.space)
+        trial, trials, study = picks.get(key, (None, None, None))
+        ours, ours_std = _ours(trial, ref.metric)
         rows.append({
             "dataset": ref.dataset, "method": ref.method, "metric": ref.metric, "thesis": ref.thesis,
-            "ours": ours, "trials": trials, "best_trial": best_id, "study": study, "space": ref.space,
-            "note": ref.note, "ours_std": ours_std,
+            "ours": ours, "trials": trials, "best_trial": trial["trial_id"] if trial is not None else None,
+            "study": study, "space": ref.space, "note": ref.note, "ours_std": ours_std,
         })
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
@@ -164,7 +177,5 @@ def write(table: str, frame: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv = out_dir / f"{table}.md", out_dir / f"{table}.csv"
     for path, text in ((md, to_markdown(table, frame)), (csv, frame.to_csv(index=False))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp, text=text: tmp.write_text(text))
     return md, csv

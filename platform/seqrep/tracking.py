@@ -2,11 +2,13 @@
 
 One experiment per study name; a parent run per study attempt tagged with the space, source table,
 dataset, seed, searcher, git commit and command line; one child run per trial (tag
-`mlflow.parentRunId`) with the flattened config as params, per-epoch metrics at step = epoch, the
-final metrics, its status and artifacts (resolved config, best checkpoint, the method's plots).
+`mlflow.parentRunId`, written by `seqrep.mlflow_callback`) with the flattened config as params,
+per-epoch metrics at step = epoch, the final metrics, its status and artifacts (resolved config,
+best checkpoint, the method's plots).
 
-The trial -> run mapping is kept in `<study>/mlflow_runs.json`, so that a resumed study re-attaches
-its trials to the runs they already have instead of opening new ones.
+The trial -> run mapping is kept in `<study>/mlflow_runs.json` (`studydir`), so that a resumed
+study re-attaches its trials to the runs they already have instead of opening new ones. This
+module imports neither Ray nor torch; MLflow only inside the functions that talk to the store.
 """
 
 from __future__ import annotations
@@ -21,13 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ray import tune
-
 from seqrep.errors import SeqrepError
 
 log = logging.getLogger(__name__)
 
-RUNS_FILE = "mlflow_runs.json"
 SKIP_KEYS = {"history", "seqrep_status", "trial_id", "date", "hostname", "node_ip", "pid", "done",
              "timestamp", "training_iteration", "time_this_iter_s", "time_since_restore",
              "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "config"}
@@ -114,10 +113,6 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def _param(value: Any) -> str:
-    return "null" if value is None else str(value)
-
-
 def close_open_runs(uri: str, run_ids: Iterable[str], status: str) -> None:
     c = client(uri)
     for run_id in run_ids:
@@ -125,19 +120,7 @@ def close_open_runs(uri: str, run_ids: Iterable[str], status: str) -> None:
             c.set_terminated(run_id, status)
 
 
-def load_runs(study_dir: Path) -> dict[str, str]:
-    path = study_dir / RUNS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _save_runs(study_dir: Path, runs: Mapping[str, str]) -> None:
-    path = study_dir / RUNS_FILE
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(dict(runs), indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-class _Writer:
+class Writer:
     """One background thread that runs tracking calls in order, retrying each a few times.
 
     Ray Tune calls callbacks inside its event loop; an MLflow round trip there (a tenth of a second
@@ -203,145 +186,10 @@ class _Writer:
                             self.skipped, self.study)
 
 
-_OPEN_WRITERS: set[_Writer] = set()
+_OPEN_WRITERS: set[Writer] = set()
 
 
 def drain() -> None:
     """Run every queued tracking call of this process and stop the writer threads."""
     for writer in list(_OPEN_WRITERS):
         writer.close()
-
-
-class MlflowTrialCallback(tune.Callback):
-    """Ray Tune callback (runs on the driver) that mirrors every trial into a child run.
-
-    The callback only snapshots what it needs from a trial and hands the MLflow calls to a single
-    writer thread, so the store still has one writer and Ray Tune's loop never waits on it.
-    """
-
-    def __init__(self, uri: str, study: str, parent_run_id: str, study_dir: Path, tags: Mapping[str, str]):
-        self.uri, self.study, self.parent_run_id = uri, study, parent_run_id
-        self.study_dir = Path(study_dir)
-        self.tags = dict(tags)
-        self._client = None
-        self._runs: dict[str, str] | None = None
-        self._writer: _Writer | None = None
-
-    def __getstate__(self):  # Tuner pickles its callbacks; client and thread stay behind
-        state = dict(self.__dict__)
-        state["_client"], state["_runs"], state["_writer"] = None, None, None
-        return state
-
-    @property
-    def c(self):
-        if self._client is None:
-            self._client = client(self.uri)
-        return self._client
-
-    @property
-    def runs(self) -> dict[str, str]:
-        if self._runs is None:
-            self._runs = load_runs(self.study_dir)
-        return self._runs
-
-    def _submit(self, what: str, fn, *args) -> None:
-        if self._writer is None:
-            self._writer = _Writer(self.study)
-        self._writer.submit(what, fn, *args)
-
-    def on_experiment_end(self, trials, **info):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def run_id(self, trial_id: str, config: Mapping[str, Any]) -> str:
-        """The trial's child run: the one it already has (resumed study) or a new one."""
-        run_id = self.runs.get(trial_id)
-        if run_id is None:
-            from mlflow.entities import Param
-
-            tags = {"mlflow.parentRunId": self.parent_run_id, "seqrep.trial_id": trial_id, **self.tags}
-            run = self.c.create_run(experiment_id(self.uri, self.study), run_name=trial_id, tags=tags)
-            run_id = run.info.run_id
-            self.runs[trial_id] = run_id
-            _save_runs(self.study_dir, self.runs)
-            params = [Param(k, _param(v)) for k, v in sorted(config.items())]
-            for i in range(0, len(params), 100):
-                self.c.log_batch(run_id, params=params[i:i + 100])
-        return run_id
-
-    def _start(self, trial_id: str, config: Mapping[str, Any]) -> None:
-        known = trial_id in self.runs
-        run_id = self.run_id(trial_id, config)
-        if known:
-            self.c.update_run(run_id, status="RUNNING")
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._submit("run start", self._start, trial.trial_id, dict(trial.config))
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = []
-        for row in result.get("history") or []:
-            step = int(row.get("epoch", 0))
-            metrics += [Metric(k, v, now, step) for k, v in numeric_metrics(row).items() if k != "epoch"]
-        if metrics:
-            self._submit("metrics", self._log_metrics, trial.trial_id, dict(trial.config), metrics)
-
-    def _log_metrics(self, trial_id, config, metrics) -> None:
-        run_id = self.run_id(trial_id, config)
-        for i in range(0, len(metrics), 1000):
-            self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._submit_finish(trial, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._submit_finish(trial, "FAILED")
-
-    def _submit_finish(self, trial, run_status: str) -> None:
-        checkpoint = trial.checkpoint
-        self._submit("final results", self._finish, trial.trial_id, dict(trial.config),
-                     dict(trial.last_result or {}), checkpoint.path if checkpoint is not None else None,
-                     getattr(trial, "path", None), run_status)
-
-    def _finish(self, trial_id, config, result, checkpoint_path, trial_path, run_status: str) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        run_id = self.run_id(trial_id, config)
-        status = result.get("seqrep_status") or ("errored" if run_status == "FAILED" else "stopped")
-        tags = {"seqrep.status": status, "seqrep.node": str(result.get("node_ip", ""))}
-        if run_status == "FAILED":
-            tags["seqrep.error"] = error_message(trial_path)[:5000]
-        metrics = []
-        if "seqrep_status" in result:
-            now = int(time.time() * 1000)
-            step = int(result.get("best_epoch", 0) or 0)
-            # the final result's valid_* belong to the best epoch: logged as best_valid_*
-            metrics = [Metric(k if k.startswith(("test_", "best_")) else f"best_{k}", v, now, step)
-                       for k, v in numeric_metrics(result).items()
-                       if k.startswith(("test_", "valid_")) or k == "best_epoch"]
-        self.c.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
-        if "seqrep_status" in result and checkpoint_path and os.path.isdir(checkpoint_path):
-            self.c.log_artifacts(run_id, checkpoint_path)
-        self.c.set_terminated(run_id, run_status)
-
-
-def error_message(trial_path: str | None) -> str:
-    """The last line of a failed trial's traceback (Ray keeps it in `error.txt` in the trial dir)."""
-    path = Path(trial_path) / "error.txt" if trial_path else None
-    if path is not None and path.exists():
-        return last_error_line(path.read_text())
-    return "unknown error (no error.txt in the trial folder)"
-
-
-def last_error_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if not line.startswith(("File ", "^", "~")) and ":" in line:
-            return line
-    return lines[-1] if lines else ""
-
-

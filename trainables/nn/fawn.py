@@ -40,17 +40,14 @@ data term. The thesis's FAWN-ROPD (toy NLL 1.15) is not reproduced.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrep.config import MethodConfig
-from seqrep.session import Session
 from trainables.nn import variance
+from trainables.nn.gaussian import gaussian_nll
 
 TRANSFER_MOMENTS = {"sigmoid": variance.sigmoid, "rectifier": variance.rectifier}
 
@@ -130,42 +127,6 @@ class FAWNNet(nn.Module):
         return total
 
 
-# --- the two methods' shared configuration and train() ------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class FAWNConfig(MethodConfig):
-    """FAWN's fixed configurations (Sections 2.6.3, 2.6.4): Adam with step rate 0.001 "until the
-    convergence of the training loss", model selection on the training loss."""
-
-    hidden_layers: int = 1  # toy 1, SARCOS 3, UCI 1
-    hidden_units: int = 100  # toy and SARCOS 100, UCI 50 (year 100)
-    transfer: Literal["sigmoid", "rectifier"] = "rectifier"
-    step_rate: float = 1e-3  # Adam's alpha
-    batch_size: int = 128  # UCI: 128; the thesis gives none for toy/SARCOS
-    init_std: float = 0.2  # weight means ~ N(0, init_std^2) (Section 2.6.4); also the prior's start
-    init_noise: float = 0.2  # initial weight standard deviation (ours: the thesis gives none; docstring)
-    # "until convergence": stop once the training loss has not improved by more than
-    # `tolerance` (relative) for `patience` epochs; null runs the whole epoch budget
-    patience: int | None = 200
-    tolerance: float = 1e-4
-    split: int = 0  # which train/test split of a UCI set (ignored by other data sets)
-
-    def __post_init__(self):
-        rules = [
-            ("hidden_layers", "hidden_layers >= 1", self.hidden_layers >= 1),
-            ("hidden_units", "hidden_units >= 1", self.hidden_units >= 1),
-            ("transfer", "transfer in ('sigmoid', 'rectifier')", self.transfer in TRANSFER_MOMENTS),
-            ("step_rate", "step_rate > 0", self.step_rate > 0),
-            ("batch_size", "batch_size >= 1", self.batch_size >= 1),
-            ("init_std", "init_std > 0", self.init_std > 0),
-            ("init_noise", "init_noise > 0", self.init_noise > 0),
-            ("patience", "patience is null or >= 1", self.patience is None or self.patience >= 1),
-            ("tolerance", "tolerance >= 0", self.tolerance >= 0),
-            ("split", "split >= 0", self.split >= 0),
-        ]
-        self.check(rules)
-
-
 def vb_point_loss(model: FAWNNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """FAWN-VB's per-point term -E_q[log N(z | y, sigma_hat^2)], (n,)."""
     mean, var = model(x)
@@ -174,28 +135,4 @@ def vb_point_loss(model: FAWNNet, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 def ropd_point_loss(model: FAWNNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """FAWN-ROPD's per-point term -log N(z | E[y], V[y] + sigma_hat^2), (n,)."""
-    from trainables.nn.regression import gaussian_nll
-
     return gaussian_nll(y, *model.predictive(x))
-
-
-def train_fawn(config: FAWNConfig, session: Session, variant: Literal["vb", "ropd"]) -> None:
-    from trainables.nn import regression
-
-    data = regression.load(session, split=config.split)
-    n_train = data.x_train.shape[0]
-    torch.manual_seed(session.context.seed)
-    model = FAWNNet(data.x_train.shape[1], data.y_train.shape[1], config.hidden_layers, config.hidden_units,
-                    config.transfer, config.init_std, config.init_noise)
-    model.to(session.context.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.step_rate)
-    point_loss = vb_point_loss if variant == "vb" else ropd_point_loss
-
-    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return point_loss(model, x, y).mean() + model.kl() / n_train
-
-    regression.fit_regression(
-        session, data, model=model, optimizer=optimizer, batch_size=config.batch_size, loss=loss,
-        predict=model.predictive, config=config.to_dict(), title=f"FAWN-{variant.upper()}",
-        select_on_training=True, patience=config.patience, tolerance=config.tolerance,
-    )

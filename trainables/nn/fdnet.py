@@ -8,8 +8,10 @@ linear, `variance.identity`). The input x enters with mean x and the constant va
 
 IVN (Section 2.6.1) scales the variance after every layer by a learned layer-wise
 beta > beta_min: E[y'] = E[y], V[y'] = beta V[y], and y' is what the next layer sees. Here
-beta = beta_min + softplus(rho) with rho learned (the strict > holds for every finite rho), and
-rho starts where beta = 1, so an untrained IVN equals the FD net with the same weights. With no
+beta = beta_min + softplus(r) with r learned (the strict > holds for every finite r), and r
+starts where beta = 1, so an untrained IVN equals the FD net with the same weights. The
+parameter r is called `rho` (a checkpoint key, kept); it is not the spectral radius that the
+FD-RNN methods' config key `rho` sets. With no
 beta (FD, `beta_min=None`) the output variance is what fast dropout propagates: FD trains only
 the mean, so that variance is not fitted to anything (Table 7's huge FD NLL).
 """
@@ -42,8 +44,8 @@ class FastDropoutNet(nn.Module):
         self.beta_min = beta_min
         if beta_min is not None:
             start = max(1.0 - beta_min, 1e-3)  # beta = 1 where possible
-            rho = math.log(math.expm1(start))
-            self.rho = nn.Parameter(torch.full((len(self.layers),), rho))
+            beta_raw = math.log(math.expm1(start))  # softplus^-1: beta_min + softplus(beta_raw) = start + beta_min
+            self.rho = nn.Parameter(torch.full((len(self.layers),), beta_raw))  # r of the docstring
 
     def betas(self) -> torch.Tensor | None:
         return None if self.beta_min is None else self.beta_min + F.softplus(self.rho)

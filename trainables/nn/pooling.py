@@ -1,7 +1,7 @@
 """Pooling over time, masked for padded batches: the operator rho of thesis Section 3.3 (Eq. 27).
 
 Every operator maps a time-major batch a (T, B, K) with its mask (T, B) (1 on real steps, 0 on
-padding; `seqrep.data.sequences.pad`) to one vector per sequence, e (B, K), using only the real
+padding; `trainables.nn.sequences.pad`) to one vector per sequence, e (B, K), using only the real
 steps of each sequence:
 
     max          e_bk = max_{t <= T_b} a_tbk

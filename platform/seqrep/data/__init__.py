@@ -11,9 +11,8 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
 
-from seqrep.data import mocap, polyphonic, regression, ucr
+from seqrep.data import characters, mocap, polyphonic, regression, tidigits, ucr
 from seqrep.data.base import DatasetInfo, file_sha256
 from seqrep.errors import SeqrepError
 
@@ -58,7 +57,9 @@ _REGISTRY: dict[str, DatasetInfo] = {
     ),
     **{name: _polyphonic(name) for name in polyphonic.SOURCES},
     **regression.registry_entries(),  # sarcos, uci-<name> (Section 2.6)
-    **ucr.registry_entries(),  # ucr-<name> of Tables 9-10, characters, tidigits (Chapter 3)
+    **ucr.registry_entries(),  # ucr-<name> of Tables 9-10 (Chapter 3)
+    **characters.registry_entries(),  # Table 12
+    **tidigits.registry_entries(),  # Table 11
     **mocap.registry_entries(),  # mocap, Table 14 (Section 4.4.2)
 }
 
@@ -97,22 +98,12 @@ def require(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     return root
 
 
-_SHIPPED: dict[str, Any] = {}
-
-
-def ship(name: str, dataset: Any) -> None:
-    """Make `load(name)` in this process return `dataset` (a Ray worker receiving it from the driver)."""
-    _SHIPPED[name] = dataset
-
-
 def load(name: str, data_dir: str | os.PathLike | None = None):
     """Load data set `name` from the data directory (a clear error if its files are missing).
 
-    In a Ray trial the driver has already loaded it and shipped it through the object store
-    (`ship`), so every node fetches it once instead of every trial re-reading the files.
+    The driver of a study loads it once and hands it to every trial (through Ray's object store);
+    a trial never loads data itself.
     """
-    if name in _SHIPPED:
-        return _SHIPPED[name]
     return info(name).load(require(name, data_dir))
 
 

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from seqrep.errors import SeqrepError
+
 
 @dataclasses.dataclass(frozen=True)
 class RegressionData:
@@ -22,14 +24,66 @@ class RegressionData:
     x_test: np.ndarray
     y_test: np.ndarray
     # Set when the targets above are standardised, (y - y_mean) / y_std per output dimension:
-    # the methods then report MSE and NLL in the original units (trainables.nn.regression).
+    # the methods then report MSE and NLL in the original units (trainables.kit.regression_fit).
     y_mean: np.ndarray | None = None
     y_std: np.ndarray | None = None
+    # Known for generated data (the toy set): the input range and the true conditional mean and
+    # variance, which the predictive plot draws beside the model's (Figure 6).
+    x_range: tuple[float, float] | None = None
+    true_mean: Callable[[np.ndarray], np.ndarray] | None = None
+    true_variance: Callable[[np.ndarray], np.ndarray] | None = None
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in ("train", "valid", "test"):
             raise ValueError(f"split must be train, valid or test, got {split!r}")
         return getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+
+
+def standardise(name: str, x_train, y_train, x_valid, y_valid, x_test, y_test) -> RegressionData:
+    """Standardise every split with the training rows' mean and std (constant columns: std 1)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in (x_train, y_train, x_valid, y_valid, x_test, y_test)]
+    for label, a in zip(("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"), arrays):
+        if not np.isfinite(a).all():
+            row = int(np.argwhere(~np.isfinite(a))[0][0])
+            raise SeqrepError(f"{name}: non-finite value in {label} (row {row}); the data must be finite")
+    x_mean, x_std = arrays[0].mean(axis=0), arrays[0].std(axis=0)
+    y_mean, y_std = arrays[1].mean(axis=0), arrays[1].std(axis=0)
+    x_std = np.where(x_std > 0, x_std, 1.0)
+    y_std = np.where(y_std > 0, y_std, 1.0)
+    xs = [((a - x_mean) / x_std).astype(np.float32) for a in arrays[0::2]]
+    ys = [((a - y_mean) / y_std).astype(np.float32) for a in arrays[1::2]]
+    return RegressionData(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2],
+                          y_mean=y_mean.astype(np.float64), y_std=y_std.astype(np.float64))
+
+
+
+@dataclasses.dataclass(frozen=True)
+class UCISplits:
+    """One UCI set with all of its train/test splits, in original units."""
+
+    name: str
+    x: np.ndarray  # (n, d_in) float64
+    y: np.ndarray  # (n, 1) float64
+    train_indices: tuple[np.ndarray, ...]
+    test_indices: tuple[np.ndarray, ...]
+    folder: str = ""
+
+    @property
+    def n_splits(self) -> int:
+        return len(self.train_indices)
+
+    def regression(self, split: int = 0, valid_fraction: float = 0.0) -> RegressionData:
+        """Split `split` standardised on its training rows. With `valid_fraction` > 0 the last
+        fraction of the training indices (in file order, deterministic) is held out as validation
+        and not trained on; with 0 the validation split is empty (Section 2.6.4: "No separate
+        validation set was used")."""
+        if not 0 <= split < self.n_splits:
+            raise SeqrepError(f"{self.name}: split {split} out of range; it has splits 0 .. {self.n_splits - 1}")
+        train, test = self.train_indices[split], self.test_indices[split]
+        n_valid = int(round(valid_fraction * len(train)))
+        fit_rows, valid = train[: len(train) - n_valid], train[len(train) - n_valid:]
+        return standardise(self.name, self.x[fit_rows], self.y[fit_rows], self.x[valid], self.y[valid],
+                           self.x[test], self.y[test])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,3 +184,22 @@ class ClassificationData:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+
+def _label_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def encode(train_labels: list[str], test_labels: list[str], test_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Class indices for both splits; a test class without a training example is an error."""
+    classes = tuple(sorted(set(train_labels), key=_label_key))
+    index = {c: i for i, c in enumerate(classes)}
+    for number, label in enumerate(test_labels, start=1):
+        if label not in index:
+            raise SeqrepError(f"{test_path}, series {number}: class {label!r} has no training example "
+                              f"(training classes: {', '.join(classes)})")
+    return (np.array([index[c] for c in train_labels], dtype=np.int64),
+            np.array([index[c] for c in test_labels], dtype=np.int64), classes)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqrep.data.base import ClassificationData
+from seqrep.data.base import ClassificationData, DatasetInfo
 from seqrep.errors import SeqrepError
 
 FILE = "characters/mixoutALL_shifted.mat"
@@ -75,3 +75,9 @@ def load(root: Path) -> ClassificationData:
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     return ClassificationData("characters", [sequences[i] for i in train_idx], y[train_idx],
                               [sequences[i] for i in test_idx], y[test_idx], tuple(str(int(c)) for c in classes))
+
+
+def registry_entries() -> dict[str, DatasetInfo]:
+    return {"characters": DatasetInfo(
+        "characters", "UCI Character Trajectories, 20 classes, 3 variates, stratified 80/20 split (Section 3.5.2.3)",
+        load, (FILE,), source=SOURCE)}

@@ -5,7 +5,7 @@ targets with the training split's statistics): `standardise` maps x -> (x - mean
 column and y likewise, using the training rows only. Columns that are constant on the training rows
 (naval has two) get std 1 instead of 0, so they become 0 rather than NaN. The `RegressionData`
 returned keeps `y_mean` / `y_std`, with which the methods report MSE and NLL in the targets'
-original units (`trainables.nn.regression`).
+original units (`trainables.kit.regression_fit`).
 
 UCI layout (the PBP / MC-dropout repositories): `uci/<folder>/data.txt` (whitespace-separated
 matrix), `index_features.txt`, `index_target.txt` (0-based columns), `n_splits.txt`,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqrep.data.base import RegressionData
+from seqrep.data.base import RegressionData, UCISplits, standardise
 from seqrep.errors import SeqrepError
 
 GPML_URL = "http://www.gaussianprocess.org/gpml/data/"
@@ -56,23 +56,6 @@ UCI_LAYOUT = ("data.txt, index_features.txt, index_target.txt, n_splits.txt and 
               "index_train_<i>.txt / index_test_<i>.txt for i = 0 .. n_splits - 1")
 
 
-def standardise(name: str, x_train, y_train, x_valid, y_valid, x_test, y_test) -> RegressionData:
-    """Standardise every split with the training rows' mean and std (constant columns: std 1)."""
-    arrays = [np.asarray(a, dtype=np.float64) for a in (x_train, y_train, x_valid, y_valid, x_test, y_test)]
-    for label, a in zip(("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"), arrays):
-        if not np.isfinite(a).all():
-            row = int(np.argwhere(~np.isfinite(a))[0][0])
-            raise SeqrepError(f"{name}: non-finite value in {label} (row {row}); the data must be finite")
-    x_mean, x_std = arrays[0].mean(axis=0), arrays[0].std(axis=0)
-    y_mean, y_std = arrays[1].mean(axis=0), arrays[1].std(axis=0)
-    x_std = np.where(x_std > 0, x_std, 1.0)
-    y_std = np.where(y_std > 0, y_std, 1.0)
-    xs = [((a - x_mean) / x_std).astype(np.float32) for a in arrays[0::2]]
-    ys = [((a - y_mean) / y_std).astype(np.float32) for a in arrays[1::2]]
-    return RegressionData(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2],
-                          y_mean=y_mean.astype(np.float64), y_std=y_std.astype(np.float64))
-
-
 # --- UCI ---------------------------------------------------------------------------------------
 
 
@@ -90,35 +73,6 @@ def _read_indices(path: Path, n_rows: int | None = None) -> np.ndarray:
         bad = int(indices[(indices < 0) | (indices >= n_rows)][0])
         raise SeqrepError(f"{path}: index {bad} out of range for data.txt's {n_rows} rows (0-based)")
     return indices
-
-
-@dataclasses.dataclass(frozen=True)
-class UCISplits:
-    """One UCI set with all of its train/test splits, in original units."""
-
-    name: str
-    x: np.ndarray  # (n, d_in) float64
-    y: np.ndarray  # (n, 1) float64
-    train_indices: tuple[np.ndarray, ...]
-    test_indices: tuple[np.ndarray, ...]
-    folder: str = ""
-
-    @property
-    def n_splits(self) -> int:
-        return len(self.train_indices)
-
-    def regression(self, split: int = 0, valid_fraction: float = 0.0) -> RegressionData:
-        """Split `split` standardised on its training rows. With `valid_fraction` > 0 the last
-        fraction of the training indices (in file order, deterministic) is held out as validation
-        and not trained on; with 0 the validation split is empty (Section 2.6.4: "No separate
-        validation set was used")."""
-        if not 0 <= split < self.n_splits:
-            raise SeqrepError(f"{self.name}: split {split} out of range; it has splits 0 .. {self.n_splits - 1}")
-        train, test = self.train_indices[split], self.test_indices[split]
-        n_valid = int(round(valid_fraction * len(train)))
-        fit_rows, valid = train[: len(train) - n_valid], train[len(train) - n_valid:]
-        return standardise(self.name, self.x[fit_rows], self.y[fit_rows], self.x[valid], self.y[valid],
-                           self.x[test], self.y[test])
 
 
 def uci_files(name: str) -> tuple[str, ...]:
@@ -241,19 +195,3 @@ def n_splits(dataset: str, root: Path) -> int:
         raise SeqrepError(f"{path}: missing; a UCI folder holds {UCI_LAYOUT}") from None
     except (ValueError, IndexError):
         raise SeqrepError(f"{path}: expected one integer") from None
-
-
-def split_space(space, dataset: str, splits: int | None, root: Path):
-    """`space` with its `split` grid set to 0 .. K-1 for `seqrep reproduce table8 --splits K`
-    (K default: 10, or all of the set's splits if it has fewer). Spaces without a split grid are
-    returned unchanged; K outside 1 .. n_splits is an error naming the data set."""
-    from seqrep import spaces
-
-    dist = space.space.get("split")
-    if dist is None or dist.kind != "grid" or not dataset.startswith("uci-"):
-        return space
-    available = n_splits(dataset, root)
-    k = min(DEFAULT_SPLITS, available) if splits is None else splits
-    if not 1 <= k <= available:
-        raise SeqrepError(f"--splits {k}: {dataset} has {available} splits; pass --splits between 1 and {available}")
-    return spaces.with_grid(space, "split", list(range(k)))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqrep.data.base import ClassificationData
+from seqrep.data.base import ClassificationData, DatasetInfo, encode
 from seqrep.errors import SeqrepError
 
 FILE = "tidigits/tidigits_mfcc.npz"
@@ -53,8 +53,6 @@ def _split(arrays, split: str, path: Path) -> tuple[list[np.ndarray], list[str]]
 
 
 def load(root: Path) -> ClassificationData:
-    from seqrep.data.ucr import encode
-
     path = root / FILE
     try:
         arrays = np.load(path, allow_pickle=False)
@@ -65,3 +63,9 @@ def load(root: Path) -> ClassificationData:
         test, test_labels = _split(arrays, "test", path)
     y_train, y_test, classes = encode(train_labels, test_labels, path)
     return ClassificationData("tidigits", train, y_train, test, y_test, classes)
+
+
+def registry_entries() -> dict[str, DatasetInfo]:
+    return {"tidigits": DatasetInfo(
+        "tidigits", "TIDIGITS adult speakers, your own 13-d MFCC features in a .npz (Sections 3.4.3.2, 3.5.2.2)",
+        load, (FILE,), source=SOURCE)}

@@ -55,4 +55,5 @@ def generate(n_train: int = 50, n_valid: int = 10, n_test: int = 50, seed: int =
     x_train, y_train = sample(n_train, rng)
     x_valid, y_valid = sample(n_valid, rng)
     x_test, y_test = sample(n_test, rng)
-    return RegressionData("toy", x_train, y_train, x_valid, y_valid, x_test, y_test)
+    return RegressionData("toy", x_train, y_train, x_valid, y_valid, x_test, y_test,
+                          x_range=(X_LOW, X_HIGH), true_mean=mean, true_variance=variance)

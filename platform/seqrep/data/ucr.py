@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqrep.data.base import ClassificationData, DatasetInfo
+from seqrep.data.base import ClassificationData, DatasetInfo, encode
 from seqrep.errors import SeqrepError
 
 PREFIX = "ucr-"
@@ -91,25 +91,6 @@ def read_tsv(path: Path) -> tuple[list[np.ndarray], list[str]]:
     return series, labels
 
 
-def _label_key(label: str):
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
-
-
-def encode(train_labels: list[str], test_labels: list[str], test_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Class indices for both splits; a test class without a training example is an error."""
-    classes = tuple(sorted(set(train_labels), key=_label_key))
-    index = {c: i for i, c in enumerate(classes)}
-    for number, label in enumerate(test_labels, start=1):
-        if label not in index:
-            raise SeqrepError(f"{test_path}, series {number}: class {label!r} has no training example "
-                              f"(training classes: {', '.join(classes)})")
-    return (np.array([index[c] for c in train_labels], dtype=np.int64),
-            np.array([index[c] for c in test_labels], dtype=np.int64), classes)
-
-
 def load(name: str, root: Path) -> ClassificationData:
     folder = folder_for(name, root)
     train_file, test_file = (root / f for f in files(folder))
@@ -133,17 +114,8 @@ def info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
 
 
 def registry_entries() -> dict[str, DatasetInfo]:
-    """`DatasetInfo`s for `seqrep.data`'s registry: the twelve UCR sets of Tables 9-10, characters, tidigits.
+    """`DatasetInfo`s of the twelve UCR sets of Tables 9-10 for `seqrep.data`'s registry.
 
     Other `ucr-<name>` names are resolved when looked up (`seqrep.data.info`), from the folder.
     """
-    from seqrep.data import characters, tidigits
-
-    entries = {name: info(name) for name in KNOWN}
-    entries["characters"] = DatasetInfo(
-        "characters", "UCI Character Trajectories, 20 classes, 3 variates, stratified 80/20 split (Section 3.5.2.3)",
-        characters.load, (characters.FILE,), source=characters.SOURCE)
-    entries["tidigits"] = DatasetInfo(
-        "tidigits", "TIDIGITS adult speakers, your own 13-d MFCC features in a .npz (Sections 3.4.3.2, 3.5.2.2)",
-        tidigits.load, (tidigits.FILE,), source=tidigits.SOURCE)
-    return entries
+    return {name: info(name) for name in KNOWN}

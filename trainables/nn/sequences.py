@@ -6,6 +6,7 @@ metrics go through `masked_sum`, `masked_mean` and `frame_count`, so padding nev
 per-time-step score over a whole split (e.g. the negative log-likelihood per time step reported on
 the polyphonic music sets) is the sum of `masked_sum` over its batches divided by the sum of
 `frame_count`, not the average of per-batch means, which would weight short batches too much.
+`shift` turns targets into the inputs of a next-step model (x_0 = 0, x_1, ..., x_T-1).
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def batches(sequences: Sequence[np.ndarray | torch.Tensor], batch_size: int, gen
     if pool > 1:
         groups = [groups[k] for k in torch.randperm(len(groups), generator=generator).tolist()]
     return (Batch(*pad([sequences[i] for i in group]), torch.tensor(group)) for group in groups)
+
+
+def shift(x: torch.Tensor) -> torch.Tensor:
+    """Network inputs for targets x (T, B, D): x_0 = 0, x_1, ..., x_T-1 (time-major)."""
+    return torch.cat([torch.zeros_like(x[:1]), x[:-1]], dim=0)
 
 
 def _frame_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

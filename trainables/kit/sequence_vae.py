@@ -1,4 +1,4 @@
-"""Training and evaluation shared by the latent-variable sequence models (STORN, the DMM).
+"""Training and evaluation shared by the latent-variable sequence models (STORN, the DMM): `fit_sgvb`.
 
 A model here is an `nn.Module` with `likelihood` ("bernoulli" or "gaussian"), a buffer
 `log_sigma` (the Gaussian emission's log standard deviation) and
@@ -16,7 +16,7 @@ summed over that sequence's real frames (padding counts nowhere):
 
 From these: the negative ELBO (Eq. 31) per frame, `elbo_nll` = -sum_b [mean_k log p(x_b | z_k) -
 mean_k kl_kb] / frames, and the importance-sampled `nll` = -sum_b LME_k [log p(x_b | z_k) + rest_kb]
-/ frames (`trainables.nn.latent`, per sequence). Training minimises the one-sample negative ELBO
+/ frames (`trainables.kit.importance`, per sequence). Training minimises the one-sample negative ELBO
 per frame of a minibatch (SGVB, Section 1.4.3) with the Gaussian's sigma fixed at 1 (Section
 4.4.2). After training, "a binary search for a better value" of sigma (Section 4.4.2) is a
 bounded golden-section search on log sigma (scipy) minimising the validation estimate, which is
@@ -27,14 +27,17 @@ cheap: the drawn z and the squared residuals do not depend on sigma. The chosen 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, ContextManager, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-from seqrep.data.sequences import batches, pad
-from trainables.nn.latent import LOG_2PI, check_samples, log_mean_exp
+from seqrep.method import Session
+from trainables.kit.importance import check_samples
+from trainables.kit.training import fit
+from trainables.nn.latent import LOG_2PI, log_mean_exp
 from trainables.nn.optim import renormalise_gradients
+from trainables.nn.sequences import batches, pad
 
 TRAIN_SIGMA = 1.0  # Section 4.4.2: "the standard deviation was fixed to 1 during training"
 LOG_SIGMA_RANGE = (math.log(1e-2), math.log(1e1))  # where the search for sigma looks
@@ -152,3 +155,26 @@ def make_evaluate(model, splits: dict[str, Sequence[Tensor]], device: torch.devi
         return out
 
     return evaluate
+
+
+def fit_sgvb(session: Session, model, optimizer: torch.optim.Optimizer, splits: dict[str, Sequence[Tensor]], config,
+             *, extra: Callable[[str], dict[str, float]] | None = None,
+             on_finish: Callable[[], None] | None = None,
+             evaluation_point: Callable[[], ContextManager] | None = None) -> None:
+    """Train a latent-variable sequence model by SGVB through `trainables.kit.training.fit`.
+
+    Minibatches of `config.batch_size` sequences in orders drawn from a generator seeded with the
+    trial's seed + 1 (it travels with the checkpoint), gradients
+    renormalised above `config.grad_norm`; `nll` with K = `config.valid_is_samples` draws on the
+    validation and `config.is_samples` on the test split (common random numbers: the trial's
+    seed + 2), plus `extra(split)`.
+    """
+    ctx = session.context
+    device = torch.device(ctx.device)
+    order = torch.Generator().manual_seed(ctx.seed + 1)
+    train_epoch = make_train_epoch(model, optimizer, splits["train"], config.batch_size, order, config.grad_norm,
+                                   device)
+    evaluate = make_evaluate(model, splits, device, ctx.seed + 2,
+                             {"valid": config.valid_is_samples, "test": config.is_samples}, extra)
+    fit(session, model=model, optimizer=optimizer, train_epoch=train_epoch, evaluate=evaluate, config=config.to_dict(),
+        generator=order, on_finish=on_finish, evaluation_point=evaluation_point)

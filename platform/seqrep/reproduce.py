@@ -1,0 +1,115 @@
+"""`seqrep reproduce TABLE`: run the studies a thesis table needs, then rebuild the table.
+
+Every study is planned (validated) before any runs; a finished study with the same identity is
+reused instead of run again; data sets whose files are absent are named and skipped when the
+whole table is asked for. The table itself is `seqrep.tables`'s business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from seqrep import data as seqrep_data
+from seqrep import spaces, studydir, tables, tracking
+from seqrep.data.regression import DEFAULT_SPLITS, n_splits
+from seqrep.errors import SeqrepError
+from seqrep.studies import StudyOptions, StudyPlan, plan
+
+log = logging.getLogger(__name__)
+
+
+def split_space(space, dataset: str, splits: int | None, root: Path):
+    """`space` with its `split` grid set to 0 .. K-1 for `seqrep reproduce table8 --splits K`
+    (K default: 10, or all of the set's splits if it has fewer). Spaces without a split grid are
+    returned unchanged; K outside 1 .. n_splits is an error naming the data set."""
+    dist = space.space.get("split")
+    if dist is None or dist.kind != "grid" or not dataset.startswith("uci-"):
+        return space
+    available = n_splits(dataset, root)
+    k = min(DEFAULT_SPLITS, available) if splits is None else splits
+    if not 1 <= k <= available:
+        raise SeqrepError(f"--splits {k}: {dataset} has {available} splits; pass --splits between 1 and {available}")
+    return spaces.with_grid(space, "split", list(range(k)))
+
+
+def _available_studies(table: str, needed: list[tuple[str, str]], data_dir: str | None) -> list[tuple[str, str]]:
+    """The studies whose data sets are all in the data directory; the others are named and skipped.
+    None left: the missing-data error of the first, so the user learns what to fetch."""
+    have, lacking = [], {}
+    for space_name, dataset in needed:
+        missing = seqrep_data.missing_files(dataset, data_dir)
+        if missing:
+            lacking.setdefault(dataset, missing)
+        else:
+            have.append((space_name, dataset))
+    if lacking and not have:
+        first = next(iter(lacking))
+        seqrep_data.require(first, data_dir)  # raises, naming the files and where to get them
+    for dataset, missing in lacking.items():
+        print(f"seqrep: {table}: skipping {dataset}, whose files are not in the data directory "
+              f"({', '.join(str(m) for m in missing)}); `seqrep reproduce {table} --dataset {dataset}` says how "
+              f"to get them", flush=True)
+    return have
+
+
+def _plans(table: str, datasets: list[str] | None, options: StudyOptions, splits: int | None) -> list[StudyPlan]:
+    """Every study of the table, validated before any runs."""
+    needed = tables.studies_for(table, datasets)
+    if not datasets:  # the whole table: rebuild what the data directory allows, say what it lacks
+        needed = _available_studies(table, needed, options.data_dir)
+    root = seqrep_data.resolve_data_dir(options.data_dir)
+    plans = []
+    for space_name, dataset in needed:
+        study_options = dataclasses.replace(
+            options, name=f"{options.name}-{space_name}-{dataset}" if options.name else None)
+        space = split_space(spaces.load(space_name), dataset, splits, root)
+        plans.append(plan(space_name, dataset, study_options, space))
+    if splits is not None and not any("split" in p.space.space for p in plans):
+        raise SeqrepError(f"--splits applies to tables run once per UCI split (table8), not to {table}")
+    return plans
+
+
+def _run_or_reuse(p: StudyPlan) -> None:
+    """Run the study unless an identical one has finished; --resume continues the studies that
+    exist and starts the others."""
+    from seqrep.launch import run_study  # Ray: imported when a study runs
+
+    existing = studydir.read_record(p.directory)
+    if existing is None:
+        p.options.resume = False
+    if existing is not None and studydir.is_finished(p.directory) and not p.options.resume \
+            and not p.same_study(existing):
+        print(f"seqrep: reusing the finished study {p.name} in {p.directory}", flush=True)
+        return
+    print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
+    run_study(p)
+
+
+def _log_table(table: str, plans: list[StudyPlan], paths: tuple[Path, Path]) -> None:
+    for p in plans:
+        record = studydir.read_record(p.directory) or {}
+        if not record.get("parent_run_id"):
+            continue
+        try:
+            for path in paths:
+                tracking.client(p.tracking_uri).log_artifact(record["parent_run_id"], str(path), "tables")
+        except Exception as err:  # noqa: BLE001 - the table is on disk either way
+            log.warning("could not log %s to MLflow: %s", table, err)
+
+
+def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out_dir: Path,
+              splits: int | None = None) -> tuple[Path, Path]:
+    """Run the studies a thesis table needs (reusing identical finished ones) and write the table.
+
+    `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1."""
+    options.validate()
+    plans = _plans(table, datasets, options, splits)
+    for p in plans:
+        _run_or_reuse(p)
+    directories = {(p.space.name, p.dataset): p.directory for p in plans}
+    frame = tables.build(table, lambda space, dataset: directories.get((space, dataset)), datasets)
+    md, csv = tables.write(table, frame, out_dir)
+    _log_table(table, plans, (md, csv))
+    return md, csv

@@ -1,0 +1,81 @@
+"""A search space in Ray Tune's and Optuna's terms, and the searcher and scheduler of a study.
+
+`to_tune` and `to_optuna` are the one place each where a `SearchSpace` becomes the other library's
+distributions; `randint` includes its upper bound in the YAML, so Ray's `tune.randint` (exclusive)
+gets `high + 1` and Optuna's `IntDistribution` (inclusive) the bounds as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seqrep.spaces import SearchSpace
+
+
+def to_tune(space: SearchSpace) -> dict[str, Any]:
+    """Ray Tune `param_space`: fixed values as constants, one `ray.tune` domain per searched key."""
+    from ray import tune
+
+    out: dict[str, Any] = dict(space.fixed)
+    for key, dist in space.space.items():
+        if dist.kind == "choice":
+            out[key] = tune.choice(list(dist.args))
+        elif dist.kind == "grid":
+            out[key] = tune.grid_search(list(dist.args))
+        elif dist.kind == "uniform":
+            out[key] = tune.uniform(dist.low, dist.high)
+        elif dist.kind == "loguniform":
+            out[key] = tune.loguniform(dist.low, dist.high)
+        elif dist.kind == "randint":
+            out[key] = tune.randint(dist.low, dist.high + 1)  # Ray excludes the upper bound
+        elif dist.kind == "quniform":
+            out[key] = tune.quniform(dist.low, dist.high, dist.args[2])
+        else:  # parse_distribution admits only KINDS
+            raise AssertionError(dist.kind)
+    return out
+
+
+def to_optuna(space: SearchSpace) -> dict[str, Any]:
+    """Optuna distributions for the searched keys (fixed values stay in Ray's param_space)."""
+    from optuna import distributions as od
+
+    out: dict[str, Any] = {}
+    for key, dist in space.space.items():
+        if dist.kind == "choice":
+            out[key] = od.CategoricalDistribution(list(dist.args))
+        elif dist.kind == "uniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high)
+        elif dist.kind == "loguniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high, log=True)
+        elif dist.kind == "randint":
+            out[key] = od.IntDistribution(dist.low, dist.high)
+        elif dist.kind == "quniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high, step=dist.args[2])
+        elif dist.kind == "grid":
+            raise SpaceError(f"{space.path}: space.{key}: the optuna searcher cannot run a grid; use --searcher random")
+        else:
+            raise AssertionError(dist.kind)
+    return out
+
+
+def search(space: SearchSpace, searcher: str, seed: int, max_concurrent: int | None) -> tuple[dict[str, Any], Any]:
+    """The Tuner's `param_space` and search algorithm: a seeded random search, or Optuna's TPE."""
+    if searcher == "optuna":
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        return dict(space.fixed), OptunaSearch(space=to_optuna(space), metric=space.metric, mode=space.mode,
+                                               sampler=TPESampler(seed=seed))
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Ray ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator: give it here
+    return to_tune(space), BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+
+
+def scheduler(name: str, max_epochs: int):
+    """FIFO (every trial runs its budget) or ASHA on `epoch` (poor trials stop early)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if name == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=max(1, max_epochs // 16))
+    return FIFOScheduler()
