@@ -168,3 +168,123 @@ def test_node_types_the_autoscaler_can_start_count_as_capacity(tmp_path, monkeyp
     assert cluster._autoscaled_node_types() == {"head": {"CPU": 8}, "gpu": {"CPU": 4, "GPU": 1}}
     monkeypatch.setattr(cluster, "AUTOSCALER_CONFIG", tmp_path / "absent.yaml")
     assert cluster._autoscaled_node_types() == {}
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _trial_workers(root: int) -> list[int]:
+    """The Ray worker processes (under this process's local Ray) that run a trial right now."""
+    workers = []
+    for pid in _descendants(root):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                workers.append(pid)
+        except OSError:
+            continue
+    return workers
+
+
+@pytest.mark.integration
+def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path):
+    """The node survives, the trial's worker process does not: Ray Tune restarts the trial from its
+    latest checkpoint, so every trial ends with one row, one finished run and each epoch once."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from seqrep import launch, studies, summary
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    killed: list[int] = []
+    try:
+        options = studies.StudyOptions(trials=2, max_epochs=1500, seed=4, storage=str(tmp_path / "s"),
+                                      tracking_uri=f"sqlite:///{tmp_path}/m.db", max_failures=2, command="test",
+                                      report_interval_s=0.2)
+        p = studies.plan("table7-nn-toy", "toy", options)
+
+        def kill_a_worker():
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not killed:
+                workers = _trial_workers(os.getpid())
+                if workers and any(p.directory.glob("ray/*/checkpoint_*")):
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed.append(workers[0])
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_a_worker, daemon=True)
+        killer.start()
+        frame = summary.read(launch.run_study(p).parent)
+        killer.join(timeout=10)
+    finally:
+        ray.shutdown()
+    assert len(killed) == 1
+    assert len(frame) == 2 and frame["trial_id"].is_unique
+    assert set(frame["status"]) == {"completed"} and (frame["epochs"] == 1500).all()
+    restarted = 0
+    for trial in p.directory.glob("ray/*/result.json"):
+        epochs = [h["epoch"] for line in trial.read_text().splitlines() for h in json.loads(line).get("history", [])]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 1500  # resumed: no epoch ran twice
+        starts = sum(json.loads(line)["iterations_since_restore"] == 1 for line in trial.read_text().splitlines())
+        restarted += starts - 1
+    assert restarted == 1  # the killed trial was restarted once, from its checkpoint
+    client = MlflowClient(options.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(p.name).experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    for child in (r for r in runs if "mlflow.parentRunId" in r.data.tags):
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "valid_nll")]
+        assert sorted(set(steps)) == list(range(1, 1501))
+
+
+@pytest.mark.integration
+def test_a_second_driver_is_refused_and_sigterm_stops_the_first_resumably(tmp_path):
+    """While a study runs, a second `search` of it exits 2 at once, naming the owner; SIGTERM (a
+    scheduler pre-empting the driver) stops the first as Ctrl+C does; --resume finishes it."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cmd = [sys.executable, "-m", "seqrep.cli", "search", "table7-nn-toy", "--dataset", "toy", "--trials", "2",
+           "--max-epochs", "2000", "--seed", "3", "--storage", str(tmp_path / "s"), "--tracking-uri", uri,
+           "--max-concurrent", "1"]
+    study = tmp_path / "s" / "table7-nn-toy-toy"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(study.glob("ray/*/checkpoint_*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr[-3000:]
+        assert second.stderr.startswith(f"seqrep: error: study 'table7-nn-toy-toy' in {study} is being run by "
+                                        f"another driver (pid {proc.pid} on host ")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        _kill_session(proc.pid)
+    assert proc.returncode == 143, err[-3000:]
+    assert "seqrep: stopped by SIGTERM; the summary holds what ran so far; continue with the same command and " \
+           "--resume" in err
+    assert not (study / ".finished").exists() and not (study / "driver.lock").exists()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("table7-nn-toy-toy")
+    assert "RUNNING" not in {r.info.status for r in client.search_runs([experiment.experiment_id])}
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    frame = pd.read_parquet(study / "trials.parquet")
+    assert len(frame) == 2 and frame["trial_id"].is_unique and set(frame["status"]) == {"completed"}
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3 and sorted(r.info.status for r in runs) == ["FINISHED"] * 3

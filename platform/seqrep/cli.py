@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def _budget_flags() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="run every trial to the end, or ASHA early stopping")
     g.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local one")
     g.add_argument("--resume", action="store_true", help="continue a study whose driver stopped")
+    g.add_argument("--break-lock", action="store_true",
+                   help="take over a study whose lock a driver on another host left (only once that driver has ended)")
+    g.add_argument("--verbose", action="store_true", help="Ray Tune's full trial table instead of seqrep's progress line")
     g.add_argument("--max-failures", type=_flag("--max-failures"), default=2, help="restarts of a failed trial from its last checkpoint (default 2)")
     return p
 
@@ -59,6 +63,8 @@ def _options(args):
         tracking_uri=args.tracking_uri, data_dir=args.data_dir, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, searcher=args.searcher,
         scheduler=args.scheduler, address=args.address, resume=args.resume, max_failures=args.max_failures,
+        break_lock=args.break_lock,
+        verbose=args.verbose,
     )
 
 
@@ -103,6 +109,19 @@ def cmd_summarize(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    from seqrep import sync
+
+    uri, writes = sync.sync(Path(args.study_dir), args.tracking_uri)
+    if not writes.total():
+        print(f"seqrep: {uri} already holds the study in {args.study_dir}; nothing written")
+    else:
+        print(f"seqrep: synced {args.study_dir} into {uri}: {writes.runs_created} runs created, {writes.runs_ended} "
+              f"ended, {writes.metric_values} metric values, {writes.params} params, "
+              f"{writes.artifact_folders} artifact folders")
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from seqrep.reproduce import reproduce
 
@@ -118,6 +137,7 @@ def cmd_data(args) -> int:
     root = data.resolve_data_dir(args.data_dir)
     names = args.names or data.names()
     entries = [data.info(name) for name in names]  # an unknown name fails before anything is fetched
+    paths.check_folder("--data-dir", root, writable=args.action == "download")
     if args.action == "download":
         failed = False
         for entry in entries:
@@ -169,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir", help="the study folder, e.g. results/studies/table7-nn-toy-toy")
     p.set_defaults(func=cmd_summarize)
 
+    p = sub.add_parser("sync", help="make an MLflow store hold a study's runs, replayed from its folder")
+    p.add_argument("study_dir", help="the study folder, e.g. results/studies/table7-nn-toy-toy")
+    p.add_argument("--tracking-uri", help="the store to fill (default: the study's own)")
+    p.set_defaults(func=cmd_sync)
+
     p = sub.add_parser("reproduce", parents=[_budget_flags()], help="rebuild a thesis table beside the published numbers")
     p.add_argument("table", help="table3, table6, table7, table9 ... table14")
     p.add_argument("--dataset", action="append", help="restrict to this data set (repeatable)")
@@ -186,17 +211,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout() -> int:
+    """The reader of stdout went away (`seqrep spaces --json | head`): end quietly, as `cat` does."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    except (AttributeError, OSError, ValueError):  # a stdout without a file descriptor (tests)
+        pass
+    return 128 + 13  # SIGPIPE's exit status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_stdout()
     except SeqrepError as err:
         print(f"seqrep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("seqrep: interrupted; the summary holds what ran so far; continue with the same command "
-              "and --resume", file=sys.stderr)
-        return 130
+        from seqrep.interrupts import stop_signal
+
+        print(f"seqrep: {'interrupted' if stop_signal() == 2 else 'stopped by SIGTERM'}; the summary holds what "
+              "ran so far; continue with the same command and --resume", file=sys.stderr)
+        return 128 + stop_signal()
 
 
 if __name__ == "__main__":

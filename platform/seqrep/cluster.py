@@ -13,6 +13,25 @@ from pathlib import Path
 from seqrep.errors import SeqrepError
 
 
+class _TokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+@contextlib.contextmanager
+def _quiet_token_notice():
+    """A new local cluster turns token authentication on and says so, a notice that the user of
+    the embedded cluster cannot act on: drop that one message (token auth stays on; joining a
+    cluster with --address still needs RAY_AUTH_MODE=token and the token)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = _TokenNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def connect(address: str | None) -> bool:
     """Join `address` or start a local Ray; returns whether this call started it."""
     import ray
@@ -25,7 +44,8 @@ def connect(address: str | None) -> bool:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(**kwargs)
+            with _quiet_token_notice():
+                ray.init(**kwargs)
     except Exception as err:  # ConnectionError, RuntimeError, auth errors
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise SeqrepError(f"cannot start or join {where}: {type(err).__name__}: {err}") from None

@@ -1,5 +1,8 @@
 """Ctrl+C during a study: the first stops it gracefully (resumable), a second aborts at once.
 
+SIGTERM (a scheduler pre-empting the driver, `kill PID`) is taken as a Ctrl+C: the study stops
+resumably; `stop_signal()` says which signal stopped it (the CLI exits 128 + its number).
+
 Ray Tune's own SIGINT handler stops gracefully but leaves no trace of it: `fit()` returns as if
 the study had finished. So seqrep takes SIGINT itself (TUNE_DISABLE_SIGINT_HANDLER), notes the
 interrupt and forwards it as SIGUSR1, on which Ray Tune always runs that same graceful stop.
@@ -14,27 +17,38 @@ import sys
 import threading
 
 INTERRUPTED = threading.Event()
+_STOPPED_BY = [signal.SIGINT]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_signal() -> int:
+    """The signal that last stopped (or aborted) a study: SIGINT or SIGTERM."""
+    return int(_STOPPED_BY[0])
 
 
 @contextlib.contextmanager
 def graceful_stop():
-    """Within this context a first SIGINT sets `INTERRUPTED` and asks Ray Tune to stop."""
+    """Within this context a first SIGINT or SIGTERM sets `INTERRUPTED` and asks Ray Tune to stop."""
     INTERRUPTED.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def handler(signum, frame):
+        _STOPPED_BY[0] = signum
         if INTERRUPTED.is_set() or not hasattr(signal, "SIGUSR1"):
             raise KeyboardInterrupt
         INTERRUPTED.set()
-        print("\nseqrep: stopping the study after the trials' latest checkpoints "
-              "(press Ctrl+C again to abort at once)", file=sys.stderr, flush=True)
+        what = "Ctrl+C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nseqrep: {what}: stopping the study after the trials' latest checkpoints "
+              f"(press Ctrl+C again to abort at once)", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGUSR1)
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -8,20 +8,23 @@ parent run, however the study ended.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
+import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from seqrep import cluster, searchers, studydir, summary, tracking
+from seqrep import cluster, locks, progress, searchers, studydir, summary, tracking
 from seqrep import data as datasets
 from seqrep.errors import SeqrepError
 from seqrep.interrupts import INTERRUPTED, graceful_stop
-from seqrep.method import Declaration
+from seqrep.method import Declaration, is_finite
 from seqrep.mlflow_callback import MlflowTrialCallback
 from seqrep.session import TrialSpec, run_in_ray
-from seqrep.studies import StudyPlan, check_directory
+from seqrep.studies import StudyPlan, check_directory, command_line
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +61,60 @@ def _quiet_tune() -> None:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # seqrep handles Ctrl+C: see seqrep.interrupts
 
 
-def _reporter(p: StudyPlan):
-    from ray.tune import CLIReporter
+def runs(p: StudyPlan) -> int:
+    """How many trials the study runs: its samples times the size of every grid."""
+    return p.trials * math.prod(len(d.args) for d in p.space.space.values() if d.kind == "grid")
 
-    return CLIReporter(
-        metric_columns={"epoch": "epoch", p.space.metric: p.space.metric},
-        parameter_columns=list(p.space.space)[:6],
-        max_report_frequency=30,  # sort_by_metric would crash on trials stopped before any result
-    )
+
+def _reporter(p: StudyPlan):
+    """Ray's own trial table with `--verbose`, else seqrep's one-line view (`seqrep.progress`)."""
+    if p.options.verbose:
+        from ray.tune import CLIReporter
+
+        return CLIReporter(
+            metric_columns={"epoch": "epoch", p.space.metric: p.space.metric},
+            parameter_columns=list(p.space.space)[:6],
+            max_report_frequency=30,  # sort_by_metric would crash on trials stopped before any result
+        )
+    return _progress_reporter(p.space.metric, p.space.mode, p.max_epochs, runs(p))
+
+
+def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int):
+    from ray.tune import ProgressReporter
+
+    class ViewReporter(ProgressReporter):
+        """Feeds the active `progress.View` with the trials' counts (it holds no view itself, so a
+        study restored from `tuner.pkl` feeds the view of the command that resumed it)."""
+
+        def should_report(self, trials, done=False):
+            return progress.active() is not None
+
+        def report(self, trials, done, *sys_info):
+            view = progress.active()
+            if view is not None:
+                view.update(trial_counts(trials, metric, mode, max_epochs, total))
+
+    return ViewReporter()
+
+
+def trial_counts(trials, metric: str, mode: str, max_epochs: int, total: int) -> progress.Counts:
+    """Ray Tune's trials -> the view's counts (trials not yet generated count as pending)."""
+    done = running = failed = epochs = 0
+    best = None
+    for trial in trials:
+        result = trial.last_result or {}
+        if trial.status == "TERMINATED":
+            done, epochs = done + 1, epochs + max_epochs
+        elif trial.status == "ERROR":
+            failed, epochs = failed + 1, epochs + max_epochs
+        else:
+            running += trial.status == "RUNNING"
+            epochs += int(result.get("epoch", 0) or 0)
+        value = (trial.metric_analysis.get(metric) or {}).get(mode)
+        if is_finite(value) and (best is None or (value < best if mode == "min" else value > best)):
+            best = value
+    return progress.Counts(done=done, running=running, pending=max(0, total - done - running - failed),
+                           failed=failed, epochs=epochs, best=best)
 
 
 def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list):
@@ -116,6 +165,8 @@ def _parent_tags(p: StudyPlan, record: dict[str, Any]) -> dict[str, Any]:
         "seqrep.max_epochs": p.max_epochs,
         "mlflow.source.git.commit": record["git_commit"],
         "seqrep.command": record["command"],
+        "seqrep.role": "study",  # how `seqrep sync` finds the parent again
+        "seqrep.created": record["created"],
     }
 
 
@@ -152,6 +203,10 @@ def _tuner(p: StudyPlan, dataset: Any, parent: str, resume: bool):
 def _close_study(p: StudyPlan, parent: str, status: str) -> Path:
     """Whatever happened: every queued MLflow call, the summary, the parent run's end."""
     tracking.drain()  # every queued MLflow call runs before the summary and the parent close
+    if tracking.lost_calls(p.name):
+        print(f"seqrep: the tracking store {p.tracking_uri} was unavailable during study {p.name}: "
+              f"{tracking.lost_calls(p.name)} MLflow calls were not made; every result is on disk: repair "
+              f"the store with `seqrep sync {p.directory}`", file=sys.stderr, flush=True)
     out = summary.write(p.directory)
     if status == "FINISHED":
         (p.directory / studydir.FINISHED_FILE).write_text(_now())
@@ -187,19 +242,31 @@ def run_study(p: StudyPlan) -> Path:
     """Run (or resume) the study and write its summary; returns the path of `trials.parquet`.
 
     A study has one MLflow parent run; `--resume` reopens it (the trial callback that Ray restores
-    from `tuner.pkl` writes to it), so the tracking URI of a resumed study cannot change.
+    from `tuner.pkl` writes to it), so the tracking URI of a resumed study cannot change. Progress
+    goes to the command's `progress.View` (a view of this one study when none is active), or,
+    with `--verbose`, to Ray Tune's trial table.
     """
     previous = check_directory(p)
     dataset = datasets.load(p.dataset, p.data_dir)  # checked once here, shipped to trials via Ray
-    with tracking.impatient_http():
+    with contextlib.ExitStack() as stack:
+        view = progress.active()
+        if view is None and not p.options.verbose:
+            view = stack.enter_context(progress.showing(progress.View(1, [runs(p) * p.max_epochs])))
+        stack.enter_context(tracking.impatient_http())
         tracking.prepare_store(p.tracking_uri)
+        stack.enter_context(locks.hold(p.directory, p.name, p.options.command or command_line(), p.options.break_lock))
+        previous = check_directory(p)  # again, now that this driver owns the study folder
         if previous is not None and previous.get("tracking_uri") != p.tracking_uri:
             raise SeqrepError(f"study {p.name!r} was tracked in {previous.get('tracking_uri')}; "
                               f"resume it with --tracking-uri {previous.get('tracking_uri')}")
+        if view is not None:
+            view.start_study(p.name, p.space.metric, p.space.mode)
         started = cluster.connect(p.options.address)
         try:
             return _fit(p, dataset, previous)
         finally:
+            if view is not None:
+                view.end_study()
             if started:
                 import ray
 

@@ -17,7 +17,7 @@ from ray import tune
 
 from seqrep import results, studydir
 from seqrep.method import Declaration
-from seqrep.tracking import Writer, client, experiment_id, numeric_metrics
+from seqrep.tracking import Writer, client, experiment_id, final_entries, numeric_metrics
 
 
 def _param(value: Any) -> str:
@@ -133,11 +133,8 @@ class MlflowTrialCallback(tune.Callback):
         metrics = []
         if finished:
             now = int(time.time() * 1000)
-            step = int(result.get("best_epoch", 0) or 0)
-            # the final result's valid_* belong to the best epoch: logged as best_valid_*
-            final = {**results.final_metrics(result, self.declaration), "best_epoch": float(step)}
-            metrics = [Metric(k if k.startswith(("test_", "train_", "best_")) else f"best_{k}", v, now, step)
-                       for k, v in final.items()]
+            values, step = final_entries(result, self.declaration)
+            metrics = [Metric(k, v, now, step) for k, v in values.items()]
         self.c.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         if finished and checkpoint_path and os.path.isdir(checkpoint_path):
             self.c.log_artifacts(run_id, checkpoint_path)

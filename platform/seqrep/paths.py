@@ -52,3 +52,28 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_folder(flag: str, folder: str | os.PathLike, writable: bool = True, fix: str | None = None) -> None:
+    """`folder` (given by `flag`) is a folder, or can be created, and (`writable`) this process can
+    write in it; else a SeqrepError naming the flag, the folder and the fix. Nothing is left behind."""
+    import tempfile
+
+    fix = fix or f"pass {flag} with a folder you can {'write' if writable else 'read'}"
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is not a folder" if existing == folder else f"cannot be created: {existing} is a file"
+        raise SeqrepError(f"{flag} {folder} {what}; {fix}")
+    if not writable:
+        if existing == folder and not os.access(folder, os.R_OK | os.X_OK):
+            raise SeqrepError(f"{flag} {folder}: cannot read that folder; {fix}")
+        return
+    try:
+        probe = tempfile.mkdtemp(prefix=".seqrep-probe-", dir=existing)
+    except OSError as err:
+        where = "in it" if existing == folder else f"in {existing}, where it would be created"
+        raise SeqrepError(f"{flag} {folder}: cannot write {where} ({err.strerror or err}); {fix}") from None
+    os.rmdir(probe)

@@ -7,12 +7,13 @@ whole table is asked for. The table itself is `seqrep.tables`'s business.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
 
 from seqrep import data as seqrep_data
-from seqrep import spaces, studydir, tables, tracking
+from seqrep import progress, spaces, studydir, tables, tracking
 from seqrep.data.regression import DEFAULT_SPLITS, n_splits
 from seqrep.errors import SeqrepError
 from seqrep.studies import StudyOptions, StudyPlan, plan
@@ -71,20 +72,31 @@ def _plans(table: str, datasets: list[str] | None, options: StudyOptions, splits
     return plans
 
 
-def _run_or_reuse(p: StudyPlan) -> None:
-    """Run the study unless an identical one has finished; --resume continues the studies that
+def _reusable(p: StudyPlan) -> bool:
+    """Whether an identical finished study is there to reuse; --resume continues the studies that
     exist and starts the others."""
-    from seqrep.launch import run_study  # Ray: imported when a study runs
-
     existing = studydir.read_record(p.directory)
     if existing is None:
         p.options.resume = False
-    if existing is not None and studydir.is_finished(p.directory) and not p.options.resume \
-            and not p.same_study(existing):
-        print(f"seqrep: reusing the finished study {p.name} in {p.directory}", flush=True)
-        return
-    print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
-    run_study(p)
+    return existing is not None and studydir.is_finished(p.directory) and not p.options.resume \
+        and not p.same_study(existing)
+
+
+def _run(plans: list[StudyPlan], verbose: bool) -> None:
+    """Run every study that cannot be reused, under one progress view of them all."""
+    from seqrep.launch import run_study, runs  # Ray: imported when a study runs
+
+    to_run = []
+    for p in plans:
+        if _reusable(p):
+            print(f"seqrep: reusing the finished study {p.name} in {p.directory}", flush=True)
+        else:
+            to_run.append(p)
+    view = progress.View(len(to_run), [runs(p) * p.max_epochs for p in to_run])
+    with progress.showing(view) if not verbose and to_run else contextlib.nullcontext():
+        for p in to_run:
+            print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
+            run_study(p)
 
 
 def _log_table(table: str, plans: list[StudyPlan], paths: tuple[Path, Path]) -> None:
@@ -106,8 +118,7 @@ def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out
     `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1."""
     options.validate()
     plans = _plans(table, datasets, options, splits)
-    for p in plans:
-        _run_or_reuse(p)
+    _run(plans, options.verbose)
     directories = {(p.space.name, p.dataset): p.directory for p in plans}
     frame = tables.build(table, lambda space, dataset: directories.get((space, dataset)), datasets)
     md, csv = tables.write(table, frame, out_dir)

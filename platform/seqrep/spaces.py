@@ -158,6 +158,8 @@ def parse_distribution(spec: Any, where: str) -> Distribution:
             raise SpaceError(f"{where}: quniform needs q > 0, but got q={q}")
         for label, bound in (("low", low), ("high", high)):
             steps = bound / q
+            if not math.isfinite(steps):
+                raise SpaceError(f"{where}: quniform's q={q} is too small for {label}={bound}; take a larger q")
             if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
                 raise SpaceError(f"{where}: quniform needs {label} to be a multiple of q, but got {label}={bound}, q={q}")
     return Distribution(kind, tuple(args))
@@ -177,7 +179,7 @@ def _check_value(config_cls, key: str, value: Any, where: str) -> None:
 def _check_fields(data: Any, where: str, path: Path) -> None:
     if not isinstance(data, dict):
         raise SpaceError(f"{where}: expected a mapping of fields ({', '.join(FIELDS)}), got {type(data).__name__}")
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(str(k) for k in data if k not in FIELDS)  # keys may be null, numbers, ...
     if unknown:
         raise SpaceError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
     missing = [f for f in REQUIRED if f not in data]
@@ -228,6 +230,21 @@ def _check_config(method: str, fixed: dict, dists: dict[str, Distribution], wher
             _check_value(config_cls, key, value, f"{where}: space.{key}")
 
 
+def _check_plain(value: Any, where: str) -> None:
+    """A fixed value is plain data: null, a boolean, number or string, or lists and mappings of them."""
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(item, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SpaceError(f"{where}: mapping keys must be strings, got {key!r}")
+            _check_plain(item, where)
+    elif value is not None and not isinstance(value, (bool, int, float, str)):
+        raise SpaceError(f"{where}: values must be null, booleans, numbers, strings, or lists and mappings of "
+                         f"them, got {type(value).__name__} {value!r}")
+
+
 def parse(data: Any, path: Path, check_config: bool = True) -> SearchSpace:
     """Validate the loaded YAML of one space file. `check_config=False` skips checking the keys and
     values against the method's Config, which imports the method (and torch): listing and showing
@@ -246,6 +263,8 @@ def parse(data: Any, path: Path, check_config: bool = True) -> SearchSpace:
         raise SpaceError(f"{where}: fixed must be a mapping of config keys to values, got {fixed!r}")
     if not isinstance(space, dict):
         raise SpaceError(f"{where}: space must be a mapping of config keys to distributions, got {space!r}")
+    for key, value in fixed.items():
+        _check_plain(value, f"{where}: fixed.{key}")
     both = sorted(set(fixed) & set(space))
     if both:
         raise SpaceError(f"{where}: {', '.join(both)} both fixed and searched; keep each key in one of fixed or space")
@@ -265,6 +284,8 @@ def load(name_or_path: str | Path, check_config: bool = True) -> SearchSpace:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         path = candidate
+        if path.is_dir():
+            raise SpaceError(f"{path} is a folder, not a search-space file; give the path of a YAML file")
         if not path.is_file():
             raise SpaceError(f"no search-space file at {path}")
     else:
@@ -273,12 +294,33 @@ def load(name_or_path: str | Path, check_config: bool = True) -> SearchSpace:
             names = ", ".join(p.stem for p in sorted(paths.spaces_dir().glob("*.yaml")))
             raise SpaceError(f"unknown search space {str(name_or_path)!r}; available: {names} (or give a path to a YAML file)")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SpaceError(f"{path}: cannot read it ({err.strerror or err}); give a readable YAML file") from None
+    return parse(read_yaml(raw, path), path, check_config)
+
+
+def read_yaml(raw: bytes, path: Path) -> Any:
+    """The YAML document of a space file's bytes, or a SpaceError naming the file and what is wrong."""
+    if not raw.strip():
+        raise SpaceError(f"{path}: the file is empty; a space file is a YAML mapping with the fields "
+                         f"{', '.join(REQUIRED)}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpaceError(f"{path}: not a UTF-8 text file (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                         "a space file is YAML text") from None
+    if "\x00" in text:
+        raise SpaceError(f"{path}: a binary file (it holds NUL bytes), not YAML text")
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        raise SpaceError(f"{path}:{line} not valid YAML: {getattr(err, 'problem', err)}") from None
-    return parse(data, path, check_config)
+        what = " ".join(str(getattr(err, "problem", None) or getattr(err, "reason", None) or err).split())
+        raise SpaceError(f"{path}:{line} not valid YAML: {what}") from None
+    except RecursionError:
+        raise SpaceError(f"{path}: not a usable YAML document (nested too deeply)") from None
 
 
 def list_spaces(check_config: bool = True) -> tuple[list[SearchSpace], list[str]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from seqrep import data as datasets
-from seqrep import paths, spaces, studydir
+from seqrep import locks, paths, spaces, studydir, tracking
 from seqrep.errors import SeqrepError
 
 SEARCHERS = ("random", "optuna")
@@ -63,8 +63,10 @@ class StudyOptions:
     scheduler: str = "fifo"
     address: str | None = None
     resume: bool = False
+    break_lock: bool = False  # take over a study whose lock a driver on another host left
     max_failures: int = 2
     report_interval_s: float = 1.0
+    verbose: bool = False  # Ray Tune's full trial table instead of seqrep's progress view
     command: str | None = None  # the command line to record; default: this process's argv
 
     def validate(self) -> None:
@@ -159,6 +161,7 @@ def plan(space_name: str, dataset: str, options: StudyOptions,
     name = options.name or f"{space.name}-{dataset}"
     if not name or "/" in name or name.startswith("."):
         raise SeqrepError(f"--name must be a plain directory name, got {name!r}")
+    check_places(options)
     return StudyPlan(
         space=space,
         dataset=dataset,
@@ -173,15 +176,25 @@ def plan(space_name: str, dataset: str, options: StudyOptions,
     )
 
 
+def check_places(options: StudyOptions) -> None:
+    """The folders a study writes and reads are usable (before Ray starts, not a traceback later)."""
+    paths.check_folder("--storage", options.storage)
+    paths.check_folder("--data-dir", datasets.resolve_data_dir(options.data_dir), writable=False)
+    tracking.check_uri(paths.tracking_uri(options.tracking_uri))
+
+
 def check_directory(p: StudyPlan) -> dict[str, Any] | None:
-    """Refuse to overwrite another study; insist on --resume for an existing one. Returns the
-    existing study's record (None for a new study)."""
+    """Refuse a study folder another driver runs; refuse to overwrite another study; insist on
+    --resume for an existing one. Returns the existing study's record (None for a new study)."""
+    if p.directory.exists() and not p.directory.is_dir():
+        raise SeqrepError(f"{p.directory} is a file, not a study folder; choose another --name or --storage")
+    locks.check_free(p.directory, p.name, p.options.break_lock)
     existing = studydir.read_record(p.directory)
     if existing is None:
         if p.options.resume:
             raise SeqrepError(f"--resume: nothing to resume in {p.directory} (no study was started there); "
                               "drop --resume to start it")
-        if p.directory.exists() and any(p.directory.iterdir()):
+        if p.directory.exists() and any(f.name not in studydir.LOCK_FILES for f in p.directory.iterdir()):
             raise SeqrepError(f"{p.directory} exists and is not a seqrep study; choose another --name or --storage")
         return None
     different = p.same_study(existing)

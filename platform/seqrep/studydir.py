@@ -4,6 +4,8 @@
     <study>/mlflow_runs.json  trial id -> MLflow child run id
     <study>/trials.parquet    the summary, one row per trial
     <study>/.finished         present once the study ran to its end
+    <study>/driver.lock       held by the driver that runs the study (`seqrep.locks`)
+    <study>/driver.json       who that driver is: host, pid, start time, command
     <study>/ray/              Ray Tune's experiment: one folder per trial (`results.py` reads them)
 """
 
@@ -20,12 +22,19 @@ RUNS_FILE = "mlflow_runs.json"
 SUMMARY_FILE = "trials.parquet"
 FINISHED_FILE = ".finished"
 RAY_DIR = "ray"  # Ray Tune's experiment folder inside a study folder
+LOCK_FILE = "driver.lock"
+OWNER_FILE = "driver.json"
+LOCK_FILES = (LOCK_FILE, OWNER_FILE)  # a folder holding only these holds no study yet
 
 
 def write_json(path: Path, value: Any) -> None:
     """Write `value` as JSON, atomically."""
     text = json.dumps(value, indent=2, sort_keys=True, default=str)
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
 
 
 def read_record(directory: Path) -> dict[str, Any] | None:

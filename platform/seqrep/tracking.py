@@ -58,14 +58,37 @@ def impatient_http():
                 os.environ[k] = v
 
 
-def prepare_store(uri: str) -> None:
-    """Make sure the tracking store is reachable before any trial starts (clear error otherwise)."""
+def check_uri(uri: str) -> None:
+    """An embedded store's file must be a file in a folder this process can create or write."""
+    from seqrep import paths
+
     db = _sqlite_path(uri)
+    if db is None:
+        return
+    if db.is_dir():
+        raise SeqrepError(f"--tracking-uri {uri}: {db} is a folder; name the database file, e.g. {uri.rstrip('/')}/mlflow.db")
+    paths.check_folder(f"--tracking-uri {uri}: the folder", db.parent,
+                       fix="pass --tracking-uri with a sqlite:/// path in a folder you can write")
+
+
+def prepare_store(uri: str) -> None:
+    """Make sure the tracking store is reachable before any trial starts (clear error otherwise).
+
+    An embedded sqlite store is created (its schema migrated) under a lock beside the database
+    file, so drivers that start at once on a new store do not race to create its tables."""
+    from seqrep import locks
+
+    check_uri(uri)
+    db = _sqlite_path(uri)
+    creating = contextlib.nullcontext()
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+        creating = locks.store_creation(db)
     try:
-        with impatient_http():
+        with impatient_http(), creating:
             client(uri).search_experiments(max_results=1)
+    except SeqrepError:
+        raise
     except Exception as err:  # MLflow raises many types for an unreachable or broken store
         raise SeqrepError(f"cannot reach the MLflow tracking store {uri}: {type(err).__name__}: {err}; "
                           "check --tracking-uri / MLFLOW_TRACKING_URI") from None
@@ -113,6 +136,17 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def final_entries(result: Mapping[str, Any], declaration) -> tuple[dict[str, float], int]:
+    """What a finished trial's child run gets from its final result: `best_valid_*` (the final
+    valid_* belong to the best epoch), `test_*`, the declared `train_*` and `best_epoch`, all at
+    step = the best epoch (`seqrep.results` says what the final result holds)."""
+    from seqrep import results
+
+    step = int(result.get("best_epoch", 0) or 0)
+    final = {**results.final_metrics(result, declaration), "best_epoch": float(step)}
+    return {k if k.startswith(("test_", "train_", "best_")) else f"best_{k}": v for k, v in final.items()}, step
+
+
 def close_open_runs(uri: str, run_ids: Iterable[str], status: str) -> None:
     c = client(uri)
     for run_id in run_ids:
@@ -145,6 +179,7 @@ class Writer:
     def _run(self, what: str, fn, args) -> None:
         if time.monotonic() < self.down_until:
             self.skipped += 1
+            _LOST[self.study] = _LOST.get(self.study, 0) + 1
             return
         tries = 1 if self.down_until else self.tries  # while recovering, one probe per call
         for attempt in range(1, tries + 1):
@@ -159,6 +194,7 @@ class Writer:
                 if attempt < tries:
                     time.sleep(self.backoff_s * attempt)
                     continue
+                _LOST[self.study] = _LOST.get(self.study, 0) + 1
                 if not self.down_until:
                     log.warning("MLflow %s failed for study %s after %d tries: %s: %s. The study goes on; "
                                 "its metrics stay in each trial's result.json and trials.parquet is written "
@@ -187,6 +223,12 @@ class Writer:
 
 
 _OPEN_WRITERS: set[Writer] = set()
+_LOST: dict[str, int] = {}  # study -> tracking calls that failed or were skipped in this process
+
+
+def lost_calls(study: str) -> int:
+    """How many of the study's tracking calls this process could not make (`seqrep sync` repairs)."""
+    return _LOST.get(study, 0)
 
 
 def drain() -> None:

@@ -1,0 +1,1 @@
+"""An example seqrep method package (see `seqrep_linreg.method`)."""

@@ -1,0 +1,80 @@
+"""The progress view of `search` and `reproduce`: plain lines when not on a terminal, an estimate of
+what is left from the epoch budgets, and Ray Tune's table only with --verbose."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from seqrep import progress
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_plain_lines_only_when_a_count_or_the_best_value_changes():
+    out, clock = io.StringIO(), Clock()
+    view = progress.View(2, [100, 300], stream=out, interactive=False, clock=clock)
+    view.start_study("a", "valid_nll", "min")
+    view.update(progress.Counts(pending=2))
+    clock.now += 5
+    view.update(progress.Counts(pending=2))  # only the clock moved: no line
+    view.update(progress.Counts(running=1, pending=1, epochs=10, best=1.5))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0] == ("seqrep: study 1/2 a · trials 0 done, 0 running, 0 pending, 0 failed · best valid_nll – · "
+                        "elapsed 0s · left ?")
+    assert lines[2].startswith("seqrep: study 1/2 a · trials 0 done, 1 running, 1 pending, 0 failed · best valid_nll 1.5 ·")
+
+
+def test_the_estimate_weighs_studies_by_their_epoch_budget_and_skips_start_up():
+    clock = Clock()
+    view = progress.View(2, [100, 300], stream=io.StringIO(), interactive=False, clock=clock)
+    view.start_study("a", "valid_nll", "min")
+    clock.now += 20  # Ray starting: not training time
+    view.update(progress.Counts(running=2))
+    clock.now += 10
+    view.update(progress.Counts(done=2, epochs=100))
+    view.end_study()  # 100 of 400 epochs in 10 s of training
+    view.start_study("b", "valid_nll", "min")
+    clock.now += 5
+    view.update(progress.Counts(running=1, epochs=0))
+    clock.now += 20
+    view.update(progress.Counts(running=1, epochs=50))  # 150 of 400 epochs in 30 s: 250 left at 5 epochs/s
+    assert view.fraction() == pytest.approx(150 / 400)
+    assert view.left_s() == pytest.approx(30 * 250 / 150)
+    assert "left ~50s" in view.line()
+    assert "elapsed 55s" in view.line()
+
+
+def test_verbose_gives_ray_tunes_table_and_the_default_seqreps_view(tmp_path):
+    from ray.tune import CLIReporter
+
+    from seqrep import launch, studies
+
+    options = studies.StudyOptions(trials=2, storage=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    plan = studies.plan("table7-nn-toy", "toy", options)
+    assert not isinstance(launch._reporter(plan), CLIReporter)
+    options.verbose = True
+    assert isinstance(launch._reporter(plan), CLIReporter)
+
+
+@pytest.mark.integration
+def test_a_non_interactive_search_prints_plain_progress_lines(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "seqrep.cli", "search", "table7-nn-toy", "--dataset", "toy",
+                           "--trials", "2", "--max-epochs", "3", "--storage", str(tmp_path / "s"),
+                           "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("seqrep: study 1/1 table7-nn-toy-toy · ")]
+    assert lines and "trials 2 done, 0 running, 0 pending, 0 failed" in lines[-1]
+    assert len(lines) == len(set(line.split(" · elapsed")[0] for line in lines))  # one line per change
+    assert "== Status ==" not in done.stdout + done.stderr
+    assert "Token authentication" not in done.stdout + done.stderr
