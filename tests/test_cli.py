@@ -174,9 +174,9 @@ def test_table1_space_is_exactly_table_1(capsys):
         "sigma2": [0.1, 0.01, 0.001, 0.0001],
         "sigma2_in": [0.1, 0.01, 0.001, 0.0001],
         "rho": [1.0, 1.05, 1.1, 1.2],
-        "grad_norm": [15, 25, 35, 50, None],
+        "nu": [15, 25, 35, 50, None],  # Table 1's ν: sparse initialisation (issue 12), "no" = dense
     }
-    assert resolved["fixed"] == {"cell": "tanh", "optimizer": "rmsprop", "b_h": 0.0, "b_y": -0.8}
+    assert resolved["fixed"] == {"cell": "tanh", "optimizer": "rmsprop", "b_h": 0.0, "b_y": -0.8, "grad_norm": None}
     assert resolved["datasets"] == ["jsb", "nottingham", "piano-midi", "musedata"]
 
 

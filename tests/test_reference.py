@@ -62,6 +62,8 @@ SPOT_CHECKS = [
     (11, "tidigits", "RI", "test_error", "0.0637"),
     (11, "tidigits", "RIM", "test_error", "0.1434"),
     (11, "tidigits", "CE", "test_error", "0.079"),
+    (11, "tidigits", "NCA", "test_nca_error", "0.021"),  # 1 - 0.979, the mean NCA probability (3.4.3.2)
+    (7, "sarcos", "GP", "test_msll", "2.25"),  # R&W's MSLL (-2.25), not an NLL
     (11, "tidigits", "OSP", "transfer", "softplus"),
     (12, "characters", "RI", "test_error", "0.014"),
     (12, "characters", "RIM", "pooling", "sum"),
@@ -119,11 +121,22 @@ def test_values(table):
 @pytest.mark.parametrize("table", [10, 11, 12])
 def test_pooling_transfer_rows(table):
     df = load(table)
-    errors = df[df["metric"] == "test_error"]
+    errors = df[df["metric"].isin(["test_error", "test_nca_error"])]
     for _, row in errors.iterrows():
         others = df[(df["dataset"] == row["dataset"]) & (df["method"] == row["method"])]
-        expected = {"test_error"} if row["space"] == "" else {"test_error", "pooling", "transfer"}
+        expected = {row["metric"]} if row["space"] == "" else {row["metric"], "pooling", "transfer"}
         assert set(others["metric"]) == expected
+
+
+def test_readings_that_are_not_what_their_column_says():
+    """Table 11's NCA cell is 1 - the mean NCA probability, compared with test_nca_error; Table 7's
+    GP "NLL" is an MSLL, kept apart from the test_nll rows (results/reference/README.md)."""
+    t11, t7 = load(11), load(7)
+    assert set(t11[t11["metric"] == "test_nca_error"]["method"]) == {"NCA"}
+    assert float(t11[(t11["method"] == "NCA") & (t11["metric"] == "test_nca_error")]["thesis"].iloc[0]) == \
+        pytest.approx(1 - 0.979, abs=1e-12)
+    assert "test_nll" not in set(t7[t7["method"] == "GP"]["metric"])
+    assert "not comparable" in t7[t7["metric"] == "test_msll"]["note"].iloc[0]
 
 
 def test_table8_holds_literature_rows_and_fawn_rows_without_thesis_numbers():

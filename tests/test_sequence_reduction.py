@@ -215,6 +215,9 @@ def test_every_method_runs_reports_and_judges(method, ramps, tmp_path):
     if method == "nca":
         assert {"valid_nca_prob", "test_nca_prob", "train_nca_prob", "test_1nn_accuracy"} <= set(final)
         assert final["test_1nn_accuracy"] == pytest.approx(1 - final["test_error"])
+        # Table 11's NCA cell: 1 - the mean NCA probability, not the 1-NN error
+        assert final["test_nca_error"] == 1.0 - final["test_nca_prob"]
+        assert final["valid_nca_error"] == 1.0 - final["valid_nca_prob"]
     assert (tmp_path / "tsne.png").exists()
 
 

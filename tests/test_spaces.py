@@ -208,3 +208,37 @@ def test_a_dataset_pattern_admits_any_ucr_folder():
     assert str(err.value) == (
         "space table10-sf applies to data set(s) ucr-twopatterns, ucr-beef, ucr-cbf, ucr-lightning2, "
         "ucr-lightning7, ucr-ecg200, ucr-*, not 'jsb'; pass --dataset with one of those")
+
+
+THESIS_NU_SPACES = ["table1-fd-rnn", "table3-srnn", "table4-srnn", "table4-lstm", "table4-fd-rnn", "table4-fd-lstm",
+                    "table13-storn", "table14-storn"]
+
+
+@pytest.mark.parametrize("name", THESIS_NU_SPACES)
+def test_thesis_nu_is_sparse_initialisation_and_gradient_renormalisation_is_off(name):
+    """Table 1's / Table 4's ν is the sparse-initialisation count (`nu`), "no" is null; gradient
+    renormalisation (τ, not a row of these tables) is fixed off."""
+    space = spaces.load(name)
+    assert "grad_norm" not in space.space and space.fixed["grad_norm"] is None
+    nu = space.space["nu"]
+    if name.startswith("table4-"):
+        assert (nu.kind, nu.args) == ("randint", (14, 200))
+    else:
+        assert (nu.kind, nu.args) == ("choice", (15, 25, 35, 50, None))
+    assert "sparse initialisation" in space.notes
+
+
+def test_table4_lstm_spaces_run_the_thesis_cell_and_storn_rho_is_scaled_to_the_sigmoid():
+    for name in ("table4-lstm", "table4-fd-lstm"):
+        assert spaces.load(name).fixed["cell"] == "lstm"  # the thesis's cell; torch's is "torch-lstm"
+    for name in ("table13-storn", "table14-storn"):
+        space = spaces.load(name)
+        assert space.fixed["cell"] == "sigmoid"
+        assert space.space["rho"].args == tuple(4 * r for r in (1.0, 1.05, 1.1, 1.2))  # 1/psi = 4 for sigma
+
+
+def test_table7_toy_spaces_use_the_standard_deviation_reading_and_admit_the_printed_one():
+    for method in ("nn", "dn", "fd", "ivn", "fawn-vb", "fawn-ropd"):
+        space = spaces.load(f"table7-{method}-toy")
+        assert space.datasets == ("toy", "toy-printed")
+        assert "standard-deviation reading" in space.notes

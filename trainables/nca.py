@@ -9,8 +9,10 @@ with p_ii = 0, on minibatches ("batches containing roughly 1000 samples", Sectio
 mean over the batch instead of the sum (a constant factor). Classification (Section 3.4.2): 1-NN
 (scikit-learn) with the training embeddings as database. Metrics: `valid_error` / `test_error`
 (1-NN error), `valid_nca_prob` / `test_nca_prob` (mean probability that NCA's stochastic
-classifier is right, database: the training embeddings), `test_1nn_accuracy`, and at the best
-epoch `train_nca_prob` (leave-one-out on the training part) - the columns of Table 9.
+classifier is right, database: the training embeddings), `valid_nca_error` / `test_nca_error`
+(1 - that probability: Table 11's NCA cell, 0.021 = 1 - 0.979, is this, not a 1-NN error),
+`test_1nn_accuracy`, and at the best epoch `train_nca_prob` (leave-one-out on the training part)
+- the columns of Table 9.
 
 Choices the thesis leaves open: selection is on a held-out stratified 20% of the training set
 (the thesis selected "on the training set"); the embedding size (`output_units`); Rprop's and

@@ -13,8 +13,17 @@ validation epoch.
 The model is `trainables.nn.recurrent.FastDropoutRNN` (FD when any dropout rate is above 0). The
 optimisers are climin's rmsprop and Adadelta with Nesterov momentum (`trainables.nn.optim`), as
 the thesis authors used them; validation looks at climin's parameter point, not the look-ahead
-point PyTorch's formulation keeps between steps. Gradients are renormalised to norm nu when they
-exceed it (Section 1.3; `grad_norm: null` for none).
+point PyTorch's formulation keeps between steps.
+
+Table 1's ν is sparse initialisation (`nu`: every unit keeps nu of its incoming weights in W_in,
+W_rec and W_out, `trainables.nn.initialise`; "no" is `nu: null`), applied before ρ. Gradient
+renormalisation (Section 1.3's τ, Pascanu et al. 2012: gradients projected to norm `grad_norm`
+when longer) is a non-thesis option, off (`null`) in the thesis's spaces.
+
+The LSTM of Tables 4 and 6 is the thesis's cell (`cell: lstm`, Section 1.3.4 and breze's FD-LSTM,
+`trainables.nn.lstm_cells`): unsquashed cell input, output sigma(s_t) sigma(o_t). torch's LSTM
+(`cell: torch-lstm`, tanh cell input and tanh(c_t) sigma(o_t), cuDNN on a GPU) is a non-thesis
+option.
 
 Choices the thesis leaves open: the minibatch size (`batch_size` sequences, bucketed by length),
 the epoch budget (the space's `max_epochs`; the thesis trained "until convergence" and selected on
@@ -39,7 +48,8 @@ from trainables.nn.sequences import batches, pad, shift
 
 @dataclasses.dataclass(frozen=True)
 class Config(MethodConfig):
-    cell: Literal["tanh", "lstm"] = "tanh"  # tanh: sRNN / FD-RNN; lstm: LSTM / FD-LSTM
+    # tanh: sRNN / FD-RNN; lstm: the thesis's LSTM / FD-LSTM; torch-lstm: torch's cell (not the thesis's)
+    cell: Literal["tanh", "lstm", "torch-lstm"] = "tanh"
     hidden_units: int = 200  # Table 1: 200, 400, 600; Table 4: 200...600 (tanh) / 100...300 (LSTM)
     p_drop_input: float = 0.0  # p("dropout input")
     p_drop_hidden: float = 0.0  # p("dropout hidden to hidden")
@@ -55,7 +65,8 @@ class Config(MethodConfig):
     b_h: float = 0.0
     b_y: float = -0.8
     rho: float | None = 1.1  # spectral radius of W_rec (tanh only); null: as drawn
-    grad_norm: float | None = None  # nu: renormalise gradients above this norm; null: never
+    nu: int | None = None  # Table 1's ν: incoming weights kept per unit at initialisation; null: dense
+    grad_norm: float | None = None  # not the thesis's: renormalise gradients above this norm; null: never
     batch_size: int = 16  # sequences per minibatch
 
     def __post_init__(self):
@@ -94,7 +105,7 @@ def train(config: Config, session: Session) -> None:
     init = torch.Generator().manual_seed(ctx.seed)
     model = FastDropoutRNN(data.n_features, config.hidden_units, data.n_features, config.cell,
                            config.p_drop_input, config.p_drop_hidden, config.p_drop_output, config.fd_final_layer)
-    model.initialise(config.sigma2, config.sigma2_in, config.rho, config.b_h, config.b_y, generator=init)
+    model.initialise(config.sigma2, config.sigma2_in, config.rho, config.b_h, config.b_y, generator=init, nu=config.nu)
     model.to(device)
     optimizer = climin_optimizer(config, model.parameters())
     order = torch.Generator().manual_seed(ctx.seed + 1)

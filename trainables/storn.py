@@ -93,8 +93,9 @@ class Config(MethodConfig):
     sigma2: float = 0.01  # initial variance of W_rec and W_out
     sigma2_in: float = 0.01  # initial variance of W_in (and W'_in)
     rho: float | None = 1.1  # spectral radius of W_rec; null: as drawn
+    nu: int | None = None  # sparse initialisation (Table 1's ν): incoming weights kept per unit; null: dense
     b_y: float = -0.8  # generating net's output bias (Bernoulli: the rnn's -0.8; Gaussian data: 0)
-    grad_norm: float | None = None  # renormalise gradients above this norm; null: never
+    grad_norm: float | None = None  # not the thesis's: renormalise gradients above this norm; null: never
     batch_size: int = 16  # sequences per minibatch
     is_samples: int = 100  # K of the test NLL estimate (Rezende et al., 2014)
     valid_is_samples: int = 1  # K on the validation split each epoch (1: cheap)
@@ -130,8 +131,10 @@ class Storn(nn.Module):
         self.register_buffer("log_sigma", torch.zeros(()))
 
     def initialise(self, config: Config, generator: torch.Generator) -> None:
-        self.recognition.initialise(config.sigma2, config.sigma2_in, config.rho, 0.0, 0.0, generator=generator)
-        self.generating.initialise(config.sigma2, config.sigma2_in, config.rho, 0.0, config.b_y, generator=generator)
+        self.recognition.initialise(config.sigma2, config.sigma2_in, config.rho, 0.0, 0.0, generator=generator,
+                                    nu=config.nu)
+        self.generating.initialise(config.sigma2, config.sigma2_in, config.rho, 0.0, config.b_y, generator=generator,
+                                   nu=config.nu)
 
     def recognise(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """mu_t and sigma^2_t of q(z_t | x), (T, B, Z) each."""

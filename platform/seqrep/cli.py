@@ -125,9 +125,22 @@ def cmd_sync(args) -> int:
 def cmd_reproduce(args) -> int:
     from seqrep.reproduce import reproduce
 
-    md, csv = reproduce(args.table, args.dataset, _options(args), Path(args.out), splits=args.splits)
+    md, csv = reproduce(args.table, args.dataset, _options(args), Path(args.out), splits=args.splits,
+                        repeats=args.repeats)
     print(md.read_text())
-    print(f"seqrep: wrote {md} and {csv}")
+    print(f"seqrep: wrote {md}, {csv} and the report {md.with_name(f'{args.table}-report.html')}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from seqrep import report
+
+    target = Path(args.target)
+    if (target / "study.json").exists():
+        pages = report.study_report(target)
+    else:
+        pages = report.table_report(args.target, Path(args.out))
+    print(f"seqrep: wrote {' and '.join(str(p) for p in pages)}")
     return 0
 
 
@@ -200,7 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(paths.DEFAULT_TABLES), help="output folder (default %(default)s)")
     p.add_argument("--splits", type=int, default=None,
                    help="table8: run the first K train/test splits of each UCI set (default 10, or all if fewer)")
+    p.add_argument("--repeats", type=_flag("--repeats"), default=1,
+                   help="run each study with seeds SEED .. SEED+R-1 and show mean ± std (default 1)")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="an HTML and a Markdown page for a study folder or a rebuilt table")
+    p.add_argument("target", help="a study folder, or a table that `seqrep reproduce` rebuilt (e.g. table7)")
+    p.add_argument("--out", default=str(paths.DEFAULT_TABLES), help="where the table was written (default %(default)s)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="list, verify or download the data sets in the data directory")
     p.add_argument("action", choices=("list", "verify", "download"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
+import time
 from pathlib import Path
 
 from seqrep import data as seqrep_data
@@ -55,18 +57,26 @@ def _available_studies(table: str, needed: list[tuple[str, str]], data_dir: str 
     return have
 
 
-def _plans(table: str, datasets: list[str] | None, options: StudyOptions, splits: int | None) -> list[StudyPlan]:
-    """Every study of the table, validated before any runs."""
+def _repeat_options(options: StudyOptions, space_name: str, dataset: str, repeat: int) -> StudyOptions:
+    """Repeat r runs with seed + r; its name is the study's usual one, suffixed -seed<S> for r > 0
+    (so repeat 0 is, and reuses, the study a plain `reproduce` runs)."""
+    seed = options.seed + repeat
+    base = f"{options.name}-{space_name}-{dataset}" if options.name else f"{space_name}-{dataset}"
+    return dataclasses.replace(options, seed=seed, name=base if repeat == 0 else f"{base}-seed{seed}")
+
+
+def _plans(table: str, datasets: list[str] | None, options: StudyOptions, splits: int | None,
+           repeats: int = 1) -> list[StudyPlan]:
+    """Every study of the table (each `repeats` times), validated before any runs."""
     needed = tables.studies_for(table, datasets)
     if not datasets:  # the whole table: rebuild what the data directory allows, say what it lacks
         needed = _available_studies(table, needed, options.data_dir)
     root = seqrep_data.resolve_data_dir(options.data_dir)
     plans = []
     for space_name, dataset in needed:
-        study_options = dataclasses.replace(
-            options, name=f"{options.name}-{space_name}-{dataset}" if options.name else None)
         space = split_space(spaces.load(space_name), dataset, splits, root)
-        plans.append(plan(space_name, dataset, study_options, space))
+        for repeat in range(repeats):
+            plans.append(plan(space_name, dataset, _repeat_options(options, space_name, dataset, repeat), space))
     if splits is not None and not any("split" in p.space.space for p in plans):
         raise SeqrepError(f"--splits applies to tables run once per UCI split (table8), not to {table}")
     return plans
@@ -112,15 +122,32 @@ def _log_table(table: str, plans: list[StudyPlan], paths: tuple[Path, Path]) -> 
 
 
 def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out_dir: Path,
-              splits: int | None = None) -> tuple[Path, Path]:
-    """Run the studies a thesis table needs (reusing identical finished ones) and write the table.
+              splits: int | None = None, repeats: int = 1) -> tuple[Path, Path]:
+    """Run the studies a thesis table needs (reusing identical finished ones) and write the table,
+    its manifest (`<table>.json`: command, commit, date, wall time, the studies of every row) and
+    its report.
 
-    `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1."""
+    `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1.
+    `repeats`: run each study with seeds seed .. seed + repeats - 1; the table shows mean ± std."""
     options.validate()
-    plans = _plans(table, datasets, options, splits)
+    if repeats < 1:
+        raise SeqrepError(f"--repeats must be a positive integer, got {repeats}")
+    started, clock = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
+    plans = _plans(table, datasets, options, splits, repeats)
     _run(plans, options.verbose)
-    directories = {(p.space.name, p.dataset): p.directory for p in plans}
+    directories: dict[tuple[str, str], list[Path]] = {}
+    for p in plans:
+        directories.setdefault((p.space.name, p.dataset), []).append(p.directory)
     frame = tables.build(table, lambda space, dataset: directories.get((space, dataset)), datasets)
     md, csv = tables.write(table, frame, out_dir)
-    _log_table(table, plans, (md, csv))
+    manifest = tables.write_manifest(table, out_dir, {
+        "table": table, "command": plans[0].record()["command"] if plans else "",
+        "git_commit": plans[0].git_commit if plans else "", "started": started.isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - clock, 1), "repeats": repeats, "seed": options.seed,
+        "studies": {f"{space}|{dataset}": [str(d) for d in dirs] for (space, dataset), dirs in directories.items()},
+    })
+    from seqrep import report  # matplotlib and optuna: loaded when a report is written
+
+    pages = report.table_report(table, out_dir)
+    _log_table(table, plans, (md, csv, manifest, *pages))
     return md, csv

@@ -1,6 +1,6 @@
 """A search space in Ray Tune's and Optuna's terms, and the searcher and scheduler of a study.
 
-`to_tune` and `to_optuna` are the one place each where a `SearchSpace` becomes the other library's
+`to_tune` (here) and `seqrep.spaces.to_optuna` are the one place each where a `SearchSpace` becomes either library's
 distributions; `randint` includes its upper bound in the YAML, so Ray's `tune.randint` (exclusive)
 gets `high + 1` and Optuna's `IntDistribution` (inclusive) the bounds as they are.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqrep.spaces import SearchSpace
+from seqrep.spaces import SearchSpace, to_optuna
 
 
 def to_tune(space: SearchSpace) -> dict[str, Any]:
@@ -31,29 +31,6 @@ def to_tune(space: SearchSpace) -> dict[str, Any]:
         elif dist.kind == "quniform":
             out[key] = tune.quniform(dist.low, dist.high, dist.args[2])
         else:  # parse_distribution admits only KINDS
-            raise AssertionError(dist.kind)
-    return out
-
-
-def to_optuna(space: SearchSpace) -> dict[str, Any]:
-    """Optuna distributions for the searched keys (fixed values stay in Ray's param_space)."""
-    from optuna import distributions as od
-
-    out: dict[str, Any] = {}
-    for key, dist in space.space.items():
-        if dist.kind == "choice":
-            out[key] = od.CategoricalDistribution(list(dist.args))
-        elif dist.kind == "uniform":
-            out[key] = od.FloatDistribution(dist.low, dist.high)
-        elif dist.kind == "loguniform":
-            out[key] = od.FloatDistribution(dist.low, dist.high, log=True)
-        elif dist.kind == "randint":
-            out[key] = od.IntDistribution(dist.low, dist.high)
-        elif dist.kind == "quniform":
-            out[key] = od.FloatDistribution(dist.low, dist.high, step=dist.args[2])
-        elif dist.kind == "grid":
-            raise SpaceError(f"{space.path}: space.{key}: the optuna searcher cannot run a grid; use --searcher random")
-        else:
             raise AssertionError(dist.kind)
     return out
 

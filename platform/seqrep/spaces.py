@@ -334,6 +334,29 @@ def list_spaces(check_config: bool = True) -> tuple[list[SearchSpace], list[str]
     return good, bad
 
 
+def to_optuna(space: SearchSpace) -> dict[str, Any]:
+    """Optuna distributions for the searched keys (fixed values stay in Ray's param_space)."""
+    from optuna import distributions as od
+
+    out: dict[str, Any] = {}
+    for key, dist in space.space.items():
+        if dist.kind == "choice":
+            out[key] = od.CategoricalDistribution(list(dist.args))
+        elif dist.kind == "uniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high)
+        elif dist.kind == "loguniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high, log=True)
+        elif dist.kind == "randint":
+            out[key] = od.IntDistribution(dist.low, dist.high)
+        elif dist.kind == "quniform":
+            out[key] = od.FloatDistribution(dist.low, dist.high, step=dist.args[2])
+        elif dist.kind == "grid":
+            raise SpaceError(f"{space.path}: space.{key}: the optuna searcher cannot run a grid; use --searcher random")
+        else:
+            raise AssertionError(dist.kind)
+    return out
+
+
 def format_space(space: SearchSpace) -> str:
     """A readable listing for `seqrep spaces NAME`."""
     lines = [

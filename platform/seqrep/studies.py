@@ -24,6 +24,7 @@ SCHEDULERS = ("fifo", "asha")
 # the numeric flags: type, lowest allowed value, and what the flag must be (the CLI's words too)
 LIMITS: dict[str, tuple[type, float, str]] = {
     "--trials": (int, 1, "a positive integer"),
+    "--repeats": (int, 1, "a positive integer"),
     "--max-epochs": (int, 1, "a positive integer"),
     "--cpus-per-trial": (float, 0, "a number >= 0 (fractions allowed)"),
     "--gpus-per-trial": (float, 0, "a number >= 0 (fractions allowed)"),
@@ -71,7 +72,7 @@ class StudyOptions:
 
     def validate(self) -> None:
         for flag in LIMITS:
-            value = getattr(self, flag[2:].replace("-", "_"))
+            value = getattr(self, flag[2:].replace("-", "_"), None)  # --repeats belongs to reproduce
             if value is not None and flag_violation(flag, value):
                 raise SeqrepError(f"{flag} {flag_violation(flag, value)}, got {value!r}")
         if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:

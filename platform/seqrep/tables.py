@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 from seqrep import paths, spaces, studydir, summary
@@ -25,7 +26,8 @@ from seqrep.paths import atomic_write
 
 REFERENCE_COLUMNS = ["dataset", "method", "metric", "thesis", "space", "note"]
 OUTPUT_COLUMNS = ["dataset", "method", "metric", "thesis", "ours", "trials", "best_trial", "study", "space", "note",
-                  "ours_std"]
+                  "ours_std", "repeats", "within"]
+HIGHER_IS_BETTER = ("accuracy", "nca_prob")  # metric names containing these are maximised; the rest minimised
 USABLE = ("completed", "diverged")
 
 
@@ -117,30 +119,68 @@ def _ours(trial: pd.Series | None, metric: str) -> tuple[object, float]:
     return math.nan, math.nan
 
 
-def build(table: str, study_dir_of: Callable[[str, str], Path | None], datasets: Iterable[str] | None = None) -> pd.DataFrame:
-    """The table in long format; `study_dir_of(space, dataset)` gives a finished study's folder."""
+def higher_is_better(metric: str) -> bool:
+    return any(word in metric for word in HIGHER_IS_BETTER)
+
+
+def within(thesis: str, ours: object, std: float, metric: str) -> str:
+    """Whether the thesis's number lies within two standard deviations of our mean ("yes"), ours is
+    better beyond them ("better"), or worse ("no"); empty without a spread or a number."""
+    try:
+        value = float(thesis)
+    except ValueError:
+        return ""
+    if not isinstance(ours, float) or math.isnan(ours) or math.isnan(std):
+        return ""
+    if abs(value - ours) <= 2 * std:
+        return "yes"
+    return "better" if (ours > value) == higher_is_better(metric) else "no"
+
+
+def _cell(picks: list[tuple[pd.Series | None, int, str]], metric: str) -> tuple[object, float]:
+    """One study: its value and spread (Table 8: over the splits); repeats: mean ± std (ddof 1)
+    over the repeats' values (a word, such as Table 10's pooling, when every repeat agrees)."""
+    values = [_ours(trial, metric) for trial, _, _ in picks]
+    if len(values) == 1:
+        return values[0]
+    numbers = [v for v, _ in values if isinstance(v, float) and not math.isnan(v)]
+    if numbers:
+        return float(np.mean(numbers)), float(np.std(numbers, ddof=1)) if len(numbers) > 1 else math.nan
+    words = sorted({v for v, _ in values if isinstance(v, str)})
+    return ("/".join(words) if words else math.nan), math.nan
+
+
+def build(table: str, study_dirs_of: Callable[[str, str], "Path | list[Path] | None"],
+          datasets: Iterable[str] | None = None) -> pd.DataFrame:
+    """The table in long format; `study_dirs_of(space, dataset)` gives a finished study's folder, or
+    the folders of its repeats (`seqrep reproduce --repeats`)."""
     frame = load_reference(table)
     if datasets:
         frame = frame[frame["dataset"].isin(set(datasets))]
-    picks: dict[tuple[str, str], tuple[pd.Series | None, int, str]] = {}
+    picks: dict[tuple[str, str], list[tuple[pd.Series | None, int, str]]] = {}
     rows = []
     for ref in frame.itertuples():
         key = (ref.space, ref.dataset)
         if ref.space and key not in picks:
-            directory = study_dir_of(ref.space, ref.dataset)
-            if directory is not None and (Path(directory) / summary.SUMMARY_FILE).exists():
-                picks[key] = study_pick(directory, ref.space)
-        trial, trials, study = picks.get(key, (None, None, None))
-        ours, ours_std = _ours(trial, ref.metric)
+            found = study_dirs_of(ref.space, ref.dataset)
+            directories = [found] if isinstance(found, (str, Path)) else list(found or [])
+            done = [d for d in directories if (Path(d) / summary.SUMMARY_FILE).exists()]
+            if done:
+                picks[key] = [study_pick(d, ref.space) for d in done]
+        chosen = picks.get(key, [])
+        ours, ours_std = _cell(chosen, ref.metric) if chosen else (math.nan, math.nan)
         rows.append({
             "dataset": ref.dataset, "method": ref.method, "metric": ref.metric, "thesis": ref.thesis,
-            "ours": ours, "trials": trials, "best_trial": trial["trial_id"] if trial is not None else None,
-            "study": study, "space": ref.space, "note": ref.note, "ours_std": ours_std,
+            "ours": ours, "trials": sum(c[1] for c in chosen) if chosen else None,
+            "best_trial": ";".join(str(c[0]["trial_id"]) for c in chosen if c[0] is not None) or None,
+            "study": ";".join(c[2] for c in chosen) or None, "space": ref.space, "note": ref.note,
+            "ours_std": ours_std, "repeats": len(chosen),
+            "within": within(ref.thesis, ours, ours_std, ref.metric) if len(chosen) > 1 else "",
         })
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
@@ -148,27 +188,38 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _row_cells(group: pd.DataFrame, metrics: list[str], spread: bool) -> list[str]:
+    cells = list(group.iloc[0][["dataset", "method"]])
+    by_metric = {r.metric: r for r in group.itertuples()}
+    for m in metrics:
+        r = by_metric.get(m)
+        ours = format_value(r.ours) if r is not None else ""
+        if r is not None and ours and isinstance(r.ours_std, float) and not math.isnan(r.ours_std):
+            ours += f" ± {format_value(r.ours_std)}"
+        cells += [r.thesis if r is not None else "", ours] + ([r.within if r is not None else ""] if spread else [])
+    trials = group["trials"].dropna()
+    return cells + [format_value(int(trials.iloc[0])) if len(trials) else ""]
+
+
 def to_markdown(table: str, frame: pd.DataFrame) -> str:
-    """Readable: one line per (dataset, method), thesis and ours side by side for each metric."""
+    """Readable: one line per (dataset, method), thesis and ours side by side for each metric; with
+    repeats, a third column per metric says whether the thesis lies within our spread."""
     metrics = list(dict.fromkeys(frame["metric"]))
-    header = ["dataset", "method"] + [f"{m} {who}" for m in metrics for who in ("thesis", "ours")] + ["trials"]
-    lines = [f"# {table}: thesis beside seqrep", "",
-             "Ours: the best trial by the space's validation metric; empty where the method has no "
-             "search space yet or is a literature baseline. Where a study runs one trial per data split "
-             "(Table 8), ours is the mean ± standard deviation over the splits.", "",
+    spread = bool((pd.to_numeric(frame["repeats"], errors="coerce").fillna(0) > 1).any())
+    who = ("thesis", "ours", "within 2σ") if spread else ("thesis", "ours")
+    header = ["dataset", "method"] + [f"{m} {w}" for m in metrics for w in who] + ["trials"]
+    text = ("Ours: the best trial by the space's validation metric; empty where the method has no "
+            "search space yet or is a literature baseline. Where a study runs one trial per data split "
+            "(Table 8), ours is the mean ± standard deviation over the splits.")
+    if spread:
+        text += (" With repeats (`--repeats R`: the same study with R seeds), ours is the mean ± standard "
+                 "deviation of the repeats' values, trials their sum, and \"within 2σ\" says whether the "
+                 "thesis's number lies within two standard deviations of our mean (yes), ours is better "
+                 "beyond them (better), or worse (no).")
+    lines = [f"# {table}: thesis beside seqrep", "", text, "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (dataset, method), group in frame.groupby(["dataset", "method"], sort=False):
-        cells = [dataset, method]
-        by_metric = {r.metric: r for r in group.itertuples()}
-        for m in metrics:
-            r = by_metric.get(m)
-            ours = _fmt(r.ours) if r is not None else ""
-            if r is not None and ours and isinstance(r.ours_std, float) and not math.isnan(r.ours_std):
-                ours += f" ± {_fmt(r.ours_std)}"
-            cells += [r.thesis if r is not None else "", ours]
-        trials = group["trials"].dropna()
-        cells.append(_fmt(int(trials.iloc[0])) if len(trials) else "")
-        lines.append("| " + " | ".join(cells) + " |")
+    for _, group in frame.groupby(["dataset", "method"], sort=False):
+        lines.append("| " + " | ".join(_row_cells(group, metrics, spread)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,3 +230,17 @@ def write(table: str, frame: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
     for path, text in ((md, to_markdown(table, frame)), (csv, frame.to_csv(index=False))):
         atomic_write(path, lambda tmp, text=text: tmp.write_text(text))
     return md, csv
+
+
+def write_manifest(table: str, out_dir: Path, manifest: dict) -> Path:
+    """`<out>/<table>.json`: how the table was made and which study folders each row read."""
+    path = Path(out_dir) / f"{table}.json"
+    studydir.write_json(path, manifest)
+    return path
+
+
+def read_manifest(table: str, out_dir: Path) -> dict:
+    path = Path(out_dir) / f"{table}.json"
+    if not path.exists():
+        raise SeqrepError(f"no {path}: rebuild the table first with `seqrep reproduce {table} --out {out_dir}`")
+    return studydir.read_json(path)

@@ -4,7 +4,7 @@
   `SequenceData` (and, for Bernoulli outputs, binary), with a message naming the suitable sets;
 - `tensor_splits`: every split as a list of (T, D) tensors (`sequence_trial`: both, and the device);
 - `fd_rnn_rules` and the smaller rule lists: the validation rules of the FD-RNN fields (dropout
-  rates, climin optimiser, initialisation, gradient renormalisation, batch size) and of the
+  rates, climin optimiser, initialisation with ν, gradient renormalisation, batch size) and of the
   importance sampler's K, for `MethodConfig.check`;
 - `climin_optimizer`: climin's rmsprop or Adadelta with Nesterov momentum (`trainables.nn.optim`)
   from a config's `optimizer`, `step_rate`, `decay`, `momentum` and `offset` (Section 1.3).
@@ -80,9 +80,14 @@ def grad_norm_rule(c: Any) -> tuple[str, str, bool]:
     return ("grad_norm", "grad_norm is null or > 0", c.grad_norm is None or c.grad_norm > 0)
 
 
+def nu_rule(c: Any) -> tuple[str, str, bool]:
+    """Table 1's ν, the sparse initialisation (`trainables.nn.initialise.sparsify_columns`): null or >= 1."""
+    return ("nu", "nu is null or an integer >= 1", c.nu is None or (isinstance(c.nu, int) and c.nu >= 1))
+
+
 def fd_rnn_rules(c: Any) -> Rules:
     """The rules on the FD-RNN fields `rnn` and `storn` share (dropout rates, climin optimiser,
-    initialisation, gradient renormalisation, batch size), for `MethodConfig.check`."""
+    initialisation (sparse, ν), gradient renormalisation, batch size), for `MethodConfig.check`."""
     return [
         *rate_rules(c, "p_drop_input", "p_drop_hidden", "p_drop_output"),
         ("step_rate", "step_rate > 0", c.step_rate > 0),
@@ -91,6 +96,7 @@ def fd_rnn_rules(c: Any) -> Rules:
         ("sigma2", "sigma2 > 0", c.sigma2 > 0),
         ("sigma2_in", "sigma2_in > 0", c.sigma2_in > 0),
         ("rho", "rho is null or > 0", c.rho is None or c.rho > 0),
+        nu_rule(c),
         grad_norm_rule(c),
         ("batch_size", "batch_size >= 1", c.batch_size >= 1),
     ]

@@ -1,27 +1,31 @@
 """Recurrent networks with fast dropout: FD-RNN and FD-LSTM (thesis Sections 2.4.2, 2.4.2.1, 2.5).
 
 `FastDropoutRNN` computes, for inputs x_1:T (time-major), one hidden layer of tanh units or LSTM
-cells and a linear output layer, and returns the *effective logits* z_t of a Bernoulli output:
+cells (`trainables.nn.lstm_cells`: the thesis's cell, `lstm`, or torch's, `torch-lstm`) and a
+linear output layer, and returns the *effective logits* z_t of a Bernoulli output:
 p(x_t+1 = 1 | x_1:t) = sigma(z_t).
 
-- Without dropout (every rate 0) it is a plain sRNN or LSTM, run by `torch.nn.RNN` / `nn.LSTM`
-  (cuDNN on a GPU): z_t = W_out h_t + b_y.
+- Without dropout (every rate 0) it is a plain sRNN or LSTM: z_t = W_out h_t + b_y. The tanh net
+  and torch's LSTM run `torch.nn.RNN` / `nn.LSTM` (cuDNN on a GPU); the thesis's LSTM, which torch
+  does not have, runs a plain loop (`lstm_cells.thesis_hidden`).
 - With fast dropout it propagates the mean and variance of every unit (Algorithm 2): the input
   layer drops inputs with rate `p_drop_input`, the recurrent connections drop hidden units with
   rate `p_drop_hidden`, the output connections with rate `p_drop_output` (Section 2.5.2 separates
   the last two). Pre-synaptic moments come from `variance.fd_affine`, the input and recurrent
   contributions are independent and add (Section 2.4.2), tanh / sigmoid moments from
   `variance.tanh` / `variance.sigmoid`, and LSTM's gating products from `variance.product`
-  (Eq. 15). The output's moments (m_t, v_t) give E[sigma(a)] ~ sigma(m_t / sqrt(1 + pi v_t / 8)),
-  so z_t = m_t / sqrt(1 + pi v_t / 8) and the Bernoulli likelihood uses the propagated mean.
+  (Eq. 15), one step at a time in `lstm_cells`. The output's moments (m_t, v_t) give
+  E[sigma(a)] ~ sigma(m_t / sqrt(1 + pi v_t / 8)), so z_t = m_t / sqrt(1 + pi v_t / 8) and the
+  Bernoulli likelihood uses the propagated mean.
 - `fd_final_layer=False` is the thesis's "no fast dropout for the final layer" (Section 2.5.2): an
   ordinary forward pass z_t = W_out E[h_t] + b_y, ignoring the hidden units' variance, which is
   not the same as `p_drop_output = 0`.
 
-Both paths share the parameters of the `nn.RNN`/`nn.LSTM` module (torch's gate order i, f, g, o;
-its two bias vectors are summed), so FD with every rate 0 equals the deterministic net. The input
-projections of all time steps are computed before the recurrence, which then does only the
-recurrent matrix products (two per step under FD: one for the mean, one for the variance).
+Both paths share the parameters of the `nn.RNN`/`nn.LSTM` module (its two bias vectors are summed;
+the 4H rows of an LSTM's matrices are read in torch's gate order i, f, g, o by `torch-lstm` and in
+the thesis's order xi, iota, nu, o by `lstm`), so FD with every rate 0 equals the deterministic
+net. The input projections of all time steps are computed before the recurrence, which then does
+only the recurrent matrix products (two per step under FD: one for the mean, one for the variance).
 
 Extensions for STORN and the deep Markov model (Chapter 4):
 
@@ -39,10 +43,13 @@ Extensions for STORN and the deep Markov model (Chapter 4):
 - `BidirectionalFD`: a biRNN (Section 1.2) of two such nets, one reading the reversed sequences
   (`reverse_padded`, which respects each sequence's length).
 
-Initialisation (Sections 1.3.3, 2.5.2): W_in ~ N(0, sigma2_in), W_rec and W_out ~ N(0, sigma2),
-b_h = 0, b_y = -0.8, and for the tanh net W_rec rescaled to spectral radius rho. The thesis also
-"set all but a few parameters to zero" (sparse initialisation, Sutskever et al. 2013); that is not
-done here.
+Initialisation (Sections 1.3.3, 2.5.2; `trainables.nn.initialise`): W_in ~ N(0, sigma2_in), W_rec
+and W_out ~ N(0, sigma2), b_h = 0, b_y = -0.8; then, with `nu`, sparse initialisation ("all but a
+few parameters" zero, Table 1's ν): every unit keeps nu of its incoming weights in W_in, W_rec and
+W_out, as the author's piano-roll notebook did (breze-no-salt/breze, `notebooks/recurrent-networks/
+RNNs for Piano music.ipynb`, commit 1c23fb4986477189b948f21924030c07f3c290db:
+`sparsify_rec=15, sparsify_affine=15`); last, for the tanh and sigmoid nets, W_rec rescaled to
+spectral radius rho (the thesis sets none for LSTM, Section 2.5.2.2).
 """
 
 from __future__ import annotations
@@ -51,19 +58,18 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.nn import lstm_cells
 from trainables.nn import variance as vp
+from trainables.nn.initialise import set_spectral_radius, sparsify_columns
 
-Cell = Literal["tanh", "lstm", "sigmoid"]
+__all__ = ["BidirectionalFD", "FastDropoutRNN", "reverse_padded", "set_spectral_radius"]
 
-
-def set_spectral_radius(weight: Tensor, rho: float) -> None:
-    """Rescale a square matrix in place so that its largest absolute eigenvalue is rho (Section 1.3.3)."""
-    radius = torch.linalg.eigvals(weight.detach().double()).abs().max().item()
-    if radius > 0:
-        with torch.no_grad():
-            weight.mul_(rho / radius)
+Cell = Literal["tanh", "lstm", "torch-lstm", "sigmoid"]
+CELLS = ("tanh", "lstm", "torch-lstm", "sigmoid")
+LSTMS = ("lstm", "torch-lstm")
 
 
 def keep_probability(p_drop: float) -> float:
@@ -73,7 +79,7 @@ def keep_probability(p_drop: float) -> float:
 
 
 class FastDropoutRNN(nn.Module):
-    """One recurrent hidden layer (tanh or LSTM) and Bernoulli outputs, with fast dropout (Alg. 2).
+    """One recurrent hidden layer (tanh, sigmoid or LSTM) and Bernoulli outputs, with fast dropout (Alg. 2).
 
     forward(x: (T, B, n_in)) -> z: (T, B, n_out), the effective logits of the output units.
     """
@@ -92,8 +98,8 @@ class FastDropoutRNN(nn.Module):
         learn_rates: bool = False,
     ):
         super().__init__()
-        if cell not in ("tanh", "lstm", "sigmoid"):
-            raise ValueError(f"cell must be tanh, lstm or sigmoid, got {cell!r}")
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
         if not 0 <= n_undropped <= n_in:
             raise ValueError(f"0 <= n_undropped <= n_in must hold, but got n_undropped={n_undropped}, n_in={n_in}")
         self.cell = cell
@@ -108,10 +114,10 @@ class FastDropoutRNN(nn.Module):
         else:
             self._keeps = keeps
         self.fd_final_layer = fd_final_layer
-        if cell == "lstm":
-            self.core = nn.LSTM(n_in, n_hidden)
+        if cell in LSTMS:
+            self.core = nn.LSTM(n_in, n_hidden)  # only the parameters (4H rows) for the thesis's "lstm"
         else:
-            self.core = nn.RNN(n_in, n_hidden, nonlinearity="tanh")  # parameters only for "sigmoid"
+            self.core = nn.RNN(n_in, n_hidden, nonlinearity="tanh")  # only the parameters for "sigmoid"
         self.out = nn.Linear(n_hidden, n_out)
 
     def _keep(self, which: int) -> float | Tensor:
@@ -134,22 +140,33 @@ class FastDropoutRNN(nn.Module):
         return not self.learn_rates and self._keeps == (1.0, 1.0, 1.0)
 
     def initialise(self, sigma2: float, sigma2_in: float, rho: float | None, b_h: float = 0.0, b_y: float = -0.8,
-                   generator: torch.Generator | None = None) -> None:
-        """The thesis's initialisation (module docstring); rho applies to the tanh and sigmoid nets."""
+                   generator: torch.Generator | None = None, nu: int | None = None) -> None:
+        """The thesis's initialisation (module docstring): draw, sparsify to nu weights per unit
+        (None: dense), then set rho (tanh and sigmoid nets only)."""
+        weights = (self.core.weight_ih_l0, self.core.weight_hh_l0, self.out.weight)
         with torch.no_grad():
-            self.core.weight_ih_l0.normal_(0.0, math.sqrt(sigma2_in), generator=generator)
-            self.core.weight_hh_l0.normal_(0.0, math.sqrt(sigma2), generator=generator)
-            self.out.weight.normal_(0.0, math.sqrt(sigma2), generator=generator)
+            for weight, var in zip(weights, (sigma2_in, sigma2, sigma2)):
+                weight.normal_(0.0, math.sqrt(var), generator=generator)
             self.core.bias_ih_l0.fill_(b_h)
             self.core.bias_hh_l0.zero_()
             self.out.bias.fill_(b_y)
-        if rho is not None and self.cell != "lstm":
+        for weight in weights:
+            sparsify_columns(weight, nu, generator)
+        if rho is not None and self.cell not in LSTMS:
             set_spectral_radius(self.core.weight_hh_l0, rho)
 
+    def _plain_hidden(self, x: Tensor) -> Tensor:
+        """Hidden units of the net without dropout, (T, B, H)."""
+        if self.cell == "lstm":
+            bias = self.core.bias_ih_l0 + self.core.bias_hh_l0
+            return lstm_cells.thesis_hidden(F.linear(x, self.core.weight_ih_l0, bias), self.core.weight_hh_l0)
+        if self.cell == "sigmoid":  # torch has no sigmoid RNN: the propagation loop, variances exactly 0
+            return self._fd_hidden(x)[0]
+        return self.core(x)[0]
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.deterministic and self.cell != "sigmoid":
-            hidden, _ = self.core(x)  # (T, B, H)
-            return self.out(hidden)
+        if self.deterministic:
+            return self.out(self._plain_hidden(x))
         mean, var = self._fd_hidden(x)  # each (T, B, H)
         if not self.fd_final_layer:
             return self.out(mean)
@@ -158,8 +175,8 @@ class FastDropoutRNN(nn.Module):
 
     def hidden_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of the hidden units, (T, B, H) each (zero variance without dropout)."""
-        if self.deterministic and self.cell != "sigmoid":
-            hidden, _ = self.core(x)
+        if self.deterministic:
+            hidden = self._plain_hidden(x)
             return hidden, torch.zeros_like(hidden)
         return self._fd_hidden(x)
 
@@ -199,16 +216,8 @@ class FastDropoutRNN(nn.Module):
             elif self.cell == "sigmoid":
                 h_mean, h_var = vp.sigmoid(a_mean, a_var)
             else:
-                (i_m, f_m, g_m, o_m), (i_v, f_v, g_v, o_v) = a_mean.chunk(4, -1), a_var.chunk(4, -1)
-                i_m, i_v = vp.sigmoid(i_m, i_v)
-                f_m, f_v = vp.sigmoid(f_m, f_v)
-                g_m, g_v = vp.tanh(g_m, g_v)
-                o_m, o_v = vp.sigmoid(o_m, o_v)
-                keep_m, keep_v = vp.product(f_m, f_v, c_mean, c_var)
-                write_m, write_v = vp.product(i_m, i_v, g_m, g_v)
-                c_mean, c_var = keep_m + write_m, keep_v + write_v  # independent summands add (Eqs. 12, 13)
-                squashed_m, squashed_v = vp.tanh(c_mean, c_var)
-                h_mean, h_var = vp.product(o_m, o_v, squashed_m, squashed_v)
+                step = lstm_cells.thesis_step_moments if self.cell == "lstm" else lstm_cells.torch_step_moments
+                (c_mean, c_var), (h_mean, h_var) = step((a_mean, a_var), (c_mean, c_var))
             means.append(h_mean)
             variances.append(h_var)
         return torch.stack(means), torch.stack(variances)

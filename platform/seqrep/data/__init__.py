@@ -2,7 +2,7 @@
 
 The data directory is `--data-dir`, else `$SEQREP_DATA`, else a user cache directory; its layout
 is documented in the README (`polyphonic/*.pickle`, `uci/<name>/`, `ucr/<Name>/`, `mocap/`,
-`sarcos/`). Generated data sets (`toy`) need no files; those with a download source (the polyphonic
+`sarcos/`). Generated data sets (`toy`, `toy-printed`) need no files; those with a download source (the polyphonic
 music sets) are fetched by `seqrep data download`.
 """
 
@@ -27,10 +27,10 @@ def resolve_data_dir(cli_value: str | os.PathLike | None = None) -> Path:
     return Path(cache) / "seqrep"
 
 
-def _load_toy(_: Path):
+def _load_toy(reading: str, _: Path):
     from seqrep.data import toy
 
-    return toy.generate()
+    return toy.generate(reading=reading)
 
 
 def _download_polyphonic(name: str, root: Path) -> list[tuple[Path, bool]]:
@@ -52,8 +52,14 @@ def _polyphonic(name: str) -> DatasetInfo:
 _REGISTRY: dict[str, DatasetInfo] = {
     "toy": DatasetInfo(
         "toy",
-        "heteroscedastic toy regression of Le et al. (2005), Section 2.6.3.1; generated, 50/10/50",
-        _load_toy,
+        "heteroscedastic toy regression of Le et al. (2005), Section 2.6.3.1, noise standard deviation "
+        "exp(sin 2πx) (Table 7's reading); generated, 50/10/50",
+        functools.partial(_load_toy, "sd"),
+    ),
+    "toy-printed": DatasetInfo(
+        "toy-printed",
+        "the toy set with the noise variance exp(sin 2πx) as Section 2.6.3.1 prints it; same seed, x and draws as toy",
+        functools.partial(_load_toy, "printed"),
     ),
     **{name: _polyphonic(name) for name in polyphonic.SOURCES},
     **regression.registry_entries(),  # sarcos, uci-<name> (Section 2.6)

@@ -1,0 +1,211 @@
+"""`seqrep report STUDY_DIR|TABLE`: a page per study or per rebuilt table, in HTML and Markdown.
+
+A table's report holds the table (thesis, ours, spread, whether the thesis lies within it) and, for
+every study behind it, three figures: the expected test value of the validation-selected best
+trial after n = 1 .. N random trials with a bootstrap band (`seqrep.expected`; Dodge et al., 2019)
+beside the thesis's number, the importance of each searched hyperparameter for the selection
+metric (Optuna's fANOVA evaluator on an in-memory Optuna study built from the Parquet rows), and
+the selection metric against the most important parameters. The HTML page is self-contained
+(figures embedded); the Markdown page links the PNG files written beside it. The expected-best
+numbers are also written to the study folder (`expected_best.csv`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from seqrep import figures, spaces, studydir, summary, tables, tracking
+from seqrep.errors import SeqrepError
+from seqrep.expected import bootstrap_band, expected_best
+from seqrep.tables import USABLE
+
+EXPECTED_FILE = "expected_best.csv"
+
+
+def _usable(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    usable = trials[trials["status"].isin(USABLE)]
+    return usable[pd.to_numeric(usable.get(metric), errors="coerce").map(np.isfinite).fillna(False)] \
+        if metric in usable else usable.iloc[0:0]
+
+
+def expected_curve(study_dir: Path) -> pd.DataFrame | None:
+    """n, expected test value, band, for the study's selection metric (valid_q -> test_q); written to
+    `<study>/expected_best.csv`. None without two usable trials that have both values."""
+    record = studydir.read_record(study_dir) or {}
+    metric, mode = record.get("metric", ""), record.get("mode", "min")
+    test_metric = "test_" + metric.removeprefix("valid_")
+    trials = _usable(summary.read(study_dir), metric)
+    trials = trials[pd.to_numeric(trials.get(test_metric), errors="coerce").map(np.isfinite).fillna(False)] \
+        if test_metric in trials else trials.iloc[0:0]
+    if len(trials) < 2:
+        return None
+    valid, test = trials[metric].to_numpy(float), trials[test_metric].to_numpy(float)
+    low, high = bootstrap_band(valid, test, mode, seed=0)
+    curve = pd.DataFrame({"n": np.arange(1, len(valid) + 1), "expected": expected_best(valid, test, mode),
+                          "low": low, "high": high})
+    curve.attrs.update(metric=test_metric, selection=metric)
+    curve.to_csv(Path(study_dir) / EXPECTED_FILE, index=False)
+    return curve
+
+
+def importance(study_dir: Path) -> dict[str, float]:
+    """fANOVA importance of every searched parameter for the selection metric (empty when the space
+    searches nothing or fewer than three trials finished)."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator
+
+    record = studydir.read_record(study_dir) or {}
+    space = spaces.load(record.get("space_path") or record["space"], check_config=False)
+    searched = dataclasses.replace(space, space={k: d for k, d in space.space.items() if d.kind != "grid"})
+    distributions = spaces.to_optuna(searched)
+    trials = _usable(summary.read(study_dir), record.get("metric", ""))
+    if not distributions or len(trials) < 3:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize" if record.get("mode") == "min" else "maximize")
+    for _, row in trials.iterrows():
+        params = {k: _param(row.get(f"config.{k}"), d) for k, d in distributions.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                  value=float(row[record["metric"]])))
+    found = optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    return {k: float(v) for k, v in found.items()}
+
+
+def _param(value, distribution):
+    """A Parquet cell back in the type its Optuna distribution holds."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(distribution, "choices"):
+        return next((c for c in distribution.choices if c == value or str(c) == str(value)), value)
+    return type(distribution.low)(value)
+
+
+def study_section(study_dir: Path, out: Path, thesis: dict[str, float]) -> dict:
+    """Figures of one study written to `out` (PNG), and what the page says about them."""
+    study_dir, name = Path(study_dir), Path(study_dir).name
+    record = studydir.read_record(study_dir) or {}
+    curve = expected_curve(study_dir)
+    found = importance(study_dir)
+    images = []
+    if curve is not None:
+        images.append(figures.expected_best(curve, thesis.get(curve.attrs["metric"]), name,
+                                            out / f"{name}-expected.png"))
+    if found:
+        images.append(figures.importance(found, record.get("metric", ""), name, out / f"{name}-importance.png"))
+        top = list(found)[:3]
+        images.append(figures.scatter(_usable(summary.read(study_dir), record["metric"]), top, record["metric"],
+                                      name, out / f"{name}-scatter.png"))
+    return {"name": name, "dir": study_dir, "trials": len(summary.read(study_dir)), "curve": curve,
+            "importance": found, "images": images}
+
+
+def _img_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    wide = ' class="wide"' if path.stem.endswith("-scatter") else ""  # one panel per parameter: a row of its own
+    return f'<img alt="{html.escape(alt)}"{wide} src="data:image/png;base64,{data}">'
+
+
+def _curve_text(curve: pd.DataFrame | None) -> str:
+    if curve is None:
+        return "fewer than two finished trials: no expected-best curve"
+    picks = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= len(curve)] + [len(curve)]
+    cells = ", ".join(f"n={n}: {curve.expected[n - 1]:.4g} [{curve.low[n - 1]:.4g}, {curve.high[n - 1]:.4g}]"
+                      for n in dict.fromkeys(picks))
+    return f"expected {curve.attrs['metric']} of the validation-best of n trials (95% bootstrap band): {cells}"
+
+
+def _pages(title: str, table_md: str, table_html: str, sections: list[dict], header: str,
+           out: Path, stem: str) -> tuple[Path, Path]:
+    md = [f"# {title}", "", header, "", table_md, ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{_code(header)}</p>", table_html]
+    for s in sections:
+        ranking = ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()) or "not computed (a fixed " \
+            "configuration, or fewer than three finished trials)"
+        lines = [f"{s['trials']} trials; {_curve_text(s['curve'])}", f"fANOVA importance: {ranking}"]
+        md += [f"## {s['name']}", "", *[f"- {line}" for line in lines], ""]
+        md += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in s["images"]] + [""]
+        body += [f"<h2>{html.escape(s['name'])}</h2>", *[f"<p>{html.escape(line)}</p>" for line in lines],
+                 *[_img_tag(p, p.stem) for p in s["images"]]]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}"
+             "img{max-width:48%;margin:.2em;vertical-align:top}img.wide{max-width:98%}"
+             "code{background:#f4f4f4;padding:0 .2em}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    md_path, html_path = out / f"{stem}.md", out / f"{stem}.html"
+    md_path.write_text("\n".join(md) + "\n")
+    html_path.write_text(page)
+    return md_path, html_path
+
+
+def _code(text: str) -> str:
+    """Escaped text with its `backquoted` parts as <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    shown = frame[["dataset", "method", "metric", "thesis", "ours", "ours_std", "within", "trials", "study"]].copy()
+    shown["ours"] = shown["ours"].map(tables.format_value)
+    shown["ours_std"] = shown["ours_std"].map(tables.format_value)
+    shown["trials"] = shown["trials"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    return shown.fillna("").to_html(index=False, escape=True, border=0)
+
+
+def table_report(table: str, out_dir: Path) -> tuple[Path, Path]:
+    """`<out>/<table>-report.md` and `.html` from the table and its manifest (`seqrep reproduce`)."""
+    out_dir = Path(out_dir)
+    manifest = tables.read_manifest(table, out_dir)
+    frame = pd.read_csv(out_dir / f"{table}.csv", dtype={"thesis": str}, keep_default_na=False,
+                        na_values=[""])
+    figures_dir = out_dir / "figures" / table
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    order = list(dict.fromkeys(f"{r.space}|{r.dataset}" for r in frame.itertuples()))  # the table's order
+    for key in sorted(manifest["studies"], key=lambda k: order.index(k) if k in order else len(order)):
+        dirs, (space, dataset) = manifest["studies"][key], key.split("|")
+        rows = frame[(frame["space"] == space) & (frame["dataset"] == dataset)]
+        thesis = {r.metric: float(r.thesis) for r in rows.itertuples() if _is_number(r.thesis)}
+        sections += [study_section(Path(d), figures_dir, thesis) for d in dirs
+                     if (Path(d) / studydir.SUMMARY_FILE).exists()]
+    header = (f"Rebuilt by `{manifest.get('command', '')}` at commit {manifest.get('git_commit', '')} on "
+              f"{manifest.get('started', '')}, {manifest.get('wall_s', 0):.0f} s of wall time; "
+              f"{manifest.get('repeats', 1)} seed(s) per study.")
+    table_md = (out_dir / f"{table}.md").read_text().split("\n", 2)[-1]
+    return _pages(f"{table}: thesis beside seqrep", table_md, _table_html(frame), sections, header, out_dir,
+                  f"{table}-report")
+
+
+def _is_number(text) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def study_report(study_dir: Path) -> tuple[Path, Path]:
+    """`<study>/report.md` and `.html`; also logged to the study's MLflow parent run."""
+    study_dir = Path(study_dir)
+    record = studydir.read_record(study_dir)
+    if record is None or not (study_dir / studydir.SUMMARY_FILE).exists():
+        raise SeqrepError(f"{study_dir} is not a finished seqrep study (no {studydir.STUDY_FILE} or "
+                          f"{studydir.SUMMARY_FILE}); give a folder `seqrep search` wrote")
+    figures_dir = study_dir / "figures"
+    figures_dir.mkdir(exist_ok=True)
+    section = study_section(study_dir, figures_dir, {})
+    header = f"`{record.get('command', '')}` at commit {record.get('git_commit', '')}, {record.get('created', '')}."
+    pages = _pages(f"study {record['name']}", "", "", [section], header, study_dir, "report")
+    if record.get("parent_run_id"):
+        try:
+            for path in (*pages, *section["images"]):
+                tracking.client(record["tracking_uri"]).log_artifact(record["parent_run_id"], str(path), "report")
+        except Exception as err:  # noqa: BLE001 - the report is on disk either way
+            print(f"seqrep: could not log the report to MLflow: {err}")
+    return pages

@@ -1,0 +1,86 @@
+"""Seed repeats in a rebuilt table, and the report: every table cell in the HTML, one expected-best
+figure per study, fANOVA importances from the Parquet rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqrep import report, studydir, summary, tables
+from seqrep.cli import main
+
+SPACE = "table7-nn-toy"
+
+
+def make_study(root: Path, name: str, seed: int, n: int = 6) -> Path:
+    """A finished study folder of the table7-nn-toy space with n trials (no Ray needed)."""
+    rng = np.random.default_rng(seed)
+    d = root / name
+    (d / "ray").mkdir(parents=True)
+    studydir.write_record(d, {"name": name, "space": SPACE, "space_path": "", "method": "mlp", "dataset": "toy",
+                              "seed": seed, "metric": "valid_nll", "mode": "min", "cpus_per_trial": 1.0,
+                              "gpus_per_trial": 0.0, "command": "seqrep test", "git_commit": "abc"})
+    for i in range(n):
+        t = d / "ray" / f"t{i}"
+        t.mkdir()
+        config = {"hidden_units": int(rng.choice([10, 25, 50, 100])), "step_rate": float(10 ** rng.uniform(-4, -1)),
+                  "transfer": str(rng.choice(["sigmoid", "rectifier"])), "hidden_layers": 1, "batch_size": 10,
+                  "decay": 0.9, "momentum": 0.5}
+        nll = 1.0 + abs(math.log10(config["step_rate"]) + 2.5) + rng.normal(0, 0.05)
+        final = {"epoch": 5, "valid_nll": nll, "valid_mse": nll, "test_nll": nll + 0.1, "test_mse": nll + 1.0,
+                 "best_epoch": 5, "seqrep_status": "completed", "history": []}
+        (t / "params.json").write_text(json.dumps(config))
+        (t / "result.json").write_text(json.dumps(final) + "\n")
+    summary.write(d)
+    return d
+
+
+def test_repeats_give_mean_std_and_the_within_flag(tmp_path):
+    dirs = [make_study(tmp_path, f"s{k}", k) for k in range(3)]
+    frame = tables.build("table7", lambda space, dataset: dirs if space == SPACE else None, ["toy"])
+    row = frame[(frame["method"] == "NN") & (frame["metric"] == "test_nll")].iloc[0]
+    bests = [summary.read(d).sort_values("valid_nll").iloc[0]["test_nll"] for d in dirs]
+    assert row["ours"] == pytest.approx(np.mean(bests)) and row["ours_std"] == pytest.approx(np.std(bests, ddof=1))
+    assert row["repeats"] == 3 and row["trials"] == 18 and row["study"] == "s0;s1;s2"
+    assert tables.within("2.0", 1.0, 0.6, "test_nll") == "yes"
+    assert tables.within("2.0", 1.0, 0.4, "test_nll") == "better"
+    assert tables.within("2.0", 3.0, 0.4, "test_nll") == "no"
+    assert tables.within("0.9", 0.5, 0.1, "test_1nn_accuracy") == "no"  # higher is better
+    assert "| toy | NN | 4.2395 |" in tables.to_markdown("table7", frame) and "within 2σ" in tables.to_markdown("table7", frame)
+
+
+def test_the_report_holds_every_table_cell_and_one_expected_best_figure_per_study(tmp_path):
+    dirs = [make_study(tmp_path / "studies", f"s{k}", k) for k in range(2)]
+    frame = tables.build("table7", lambda space, dataset: dirs if space == SPACE else None, ["toy"])
+    out = tmp_path / "tables"
+    tables.write("table7", frame, out)
+    tables.write_manifest("table7", out, {"command": "seqrep reproduce table7", "git_commit": "abc", "started": "now",
+                                          "wall_s": 1.0, "repeats": 2,
+                                          "studies": {f"{SPACE}|toy": [str(d) for d in dirs]}})
+    assert main(["report", "table7", "--out", str(out)]) == 0
+    page = (out / "table7-report.html").read_text()
+    cells = pd.read_csv(out / "table7.csv", dtype=str, keep_default_na=False)
+    for column in ("dataset", "method", "metric", "thesis", "within"):
+        for value in cells[column]:
+            assert f">{value}<" in page
+    for value in cells["ours"].replace("", np.nan).dropna():
+        assert f">{tables.format_value(float(value))}<" in page
+    assert len(re.findall(r'<img alt="s\d-expected"', page)) == 2
+    assert page.count("<img") == 6  # expected best, importance, scatter for each study
+    assert (dirs[0] / "expected_best.csv").exists()
+    md = (out / "table7-report.md").read_text()
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert len(links) == 6 and "figures/table7/s0-expected.png" in links
+    assert all((out / link).is_file() for link in links)
+
+
+def test_importance_ranks_the_parameter_that_drives_the_metric_first(tmp_path):
+    found = report.importance(make_study(tmp_path, "s", 0, n=30))
+    assert set(found) == {"hidden_layers", "transfer", "hidden_units", "batch_size", "step_rate", "decay", "momentum"}
+    assert list(found)[0] == "step_rate" and found["step_rate"] > 0.5
