@@ -240,3 +240,32 @@ def test_bad_hyperparameters_are_rejected_with_the_rule(kwargs, rule):
             cls(make_params(), **{"step_rate": 0.1, **kwargs})
     with pytest.raises(ValueError, match="threshold > 0"):
         renormalise_gradients(make_params(), 0.0)
+
+
+def test_a_parameter_that_gains_its_gradient_later_joins_the_flat_update():
+    """The flat buffers are rebuilt when the set of parameters with a gradient changes; each
+    parameter then continues from its own state, as a per-parameter loop would."""
+    params = make_params()
+    optimizer = RmsProp(params, step_rate=0.1, momentum=0.9)
+    for n_steps, with_gradient in ((2, 1), (3, 2)):  # first only the first coordinate has a gradient
+        for _ in range(n_steps):
+            optimizer.zero_grad(set_to_none=True)
+            sum(0.5 * a * (p**2).sum() for a, p in zip(A[:with_gradient], params)).backward()
+            optimizer.step()
+    # the parameters rest at the look-ahead point: the point climin evaluates after n steps
+    assert params[0].item() == pytest.approx(climin_rmsprop(W0, 0.1, 0.9, 0.9, 6)[0][-1][0], abs=TOL, rel=0)
+    assert params[1].item() == pytest.approx(climin_rmsprop(W0, 0.1, 0.9, 0.9, 4)[0][-1][1], abs=TOL, rel=0)
+
+
+def test_a_loaded_or_deep_copied_optimizer_continues_identically_and_independently():
+    """Neither copy may share the flat buffers of the original (the copy steps first)."""
+    params = make_params()
+    optimizer = RmsProp(params, step_rate=0.1, momentum=0.9)
+    run(optimizer, params, 3)
+    loaded_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    loaded = RmsProp(loaded_params, step_rate=0.1, momentum=0.9)
+    loaded.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    twin = copy.deepcopy(optimizer)
+    from_loaded = run(loaded, loaded_params, 3)
+    from_twin = run(twin, twin.param_groups[0]["params"], 3)
+    assert from_loaded == from_twin == run(optimizer, params, 3)

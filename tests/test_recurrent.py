@@ -217,3 +217,70 @@ def test_fd_rnn_learns_on_real_jsb_chorales():
     assert session.status == "completed" and session.final["best_epoch"] == 2
     # every frame has 88 binary notes: an NLL per frame below 88 log 2 (a coin per note) after training
     assert session.final["test_nll"] < 88 * math.log(2)
+
+
+def autograd_tanh_loop(in_mean, in_var, w_rec, keep):
+    """The FD-RNN tanh recurrence through autograd, step by step (what `FDTanhRecurrence` hand-codes)."""
+    from trainables.nn import variance as vp
+
+    h_mean = in_mean.new_zeros(in_mean.shape[1:])
+    h_var = torch.zeros_like(h_mean)
+    means, variances = [], []
+    for t in range(in_mean.shape[0]):
+        a_mean = in_mean[t] + keep * (h_mean @ w_rec.T)
+        a_var = in_var[t] + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec.square().T
+        h_mean, h_var = vp.tanh(a_mean, a_var)
+        means.append(h_mean)
+        variances.append(h_var)
+    return torch.stack(means), torch.stack(variances)
+
+
+@pytest.mark.parametrize("steps", [1, 9])
+def test_hand_written_fd_tanh_recurrence_equals_autograd(steps):
+    from trainables.nn.recurrent import FDTanhRecurrence
+
+    g = torch.Generator().manual_seed(2)
+    in_mean = torch.randn(steps, 3, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    in_var = torch.rand(steps, 3, 7, generator=g, dtype=torch.float64)
+    in_var[0, 0] = 0.0  # a deterministic unit: the variance's gradient stops there
+    in_var.requires_grad_()
+    w_rec = (0.5 * torch.randn(7, 7, generator=g, dtype=torch.float64)).requires_grad_()
+    out = FDTanhRecurrence.apply(in_mean, in_var, w_rec, 0.7)
+    ref = autograd_tanh_loop(in_mean, in_var, w_rec, 0.7)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))  # the same operations forward: the same numbers
+    grads_out = (torch.randn(ref[0].shape, generator=g, dtype=torch.float64),
+                 torch.randn(ref[1].shape, generator=g, dtype=torch.float64))
+    got = torch.autograd.grad(out, (in_mean, in_var, w_rec), grads_out)
+    want = torch.autograd.grad(ref, (in_mean, in_var, w_rec), grads_out)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    positive_var = (in_var.detach() + 0.1).requires_grad_()  # finite differences away from where(var > 0)'s step
+    assert torch.autograd.gradcheck(lambda m, v, w: FDTanhRecurrence.apply(m, v, w, 0.7), (in_mean, positive_var, w_rec))
+
+
+# valid_nll of epochs 1-3 on JSB, H = 48, FD rates 0.1 / 0.2 / 0.2, seed 0, before the hand-written
+# recurrence (commit 40d714c, one thread). It reorders the gradient's floating-point sums; the
+# forward pass is the same. Observed: epochs 1 and 3 equal to the last digit, epoch 2 6.4e-8 apart.
+JSB_VALID_NLL_40D714C = {
+    "tanh": (34.70551781154933, 26.447076339091698, 13.40216210343329),
+    "lstm": (33.26153370817036, 28.34811545931117, 20.643297496333116),
+}
+
+
+@pytest.mark.skipif(not os.environ.get("SEQREP_DATA"), reason="SEQREP_DATA is not set: the real piano-roll files are not available")
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_fd_rnn_first_epochs_on_jsb_are_unchanged(cell):
+    from seqrep.method import TrialContext
+    from seqrep.session import run_local
+
+    config = {"cell": cell, "hidden_units": 48, "p_drop_input": 0.1, "p_drop_hidden": 0.2, "p_drop_output": 0.2,
+              "step_rate": 0.001, "momentum": 0.9, "decay": 0.9, "nu": 15, "batch_size": 16}
+    context = TrialContext(dataset="jsb", max_epochs=3, seed=0, metric="valid_nll", mode="min")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the recorded run's setting: MKL's sums depend on the thread count
+    try:
+        session = run_local("rnn", config, context, data_dir=os.environ["SEQREP_DATA"])
+    finally:
+        torch.set_num_threads(threads)
+    got = [h["valid_nll"] for h in session.history]
+    assert got == pytest.approx(JSB_VALID_NLL_40D714C[cell], rel=1e-5)

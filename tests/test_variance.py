@@ -338,3 +338,17 @@ def test_rectifier_gradients_are_finite_at_and_below_tiny_variances(dtype):
     assert torch.equal(grad_var[:5], torch.zeros(5, dtype=dtype))
     # Values stay those of the rectifier to within phi(0) tiny^(1/4) (the standard-deviation floor).
     torch.testing.assert_close(mean_y.detach(), torch.relu(mean.detach()), rtol=0, atol=0.4 * tiny**0.25)
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 5.0])
+def test_tanh_backward_is_the_gradient_of_tanh(scale):
+    g = torch.Generator().manual_seed(4)
+    mean = (scale * torch.randn(40, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    var = scale * torch.rand(40, 6, generator=g, dtype=torch.float64)
+    var[:3] = 0.0  # deterministic inputs: torch.where passes no gradient to the variance branch
+    var.requires_grad_()
+    mean_y, var_y = vp.tanh(mean, var)
+    grad_mean_y, grad_var_y = torch.randn_like(mean_y), torch.randn_like(var_y)
+    want = torch.autograd.grad((mean_y, var_y), (mean, var), (grad_mean_y, grad_var_y))
+    got = vp.tanh_backward(mean.detach(), var.detach(), mean_y.detach(), grad_mean_y, grad_var_y)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

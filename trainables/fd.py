@@ -20,6 +20,7 @@ from trainables.kit import regression_fit
 from trainables.kit.fast_dropout import FastDropoutConfig, predictive
 from trainables.nn.fdnet import FastDropoutNet
 from trainables.nn.feedforward import rmsprop
+from trainables.nn.gaussian import gaussian_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +35,14 @@ def train(config: Config, session: Session) -> None:
                            config.transfer, config.p_drop_input, config.p_drop_hidden)
     model.to(session.context.device)
     optimizer = rmsprop(model.parameters(), config.step_rate, config.decay, config.momentum)
+
+    def score(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, variance = predictive(model, x)
+        return F.mse_loss(mean, y), mean, gaussian_nll(y, mean, variance)
+
     regression_fit.fit_regression(
         session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
         loss=lambda x, y: F.mse_loss(model(x)[0], y),
-        predict=lambda x: predictive(model, x), config=config.to_dict(), title="FD",
+        predict=lambda x: predictive(model, x), score=score, config=config.to_dict(), title="FD",
         evaluation_point=optimizer.climin_point,
     )

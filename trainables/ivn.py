@@ -46,9 +46,15 @@ def train(config: Config, session: Session) -> None:
                            beta_min=config.beta_min)
     model.to(session.context.device)
     optimizer = rmsprop(model.parameters(), config.step_rate, config.decay, config.momentum)
+
+    def score(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, variance = predictive(model, x)
+        nll = gaussian_nll(y, mean, variance)
+        return nll.mean(), mean, nll
+
     regression_fit.fit_regression(
         session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
         loss=lambda x, y: gaussian_nll(y, *predictive(model, x)).mean(),
-        predict=lambda x: predictive(model, x), config=config.to_dict(), title="IVN",
+        predict=lambda x: predictive(model, x), score=score, config=config.to_dict(), title="IVN",
         evaluation_point=optimizer.climin_point,
     )

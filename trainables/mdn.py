@@ -111,12 +111,17 @@ def train(config: Config, session: Session) -> None:
     def clip() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
 
+    def score(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        log_pi, mu, variance = model(x)
+        nll = mixture_nll(y, log_pi, mu, variance)
+        return nll.mean(), mixture_moments(log_pi, mu, variance)[0], nll
+
     name = "DN (mdn, K=1)" if config.components == 1 else f"MDN (K={config.components})"
     regression_fit.fit_regression(
         session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
         loss=lambda x, y: mixture_nll(y, *model(x)).mean(),
         predict=lambda x: mixture_moments(*model(x)),
-        nll=lambda x, y: mixture_nll(y, *model(x)),
+        nll=lambda x, y: mixture_nll(y, *model(x)), score=score,
         config=config.to_dict(), title=name,
         before_step=clip if config.max_grad_norm is not None else None,
         evaluation_point=optimizer.climin_point,

@@ -26,6 +26,7 @@ from seqrep.method import Session
 from trainables.kit import regression_fit
 from trainables.kit.regression_config import RegressionConfig
 from trainables.nn.feedforward import MLP, rmsprop
+from trainables.nn.gaussian import gaussian_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +52,13 @@ def train(config: Config, session: Session) -> None:
         mean = model(x)
         return mean, residual_variance(model(x_train), y_train).expand_as(mean)
 
+    def score(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, variance = predict(x)
+        return F.mse_loss(mean, y), mean, gaussian_nll(y, mean, variance)
+
     regression_fit.fit_regression(
         session, data, model=model, optimizer=optimizer, batch_size=config.batch_size,
         loss=lambda x, y: F.mse_loss(model(x), y),  # mean over points and output dimensions
-        predict=predict, config=config.to_dict(), title="NN (mlp)",
+        predict=predict, score=score, config=config.to_dict(), title="NN (mlp)",
         evaluation_point=optimizer.climin_point,
     )

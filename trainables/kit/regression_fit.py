@@ -30,6 +30,7 @@ from trainables.nn.gaussian import gaussian_nll
 
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+Score = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 __all__ = ["as_tensors", "fit_regression", "gaussian_nll", "load", "metrics"]
 
@@ -76,12 +77,14 @@ def make_train_epoch(tensors: Tensors, optimizer: torch.optim.Optimizer, batch_s
     """One pass over the training split in seeded minibatches; returns the mean minibatch loss."""
     x_train, y_train = tensors["train"]
     n_train = x_train.shape[0]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def train_epoch() -> float:
         total = torch.zeros((), device=x_train.device)  # summed on the device: one sync per epoch, not per batch
         for x, y in minibatches(x_train, y_train, batch_size, generator):
             value = loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
+            for p in params:  # `optimizer.zero_grad(set_to_none=True)` without its profiler and dynamo wrappers
+                p.grad = None
             value.backward()
             if before_step is not None:
                 before_step()
@@ -92,7 +95,7 @@ def make_train_epoch(tensors: Tensors, optimizer: torch.optim.Optimizer, batch_s
     return train_epoch
 
 
-def make_evaluate(tensors: Tensors, data: RegressionData, loss, predict: Predict, nll,
+def make_evaluate(tensors: Tensors, data: RegressionData, score: Score,
                   select_on_training: bool) -> Callable[[str], dict[str, float]]:
     """`evaluate(split)`: `loss` on the whole split, `mse`, `rmse`, `nll` (see `fit_regression`)."""
 
@@ -100,8 +103,8 @@ def make_evaluate(tensors: Tensors, data: RegressionData, loss, predict: Predict
         x, y = tensors["train" if select_on_training and split == "valid" else split]
         if x.shape[0] == 0:
             return {"loss": math.nan, **metrics(y, y, y[:, 0], None)}
-        mean, _ = predict(x)
-        return {"loss": float(loss(x, y)), **metrics(y, mean, nll(x, y), data.y_std)}
+        value, mean, nll = score(x, y)
+        return {"loss": float(value), **metrics(y, mean, nll, data.y_std)}
 
     return evaluate
 
@@ -116,6 +119,7 @@ def fit_regression(
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     predict: Predict,
     nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    score: Score | None = None,
     config: dict,
     title: str,
     before_step: Callable[[], None] | None = None,
@@ -128,7 +132,9 @@ def fit_regression(
 
     `loss(x, y)`: the scalar minibatch objective (standardised units). `predict(x)`: predictive
     mean and variance (n, d) each. `nll(x, y)`: per-point NLL (n,), default the Gaussian NLL of
-    `predict`. `before_step()` runs between backward and step (gradient clipping).
+    `predict`. `score(x, y)`: (loss, predictive mean, per-point NLL) of a whole split from one
+    forward pass, the same numbers as the three calls it replaces (which are the default).
+    `before_step()` runs between backward and step (gradient clipping).
     Every evaluation reports `loss` (the objective on the whole split), `mse`, `rmse`, `nll`.
     `select_on_training`: the `valid_*` metrics are measured on the TRAINING split, i.e. model
     selection on the training loss (FAWN, Section 2.6.3: "we chose the parameter set with the
@@ -139,8 +145,9 @@ def fit_regression(
     tensors = as_tensors(data, device)
     generator = seeded_generator(ctx.seed)
     nll = nll or (lambda x, y: gaussian_nll(y, *predict(x)))
+    score = score or (lambda x, y: (loss(x, y), predict(x)[0], nll(x, y)))
     train_epoch = make_train_epoch(tensors, optimizer, batch_size, loss, generator, before_step)
-    evaluate = make_evaluate(tensors, data, loss, predict, nll, select_on_training)
+    evaluate = make_evaluate(tensors, data, score, select_on_training)
 
     def on_finish() -> None:
         if tensors["train"][0].shape[1] != 1 or data.y_std is not None:

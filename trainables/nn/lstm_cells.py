@@ -49,12 +49,11 @@ def thesis_step_moments(a: Moments, s_prev: Moments) -> tuple[Moments, Moments]:
 
 def thesis_hidden(a_in: Tensor, w_rec: Tensor) -> Tensor:
     """y_1:T (T, B, H) of the deterministic thesis cell; a_in (T, B, 4H) the input part of a_t."""
-    steps, batch = a_in.shape[0], a_in.shape[1]
-    y = a_in.new_zeros(batch, w_rec.shape[1])
+    y = a_in.new_zeros(a_in.shape[1], w_rec.shape[1])
     s = torch.zeros_like(y)
     outputs = []
-    for t in range(steps):
-        s, y = thesis_step(a_in[t] + y @ w_rec.T, s)
+    for a_in_t in a_in.unbind(0):  # not a_in[t]: each indexing's backward writes a zero (T, B, 4H) tensor
+        s, y = thesis_step(a_in_t + y @ w_rec.T, s)
         outputs.append(y)
     return torch.stack(outputs)
 

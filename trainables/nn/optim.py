@@ -83,8 +83,49 @@ def _check_hyperparameters(step_rate: float, decay: float, momentum: float, offs
         raise ValueError(f"offset >= 0 must hold, but got offset={offset}")
 
 
+class _Flat:
+    """One step's worth of a bucket of parameters (same device and dtype) as flat vectors.
+
+    Every state tensor of `names` lives in one flat buffer per name, and `optimizer.state[p][name]`
+    is a view into it, so `state_dict()` keeps its per-parameter layout while the update runs
+    as a handful of operations on whole vectors.
+    """
+
+    def __init__(self, params: list[torch.Tensor], states: list[dict[str, Any]], names: tuple[str, ...]):
+        self.params, self.states, self.names = params, states, names
+        numels = [p.numel() for p in params]
+        self.flat: dict[str, torch.Tensor] = {}
+        self.views: dict[str, list[torch.Tensor]] = {}
+        for name in names:
+            self.flat[name] = torch.cat([state[name].reshape(-1) for state in states])
+            self.views[name] = [v.view_as(p) for v, p in zip(self.flat[name].split(numels), params)]
+            for state, view in zip(states, self.views[name]):
+                state[name] = view
+        self.step2 = torch.empty_like(self.flat["last_step"])
+        self.step2_views = [v.view_as(p) for v, p in zip(self.step2.split(numels), params)]
+
+    def current(self, params: list[torch.Tensor], states: list[dict[str, Any]]) -> bool:
+        """Whether these are still the parameters and state tensors the buffers belong to (a
+        `load_state_dict` replaces the state tensors)."""
+        return (len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params))
+                and all(state[name] is view for name in self.names
+                        for state, view in zip(states, self.views[name])))
+
+    def gradient(self) -> torch.Tensor:
+        return torch.cat([p.grad.reshape(-1) for p in self.params])
+
+
 class _NesterovClimin(torch.optim.Optimizer):
-    """Shared Nesterov bookkeeping: parameters at the look-ahead point φ_t, `last_step` = s_{t-1}."""
+    """Shared Nesterov bookkeeping: parameters at the look-ahead point φ_t, `last_step` = s_{t-1}.
+
+    A step works on all parameters at once: gradient and state as flat vectors (`_Flat`), one
+    operation per term of the update rule, and two `torch._foreach_*` calls to move the
+    parameters. A toy network's update is a few hundred numbers, so the number of calls, not the
+    arithmetic, is what a step costs. The rules are elementwise, so each number is computed by
+    the same operations in the same order as by a per-parameter loop.
+    """
+
+    _state_names: tuple[str, ...] = ("last_step",)
 
     def _momentum(self, group: dict[str, Any]) -> float:
         return group["momentum"]
@@ -92,12 +133,39 @@ class _NesterovClimin(torch.optim.Optimizer):
     def _init_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _gradient_step(self, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor:
-        """Δ(g_t), climin's `step2`; may update the gradient averages in `state`."""
+    def _gradient_step(self, grad: torch.Tensor, flat: dict[str, torch.Tensor], group: dict[str, Any],
+                       out: torch.Tensor) -> None:
+        """Δ(g_t), climin's `step2`, into `out`; may update the gradient averages in `flat`."""
         raise NotImplementedError
 
-    def _after_step(self, state: dict[str, Any], group: dict[str, Any]) -> None:
-        """Hook run once s_t is in `state["last_step"]`."""
+    def _after_step(self, flat: dict[str, torch.Tensor], group: dict[str, Any]) -> None:
+        """Hook run once s_t is in `flat["last_step"]`."""
+
+    def _buckets(self, group: dict[str, Any]) -> list[_Flat]:
+        """The group's parameters that have a gradient, by (device, dtype), with flat state."""
+        by_kind: dict[tuple, tuple[list, list]] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["last_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self._init_state(p, state)
+            params, states = by_kind.setdefault((p.device, p.dtype), ([], []))
+            params.append(p)
+            states.append(state)
+        # not an attribute set in __init__: torch.optim.Optimizer pickles and copies only its
+        # defaults, state and groups, and the buffers are rebuilt from the state when missing
+        cached = self.__dict__.setdefault("_flat_buffers", {})
+        buckets = []
+        for kind, (params, states) in by_kind.items():
+            bucket = cached.get((id(group), kind))
+            if bucket is None or not bucket.current(params, states):
+                bucket = cached[id(group), kind] = _Flat(params, states, self._state_names)
+            buckets.append(bucket)
+        return buckets
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -107,20 +175,12 @@ class _NesterovClimin(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             beta = self._momentum(group)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["last_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    self._init_state(p, state)
-                step2 = self._gradient_step(p.grad, state, group)
-                s = state["last_step"]
-                s.mul_(beta).add_(step2)  # s_t = β s_{t-1} + Δ
-                p.sub_(step2).sub_(s, alpha=beta)  # φ_{t+1} = φ_t − Δ − β s_t
-                self._after_step(state, group)
+            for bucket in self._buckets(group):
+                self._gradient_step(bucket.gradient(), bucket.flat, group, out=bucket.step2)
+                bucket.flat["last_step"].mul_(beta).add_(bucket.step2)  # s_t = β s_{t-1} + Δ
+                torch._foreach_sub_(bucket.params, bucket.step2_views)
+                torch._foreach_sub_(bucket.params, bucket.views["last_step"], alpha=beta)  # φ_{t+1} = φ_t − Δ − β s_t
+                self._after_step(bucket.flat, group)
         return loss
 
     @contextlib.contextmanager
@@ -130,21 +190,22 @@ class _NesterovClimin(torch.optim.Optimizer):
         Use it to evaluate where climin users evaluated (validation after an update). On exit the
         look-ahead values are copied back, so training continues unchanged.
         """
-        saved = []
+        moved: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         with torch.no_grad():
             for group in self.param_groups:
                 beta = self._momentum(group)
-                for p in group["params"]:
-                    state = self.state.get(p)
-                    if state:
-                        saved.append((p, p.detach().clone()))
-                        p.add_(state["last_step"], alpha=beta)
+                pairs = [(p, state["last_step"]) for p in group["params"] if (state := self.state.get(p))]
+                if not pairs:
+                    continue
+                params, steps = map(list, zip(*pairs))
+                moved.append((params, [p.detach().clone() for p in params]))
+                torch._foreach_add_(params, steps, alpha=beta)
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, value in saved:
-                    p.copy_(value)
+                for params, saved in moved:
+                    torch._foreach_copy_(params, saved)
 
 
 class RmsProp(_NesterovClimin):
@@ -155,6 +216,8 @@ class RmsProp(_NesterovClimin):
     added outside the root, so its first steps are up to 1/sqrt(1 − γ) times larger.
     """
 
+    _state_names = ("last_step", "moving_mean_squared")
+
     def __init__(self, params: Params, step_rate: float, decay: float = 0.9, momentum: float = 0.0,
                  offset: float = 1e-8):
         _check_hyperparameters(step_rate, decay, momentum, offset)
@@ -163,10 +226,10 @@ class RmsProp(_NesterovClimin):
     def _init_state(self, p, state):
         state["moving_mean_squared"] = torch.ones_like(p, memory_format=torch.preserve_format)
 
-    def _gradient_step(self, grad, state, group):
-        r = state["moving_mean_squared"]
+    def _gradient_step(self, grad, flat, group, out):
+        r = flat["moving_mean_squared"]
         r.mul_(group["decay"]).addcmul_(grad, grad, value=1 - group["decay"])
-        return (grad * group["step_rate"]).div_(r.add(group["offset"]).sqrt_())
+        torch.mul(grad, group["step_rate"], out=out).div_(r.add(group["offset"]).sqrt_())
 
 
 class Adadelta(_NesterovClimin):
@@ -177,6 +240,8 @@ class Adadelta(_NesterovClimin):
     momentum included, as climin's code does. `scale_momentum_by_step_rate=True` gives the
     pre-2015 climin momentum step β α s_{t-1} (module docstring).
     """
+
+    _state_names = ("last_step", "gms", "sms")
 
     def __init__(self, params: Params, step_rate: float = 1.0, decay: float = 0.9, momentum: float = 0.0,
                  offset: float = 1e-4, scale_momentum_by_step_rate: bool = False):
@@ -193,15 +258,14 @@ class Adadelta(_NesterovClimin):
         state["gms"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["sms"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _gradient_step(self, grad, state, group):
-        d, o = group["decay"], group["offset"]
-        gms = state["gms"]
+    def _gradient_step(self, grad, flat, group, out):
+        d, o, gms = group["decay"], group["offset"], flat["gms"]
         gms.mul_(d).addcmul_(grad, grad, value=1 - d)
-        return state["sms"].add(o).sqrt_().div_(gms.add(o).sqrt_()).mul_(grad).mul_(group["step_rate"])
+        torch.add(flat["sms"], o, out=out).sqrt_().div_(gms.add(o).sqrt_()).mul_(grad).mul_(group["step_rate"])
 
-    def _after_step(self, state, group):
-        d, s = group["decay"], state["last_step"]
-        state["sms"].mul_(d).addcmul_(s, s, value=1 - d)
+    def _after_step(self, flat, group):
+        d, s = group["decay"], flat["last_step"]
+        flat["sms"].mul_(d).addcmul_(s, s, value=1 - d)
 
 
 @torch.no_grad()

@@ -60,8 +60,8 @@ class PooledRNN(nn.Module):
         pre = self.w_in(x)  # all input projections at once
         h = torch.zeros(x.shape[1], self.w_rec.shape[0], dtype=x.dtype, device=x.device)
         out = []
-        for t in range(x.shape[0]):
-            h = f(pre[t] + h @ self.w_rec.T)
+        for pre_t in pre.unbind(0):  # not pre[t]: each index's backward allocates a (T, B, H) zero tensor
+            h = f(pre_t + h @ self.w_rec.T)
             out.append(h)
         return torch.stack(out)
 

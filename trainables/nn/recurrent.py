@@ -26,6 +26,8 @@ the 4H rows of an LSTM's matrices are read in torch's gate order i, f, g, o by `
 the thesis's order xi, iota, nu, o by `lstm`), so FD with every rate 0 equals the deterministic
 net. The input projections of all time steps are computed before the recurrence, which then does
 only the recurrent matrix products (two per step under FD: one for the mean, one for the variance).
+The FD tanh loop (fixed rates) is `FDTanhRecurrence`, whose backward is written out; the others run
+through autograd.
 
 Extensions for STORN and the deep Markov model (Chapter 4):
 
@@ -200,17 +202,19 @@ class FastDropoutRNN(nn.Module):
             keep_in = torch.cat([keep_in[: x.shape[-1] - self.n_undropped], x.new_ones(self.n_undropped)])
         in_mean, in_var = vp.fd_affine(x, None, core.weight_ih_l0, bias, keep_in)  # (T, B, G*H) each
         w_rec = core.weight_hh_l0
-        w_rec_sq = w_rec.square()
         keep = self.keep_hidden
-        steps, batch = x.shape[0], x.shape[1]
-        h_mean = x.new_zeros(batch, self.n_hidden)
-        h_var = x.new_zeros(batch, self.n_hidden)
+        if self.cell == "tanh" and not isinstance(keep, Tensor):
+            return FDTanhRecurrence.apply(in_mean, in_var, w_rec, keep)
+        w_rec_sq = w_rec.square()
+        h_mean = x.new_zeros(x.shape[1], self.n_hidden)
+        h_var = x.new_zeros(x.shape[1], self.n_hidden)
         c_mean, c_var = h_mean, h_var
         means, variances = [], []
-        for t in range(steps):
+        # unbind, not in_mean[t]: each indexing's backward writes a zero (T, B, G*H) tensor, O(T^2) in all
+        for in_mean_t, in_var_t in zip(in_mean.unbind(0), in_var.unbind(0)):
             # the recurrent contribution, Eq. (18) with Bernoulli(keep) dropout on h_{t-1}
-            a_mean = in_mean[t] + keep * (h_mean @ w_rec.T)
-            a_var = in_var[t] + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec_sq.T
+            a_mean = in_mean_t + keep * (h_mean @ w_rec.T)
+            a_var = in_var_t + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec_sq.T
             if self.cell == "tanh":
                 h_mean, h_var = vp.tanh(a_mean, a_var)
             elif self.cell == "sigmoid":
@@ -221,6 +225,58 @@ class FastDropoutRNN(nn.Module):
             means.append(h_mean)
             variances.append(h_var)
         return torch.stack(means), torch.stack(variances)
+
+
+class FDTanhRecurrence(torch.autograd.Function):
+    """The FD-RNN's tanh recurrence (the loop of `FastDropoutRNN._fd_hidden`) with a hand-written backward.
+
+    forward(in_mean, in_var: (T, B, H), w_rec: (H, H), keep: float) -> (h_mean, h_var): (T, B, H).
+    The forward runs the same operations as the autograd loop (the same numbers); the backward is
+    BPTT through `variance.tanh_backward`, two (B, H) x (H, H) products per step, and W_rec's
+    gradient as two (H, T*B) x (T*B, H) products after the loop. Autograd would record ~25 small
+    operations per step and keep their outputs; this keeps four (T, B, H) tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float) -> tuple[Tensor, Tensor]:
+        w_rec_sq = w_rec.square()
+        a_means, a_vars = torch.empty_like(in_mean), torch.empty_like(in_var)  # (T, B, H) each
+        means, variances = torch.empty_like(in_mean), torch.empty_like(in_var)
+        var_ins = torch.empty_like(in_var)  # keep V[h_{t-1}] + keep (1 - keep) E[h_{t-1}]^2, W_rec^2's input
+        h_mean = in_mean.new_zeros(in_mean.shape[1:])
+        h_var = torch.zeros_like(h_mean)
+        for t in range(in_mean.shape[0]):
+            a_mean = torch.add(in_mean[t], keep * (h_mean @ w_rec.T), out=a_means[t])
+            var_in = torch.add(keep * h_var, keep * (1.0 - keep) * h_mean.square(), out=var_ins[t])
+            a_var = torch.add(in_var[t], var_in @ w_rec_sq.T, out=a_vars[t])
+            h_mean, h_var = vp.tanh(a_mean, a_var)
+            means[t], variances[t] = h_mean, h_var
+            h_mean, h_var = means[t], variances[t]
+        ctx.keep = keep
+        ctx.save_for_backward(a_means, a_vars, means, var_ins, w_rec)
+        return means, variances
+
+    @staticmethod
+    def backward(ctx, grad_means: Tensor, grad_variances: Tensor):
+        a_means, a_vars, means, var_ins, w_rec = ctx.saved_tensors
+        keep = ctx.keep
+        w_rec_sq = w_rec.square()
+        grad_a_means, grad_a_vars = torch.empty_like(a_means), torch.empty_like(a_vars)
+        grad_h_mean, grad_h_var = grad_means[-1], grad_variances[-1]
+        for t in range(a_means.shape[0] - 1, -1, -1):
+            grad_a_mean, grad_a_var = vp.tanh_backward(a_means[t], a_vars[t], means[t], grad_h_mean, grad_h_var)
+            grad_a_means[t], grad_a_vars[t] = grad_a_mean, grad_a_var
+            if t == 0:
+                break
+            grad_var_in = grad_a_var @ w_rec_sq  # gradient of keep h_var + keep (1 - keep) h_mean^2, (B, H)
+            grad_h_mean = (grad_means[t - 1] + keep * (grad_a_mean @ w_rec)
+                           + (2.0 * keep * (1.0 - keep)) * grad_var_in * means[t - 1])
+            grad_h_var = grad_variances[t - 1] + keep * grad_var_in
+        hidden = w_rec.shape[0]
+        # steps t = 1..T-1, (T-1)*B rows each; h_0 = 0 adds nothing
+        grad_w = keep * (grad_a_means[1:].reshape(-1, hidden).T @ means[:-1].reshape(-1, hidden))
+        grad_w += 2.0 * w_rec * (grad_a_vars[1:].reshape(-1, hidden).T @ var_ins[1:].reshape(-1, hidden))
+        return grad_a_means, grad_a_vars, grad_w, None
 
 
 def reverse_padded(x: Tensor, mask: Tensor) -> Tensor:

@@ -202,5 +202,31 @@ def tanh(mean: Tensor, var: Optional[Tensor]) -> Moments:
     return mean_y, torch.where(var > 0, 4.0 * var_sigma_b, torch.zeros_like(var_sigma_b))  # exact at v = 0
 
 
+def tanh_backward(mean: Tensor, var: Tensor, mean_y: Tensor, grad_mean_y: Tensor, grad_var_y: Tensor) -> Moments:
+    """The gradient of `tanh` with respect to (mean, var), given its output mean_y and the gradients
+    of its outputs: the chain rule through the same formula, written out for the FD-RNN recurrence
+    (`recurrent.FDTanhRecurrence`), which runs without autograd's per-operation bookkeeping.
+
+    With s1 = sqrt(1 + 4 c v), w = m / s1, y = tanh(w), s2 = sqrt(1 + 4 c alpha^2 v),
+    z = alpha (2m + beta) / s2, q = sigma(z), r = q - ((y + 1) / 2)^2 and V = 4 max(r, 0) where v > 0:
+    dy/dm = (1 - y^2) / s1, dy/dv = -(1 - y^2) w 2c / s1^2, dq/dm = q (1 - q) 2 alpha / s2,
+    dq/dv = -q (1 - q) z 2 c alpha^2 / s2^2 (c = pi / 8); V passes the gradient where v > 0 and
+    r >= 0, as torch.where and clamp_min do.
+    """
+    # fewer, in-place operations than the formula read off: this runs once per step and unit
+    inv_s1 = torch.mul(var, 4.0 * PROBIT_SCALE).add_(1.0).rsqrt_()
+    inv_s2 = torch.mul(var, 4.0 * PROBIT_SCALE * ALPHA**2).add_(1.0).rsqrt_()
+    z = torch.mul(mean, 2.0 * ALPHA).add_(ALPHA * BETA).mul_(inv_s2)
+    q = torch.sigmoid(z)
+    mean_sigma_b = torch.add(mean_y, 1.0).mul_(0.5)
+    passes = (var > 0).logical_and_(q >= mean_sigma_b.square())
+    grad_r = torch.where(passes, grad_var_y, 0.0).mul_(4.0)
+    t1 = torch.addcmul(grad_mean_y, grad_r, mean_sigma_b, value=-1.0).mul_(1.0 - mean_y.square()).mul_(inv_s1)
+    t2 = grad_r.mul_(q).mul_(1.0 - q).mul_(inv_s2)
+    grad_mean = torch.add(t1, t2, alpha=2.0 * ALPHA)
+    grad_var = (t1 * mean).mul_(inv_s1.square()).add_(t2.mul_(z).mul_(inv_s2), alpha=ALPHA**2)
+    return grad_mean, grad_var.mul_(-2.0 * PROBIT_SCALE)
+
+
 Transfer = Callable[[Tensor, Optional[Tensor]], Moments]
 TRANSFERS: dict[str, Transfer] = {"identity": identity, "rectifier": rectifier, "sigmoid": sigmoid, "tanh": tanh}
