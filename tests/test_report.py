@@ -84,3 +84,19 @@ def test_importance_ranks_the_parameter_that_drives_the_metric_first(tmp_path):
     found = report.importance(make_study(tmp_path, "s", 0, n=30))
     assert set(found) == {"hidden_layers", "transfer", "hidden_units", "batch_size", "step_rate", "decay", "momentum"}
     assert list(found)[0] == "step_rate" and found["step_rate"] > 0.5
+
+
+def test_a_study_report_from_the_command_line(tmp_path, capsys):
+    study = make_study(tmp_path, "one", 3, n=5)
+    assert main(["report", str(study)]) == 0
+    assert capsys.readouterr().out == f"seqrep: wrote {study / 'report.md'} and {study / 'report.html'}\n"
+    page = (study / "report.html").read_text()
+    assert page.count("<img") == 3 and "5 trials; expected test_nll of the validation-best of n trials" in page
+    curve = pd.read_csv(study / "expected_best.csv")
+    assert list(curve["n"]) == [1, 2, 3, 4, 5] and (curve["low"] <= curve["high"]).all()
+
+
+def test_report_of_a_folder_that_is_no_study_is_one_line(tmp_path, capsys):
+    assert main(["report", "table7", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"seqrep: error: no {tmp_path / 'table7.json'}: rebuild the table first with "
+                                       f"`seqrep reproduce table7 --out {tmp_path}`\n")

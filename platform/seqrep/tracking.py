@@ -71,6 +71,19 @@ def check_uri(uri: str) -> None:
                        fix="pass --tracking-uri with a sqlite:/// path in a folder you can write")
 
 
+@contextlib.contextmanager
+def _quiet_migrations():
+    """MLflow announces at INFO level that it creates a new sqlite store's tables: not news for a
+    user of the embedded default, so those two lines stay out of the command's output."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def prepare_store(uri: str) -> None:
     """Make sure the tracking store is reachable before any trial starts (clear error otherwise).
 
@@ -85,7 +98,7 @@ def prepare_store(uri: str) -> None:
         db.parent.mkdir(parents=True, exist_ok=True)
         creating = locks.store_creation(db)
     try:
-        with impatient_http(), creating:
+        with impatient_http(), creating, _quiet_migrations():
             client(uri).search_experiments(max_results=1)
     except SeqrepError:
         raise
