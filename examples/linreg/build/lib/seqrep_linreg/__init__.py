@@ -1,1 +1,0 @@
-"""An example seqrep method package (see `seqrep_linreg.method`)."""
