@@ -133,10 +133,10 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from seqrep import report
+    from seqrep import report, studydir
 
     target = Path(args.target)
-    if (target / "study.json").exists():
+    if studydir.read_record(target) is not None:
         pages = report.study_report(target)
     else:
         pages = report.table_report(args.target, Path(args.out))

@@ -24,29 +24,26 @@ import pandas as pd
 from seqrep import figures, spaces, studydir, summary, tables, tracking
 from seqrep.errors import SeqrepError
 from seqrep.expected import bootstrap_band, expected_best
-from seqrep.tables import USABLE
 
 EXPECTED_FILE = "expected_best.csv"
 
 
-def _usable(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
-    usable = trials[trials["status"].isin(USABLE)]
-    return usable[pd.to_numeric(usable.get(metric), errors="coerce").map(np.isfinite).fillna(False)] \
-        if metric in usable else usable.iloc[0:0]
+def _load(study_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """The study's record and its Parquet rows, read once per study."""
+    return studydir.read_record(study_dir) or {}, summary.read(study_dir)
 
 
-def expected_curve(study_dir: Path) -> pd.DataFrame | None:
+def expected_curve(study_dir: Path, record: dict | None = None, trials: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """n, expected test value, band, for the study's selection metric (valid_q -> test_q); written to
-    `<study>/expected_best.csv`. None without two usable trials that have both values."""
-    record = studydir.read_record(study_dir) or {}
+    `<study>/expected_best.csv`. None without two finished trials that have both values."""
+    if record is None or trials is None:
+        record, trials = _load(study_dir)
     metric, mode = record.get("metric", ""), record.get("mode", "min")
     test_metric = "test_" + metric.removeprefix("valid_")
-    trials = _usable(summary.read(study_dir), metric)
-    trials = trials[pd.to_numeric(trials.get(test_metric), errors="coerce").map(np.isfinite).fillna(False)] \
-        if test_metric in trials else trials.iloc[0:0]
-    if len(trials) < 2:
+    usable = tables.finished(trials, metric, test_metric)
+    if len(usable) < 2:
         return None
-    valid, test = trials[metric].to_numpy(float), trials[test_metric].to_numpy(float)
+    valid, test = usable[metric].to_numpy(float), usable[test_metric].to_numpy(float)
     low, high = bootstrap_band(valid, test, mode, seed=0)
     curve = pd.DataFrame({"n": np.arange(1, len(valid) + 1), "expected": expected_best(valid, test, mode),
                           "low": low, "high": high})
@@ -55,22 +52,23 @@ def expected_curve(study_dir: Path) -> pd.DataFrame | None:
     return curve
 
 
-def importance(study_dir: Path) -> dict[str, float]:
+def importance(study_dir: Path, record: dict | None = None, trials: pd.DataFrame | None = None) -> dict[str, float]:
     """fANOVA importance of every searched parameter for the selection metric (empty when the space
     searches nothing or fewer than three trials finished)."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator
 
-    record = studydir.read_record(study_dir) or {}
+    if record is None or trials is None:
+        record, trials = _load(study_dir)
     space = spaces.load(record.get("space_path") or record["space"], check_config=False)
     searched = dataclasses.replace(space, space={k: d for k, d in space.space.items() if d.kind != "grid"})
     distributions = spaces.to_optuna(searched)
-    trials = _usable(summary.read(study_dir), record.get("metric", ""))
-    if not distributions or len(trials) < 3:
+    usable = tables.finished(trials, record.get("metric", ""))
+    if not distributions or len(usable) < 3:
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize" if record.get("mode") == "min" else "maximize")
-    for _, row in trials.iterrows():
+    for _, row in usable.iterrows():
         params = {k: _param(row.get(f"config.{k}"), d) for k, d in distributions.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   value=float(row[record["metric"]])))
@@ -90,9 +88,9 @@ def _param(value, distribution):
 def study_section(study_dir: Path, out: Path, thesis: dict[str, float]) -> dict:
     """Figures of one study written to `out` (PNG), and what the page says about them."""
     study_dir, name = Path(study_dir), Path(study_dir).name
-    record = studydir.read_record(study_dir) or {}
-    curve = expected_curve(study_dir)
-    found = importance(study_dir)
+    record, trials = _load(study_dir)
+    curve = expected_curve(study_dir, record, trials)
+    found = importance(study_dir, record, trials)
     images = []
     if curve is not None:
         images.append(figures.expected_best(curve, thesis.get(curve.attrs["metric"]), name,
@@ -100,9 +98,9 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float]) -> dict:
     if found:
         images.append(figures.importance(found, record.get("metric", ""), name, out / f"{name}-importance.png"))
         top = list(found)[:3]
-        images.append(figures.scatter(_usable(summary.read(study_dir), record["metric"]), top, record["metric"],
+        images.append(figures.scatter(tables.finished(trials, record["metric"]), top, record["metric"],
                                       name, out / f"{name}-scatter.png"))
-    return {"name": name, "dir": study_dir, "trials": len(summary.read(study_dir)), "curve": curve,
+    return {"name": name, "dir": study_dir, "trials": len(trials), "curve": curve,
             "importance": found, "images": images}
 
 

@@ -18,7 +18,7 @@ from seqrep import data as seqrep_data
 from seqrep import progress, spaces, studydir, tables, tracking
 from seqrep.data.regression import DEFAULT_SPLITS, n_splits
 from seqrep.errors import SeqrepError
-from seqrep.studies import StudyOptions, StudyPlan, plan
+from seqrep.studies import StudyOptions, StudyPlan, flag_violation, plan
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out
     `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1.
     `repeats`: run each study with seeds seed .. seed + repeats - 1; the table shows mean ± std."""
     options.validate()
-    if repeats < 1:
-        raise SeqrepError(f"--repeats must be a positive integer, got {repeats}")
+    if flag_violation("--repeats", repeats):
+        raise SeqrepError(f"--repeats {flag_violation('--repeats', repeats)}, got {repeats!r}")
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
     plans = _plans(table, datasets, options, splits, repeats)
     _run(plans, options.verbose)

@@ -99,6 +99,8 @@ class TrialOutcome:
     metrics: dict[str, float]  # final metrics (`is_final_metric`); NaN where nothing was selected
     wall_s: float
     node: str | None
+    history: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict, repr=False)  # epoch -> report
+    final: dict[str, Any] | None = dataclasses.field(default=None, repr=False)  # the last result, if finished
 
 
 def _best_row(epochs: Mapping[int, Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
@@ -145,4 +147,6 @@ def decode(trial_dir: Path, metric: str, mode: str, declaration: Declaration) ->
         metrics=metrics,
         wall_s=float(last.get("time_total_s", math.nan)) if last else math.nan,
         node=last.get("node_ip"),
+        history=epochs,
+        final=final,
     )

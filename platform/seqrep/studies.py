@@ -72,7 +72,7 @@ class StudyOptions:
 
     def validate(self) -> None:
         for flag in LIMITS:
-            value = getattr(self, flag[2:].replace("-", "_"), None)  # --repeats belongs to reproduce
+            value = getattr(self, flag[2:].replace("-", "_"), None)  # --repeats: reproduce checks it
             if value is not None and flag_violation(flag, value):
                 raise SeqrepError(f"{flag} {flag_violation(flag, value)}, got {value!r}")
         if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:

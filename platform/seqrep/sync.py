@@ -42,20 +42,6 @@ class Writes:
         return sum(dataclasses.astuple(self))
 
 
-def _history(trial_dir: Path) -> dict[int, dict[str, float]]:
-    """Every epoch's metrics (a restarted trial repeats epochs; the latest report wins)."""
-    epochs: dict[int, dict[str, float]] = {}
-    for result in results.read_results(trial_dir / results.RESULT_FILE):
-        for row in result.get("history") or []:
-            epochs[int(row["epoch"])] = {k: v for k, v in tracking.numeric_metrics(row).items() if k != "epoch"}
-    return epochs
-
-
-def _final(trial_dir: Path) -> dict[str, Any] | None:
-    return next((r for r in reversed(list(results.read_results(trial_dir / results.RESULT_FILE)))
-                 if results.STATUS_KEY in r), None)
-
-
 def _checkpoint(trial_dir: Path) -> Path | None:
     """The trial's kept checkpoint folder (the model and plots of a finished trial)."""
     folders = sorted(trial_dir.glob("checkpoint_*"))
@@ -134,8 +120,10 @@ class Syncer:
             return  # complete: the study (or an earlier sync) logged all of it
         from mlflow.entities import Metric, RunTag
 
-        metrics = self._missing_epochs(run, run_id, _history(trial_dir))
-        final = _final(trial_dir)
+        epochs = {epoch: {k: v for k, v in tracking.numeric_metrics(row).items() if k != "epoch"}
+                  for epoch, row in outcome.history.items()}
+        metrics = self._missing_epochs(run, run_id, epochs)
+        final = outcome.final
         if final is not None:
             values, step = tracking.final_entries(final, self.declaration)
             metrics += [Metric(k, v, int(time.time() * 1000), step) for k, v in values.items()]

@@ -65,16 +65,24 @@ def studies_for(table: str, datasets: Iterable[str] | None = None) -> list[tuple
     return out
 
 
+def finished(trials: pd.DataFrame, *metrics: str) -> pd.DataFrame:
+    """The trials that finished (completed, or diverged after a finite best epoch) with a finite
+    value of every one of `metrics` (none where a metric is not a column)."""
+    usable = trials[trials["status"].isin(USABLE)]
+    for metric in metrics:
+        if metric not in usable:
+            return usable.iloc[0:0]
+        usable = usable[usable[metric].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    return usable
+
+
 def best_trial(trials: pd.DataFrame, metric: str, mode: str, requires: Iterable[str] = ()) -> pd.Series | None:
     """The finished trial with the best finite `metric`; `requires`: metrics that must not be 0 for
     a trial to count (what its method declares, e.g. Section 3.5.2's `valid_improved`)."""
-    usable = trials[trials["status"].isin(USABLE)]
+    usable = finished(trials, metric)
     for column in requires:
         if column in usable:
             usable = usable[usable[column].map(lambda v: not (isinstance(v, float) and v == 0.0))]
-    if metric not in usable:
-        return None
-    usable = usable[usable[metric].map(lambda v: isinstance(v, float) and math.isfinite(v))]
     if usable.empty:
         return None
     index = usable[metric].idxmin() if mode == "min" else usable[metric].idxmax()

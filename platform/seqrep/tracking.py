@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from seqrep import results
 from seqrep.errors import SeqrepError
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,6 @@ def final_entries(result: Mapping[str, Any], declaration) -> tuple[dict[str, flo
     """What a finished trial's child run gets from its final result: `best_valid_*` (the final
     valid_* belong to the best epoch), `test_*`, the declared `train_*` and `best_epoch`, all at
     step = the best epoch (`seqrep.results` says what the final result holds)."""
-    from seqrep import results
-
     step = int(result.get("best_epoch", 0) or 0)
     final = {**results.final_metrics(result, declaration), "best_epoch": float(step)}
     return {k if k.startswith(("test_", "train_", "best_")) else f"best_{k}": v for k, v in final.items()}, step
