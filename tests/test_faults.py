@@ -187,6 +187,18 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+EPOCHS = 4000  # long enough (a few seconds per toy trial) that the kill lands while both trials train
+
+
+def _last_epoch(trial_dir: Path) -> int:
+    """The latest epoch a trial has reported (0 before its first report)."""
+    lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+    try:
+        return int(json.loads(lines[-1]).get("epoch", 0)) if lines else 0
+    except ValueError:  # a line being written
+        return 0
+
+
 def _trial_workers(root: int) -> list[int]:
     """The Ray worker processes (under this process's local Ray) that run a trial right now."""
     workers = []
@@ -211,16 +223,21 @@ def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     killed: list[int] = []
     try:
-        options = studies.StudyOptions(trials=2, max_epochs=1500, seed=4, storage=str(tmp_path / "s"),
+        options = studies.StudyOptions(trials=2, max_epochs=EPOCHS, seed=4, storage=str(tmp_path / "s"),
                                       tracking_uri=f"sqlite:///{tmp_path}/m.db", max_failures=2, command="test",
                                       report_interval_s=0.2)
         p = studies.plan("table7-nn-toy", "toy", options)
+
+        def both_trials_mid_way() -> bool:
+            """Both trials running with a checkpoint and well before their end: the kill hits a trial."""
+            last = [_last_epoch(d) for d in p.directory.glob("ray/*") if any(d.glob("checkpoint_*"))]
+            return len(last) == 2 and all(0 < e < EPOCHS // 2 for e in last)
 
         def kill_a_worker():
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not killed:
                 workers = _trial_workers(os.getpid())
-                if workers and any(p.directory.glob("ray/*/checkpoint_*")):
+                if workers and both_trials_mid_way():
                     os.kill(workers[0], signal.SIGKILL)
                     killed.append(workers[0])
                 time.sleep(0.2)
@@ -233,11 +250,11 @@ def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path)
         ray.shutdown()
     assert len(killed) == 1
     assert len(frame) == 2 and frame["trial_id"].is_unique
-    assert set(frame["status"]) == {"completed"} and (frame["epochs"] == 1500).all()
+    assert set(frame["status"]) == {"completed"} and (frame["epochs"] == EPOCHS).all()
     restarted = 0
     for trial in p.directory.glob("ray/*/result.json"):
         epochs = [h["epoch"] for line in trial.read_text().splitlines() for h in json.loads(line).get("history", [])]
-        assert epochs == sorted(set(epochs)) and epochs[-1] == 1500  # resumed: no epoch ran twice
+        assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS  # resumed: no epoch ran twice
         starts = sum(json.loads(line)["iterations_since_restore"] == 1 for line in trial.read_text().splitlines())
         restarted += starts - 1
     assert restarted == 1  # the killed trial was restarted once, from its checkpoint
@@ -246,7 +263,7 @@ def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path)
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
     for child in (r for r in runs if "mlflow.parentRunId" in r.data.tags):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "valid_nll")]
-        assert sorted(set(steps)) == list(range(1, 1501))
+        assert sorted(set(steps)) == list(range(1, EPOCHS + 1))
 
 
 @pytest.mark.integration
