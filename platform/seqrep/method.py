@@ -6,7 +6,21 @@ typed `Config` (a `MethodConfig` dataclass), `train(config, session)`, and optio
 its hyperparameters arrives in `session.context`, the data set object included: the engine loads
 (or receives through Ray's object store) the data once and hands it over; a method never opens
 files or reads globals. This module imports neither Ray, nor MLflow, nor torch.
+
+Cohorts (optional). A method may also train several trials of one random search at once, as one
+vectorised model. It then defines `COHORT_KEYS`, the config keys whose values fix every tensor
+shape (members of a cohort agree on all of them), and `train_cohort(configs, sessions)`: one
+`Config` and one `Session` per member. Each member session is a whole `Session`: its context holds
+the member's own seed (and shares data set, epoch budget, selection and device with the others),
+and the trainer calls its `report` every epoch and its `finish` once, with exactly the metrics the
+member's solo `train` would report, so a member is one Parquet row and one MLflow run like any
+trial. A member that diverges is finished `diverged` (its parameters frozen) while the others go
+on. On a restart every member's `restore()` returns that member's latest checkpoint; the engine
+persists the members' checkpoints together, only after every unfinished member has reported the
+same epoch, so the trainer resumes all of them from one epoch (members that had finished before
+the restart keep their result and are not handed to the trainer again).
 """
+
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from seqrep.method import STATUSES, Session, TrialContext
+from seqrep.method import STATUSES, SeqrepError, Session, TrialContext
 from seqrep.results import CONFIG_FILE, MODEL_FILE, STATE_FILE, STATUS_KEY, trial_seed
 
 def _roundtrip(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,3 +217,46 @@ def run_local(method: str, config: Mapping[str, Any], context: TrialContext,
     session = LocalSession(context, **session_kwargs)
     module.train(cfg, session)
     return session
+
+
+def cohort_keys(module) -> tuple[str, ...] | None:
+    """The config keys a method's cohort members must share, or None when it trains no cohorts."""
+    if not callable(getattr(module, "train_cohort", None)):
+        return None
+    return tuple(getattr(module, "COHORT_KEYS", ()))
+
+
+def check_members(method: str, keys: tuple[str, ...], configs: list[Mapping[str, Any]]) -> None:
+    """Members of one cohort agree on every key of `keys`; SeqrepError names the first that differs."""
+    for key in keys:
+        values = [config.get(key) for config in configs]
+        if any(value != values[0] for value in values):
+            raise SeqrepError(f"cohort members of method {method} must share {key!r}, but got {values}")
+
+
+def run_local_cohort(method: str, configs: list[Mapping[str, Any]], contexts: list[TrialContext],
+                     data_dir: str | os.PathLike | None = None,
+                     resume_from: list[Mapping[str, Any] | None] | None = None) -> list[LocalSession]:
+    """Train `configs` as one cohort of `method` in this process; one `LocalSession` per member,
+    holding what a solo `run_local` of that member holds. `contexts`: one per member (its own
+    seed); a context without data gets the first context's data set loaded once. `resume_from`:
+    each member's checkpoint to restart from (a member's `LocalSession.checkpoint`), or None."""
+    from seqrep import data, methods
+
+    module = methods.resolve(method)
+    keys = cohort_keys(module)
+    if keys is None:
+        raise SeqrepError(f"method {method} trains no cohorts (its module defines no train_cohort)")
+    if not configs or len(configs) != len(contexts):
+        raise SeqrepError(f"a cohort needs one context per config and at least one member, but got "
+                          f"{len(configs)} configs and {len(contexts)} contexts")
+    check_members(method, keys, [dict(c) for c in configs])
+    cfgs = [module.Config.from_dict(dict(c), where=f"config of cohort member {k} of method {method}")
+            for k, c in enumerate(configs)]
+    loaded = contexts[0].data if contexts[0].data is not None else data.load(contexts[0].dataset, data_dir)
+    resume_from = resume_from or [None] * len(cfgs)
+    sessions = [LocalSession(dataclasses.replace(context, data=loaded) if context.data is None else context,
+                             resume_from=resume)
+                for context, resume in zip(contexts, resume_from)]
+    module.train_cohort(cfgs, sessions)
+    return sessions
