@@ -1,92 +1,126 @@
 """Cohorts: K same-shape trials trained as one vectorised model against the same K run one by one.
 
-Case `mlp`: K = 16 NN trials on `toy` with table7-nn-toy's rmsprop space (step rate log-uniform
-in [1e-4, 0.1], decay uniform in [0.1, 0.99], momentum uniform in [0, 0.99]) and the shape fixed
-at 2 x 25 sigmoid units, minibatches of 10, 200 epochs, each trial with its own seed.
+Cases `mlp` and `mdn`: K = 16 NN (DN) trials on `toy` with table7-nn-toy's (table7-dn-toy's)
+space, the shape fixed at 2 x 25 units and minibatches of 10 (the method's `COHORT_KEYS`), the
+rest drawn: transfer function (sigmoid or rectifier, per member), step rate log-uniform in
+[1e-4, 0.1], decay uniform in [0.1, 0.99], momentum uniform in [0, 0.99]; 200 epochs, each trial
+with its own seed.
 
-- sequential: the 16 trials through `seqrep.session.run_local("mlp", ...)`, one after another
-  (each with its per-epoch checkpoint snapshot);
-- cohort: one `trainables.kit.cohort.run_mlp_cohort` over the same configs and seeds (no
-  checkpoints: cohorts do not checkpoint yet).
+- sequential: the K trials through `seqrep.session.run_local(method, ...)`, one after another;
+- cohort: one `seqrep.session.run_local_cohort(method, ...)` over the same configs and seeds.
 
-Neither side draws the per-trial predictive plot (Figure 6) unless `--plots` is given: it costs
-~0.13 s of Matplotlib per trial on either side, as much as a third of a solo trial's 200 epochs,
-and a cohort cannot share it. With `--plots` both draw all 16.
+Both sides go through the method contract with `LocalSession`s, so both build and snapshot every
+member's checkpoint every epoch. Neither side draws the per-trial predictive plot (Figure 6)
+unless `--plots` is given: it costs ~0.13 s of Matplotlib per trial on either side, as much as a
+third of a solo trial's 200 epochs, and a cohort cannot share it. With `--plots` both draw all K.
 
 One torch thread (what a study trial gets), the two sides alternating, median of `--repeats`
-ratios. One line per case: `cohort method=<mlp|reduction|rnn> K=<k> device=<cpu|cuda> ratio=<sequential/cohort>`;
-the reduction and RNN cases are not built yet and say so. `--smoke` shrinks the run (tests).
+ratios. On the CPU the clock is this process's CPU time (with one thread the wall time of an idle
+machine, and unmoved by other jobs on a shared one); on a GPU the wall time. One line per case: `cohort method=<name> K=<k> device=<cpu|cuda> ratio=<sequential/cohort>`.
+Cases `reduction` and `rnn` live in `benchmarks/cohort_reduction.py` and `benchmarks/cohort_rnn.py`
+(each a `main(k, device) -> str` returning its line); a file not written yet prints a `skipped:`
+line. `--smoke` shrinks the run of the regression cases (tests); `--cases` picks cases.
 
-    python benchmarks/cohort.py [--epochs 200] [--repeats 3] [--smoke]
+    python benchmarks/cohort.py [--epochs 200] [--repeats 3] [--cases mlp,mdn,reduction,rnn] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from seqrep import data as datasets
 from seqrep.method import TrialContext
-from seqrep.session import run_local
-from trainables.kit.cohort import run_mlp_cohort
+from seqrep.session import run_local, run_local_cohort
 
 K = 16
-SHAPE = dict(hidden_layers=2, hidden_units=25, transfer="sigmoid", batch_size=10)
+CASES = ("mlp", "mdn", "reduction", "rnn")
+REGRESSION = {"mlp": {}, "mdn": {"components": 1}}  # each method's fixed keys (table7-nn-toy, table7-dn-toy)
+SHAPE = dict(hidden_layers=2, hidden_units=25, batch_size=10)
+HERE = Path(__file__).resolve().parent
 
 
-def draw_configs(k: int, seed: int = 0) -> list[dict]:
-    """k configs from table7-nn-toy's rmsprop ranges, the network shape fixed."""
+def draw_configs(method: str, k: int, seed: int = 0) -> list[dict]:
+    """k configs from table7-nn-toy's (table7-dn-toy's) space, the shape fixed."""
     rng = np.random.default_rng(seed)
-    return [dict(SHAPE, step_rate=float(np.exp(rng.uniform(np.log(1e-4), np.log(0.1)))),
+    return [dict(SHAPE, **REGRESSION[method], transfer=str(rng.choice(["sigmoid", "rectifier"])),
+                 step_rate=float(np.exp(rng.uniform(np.log(1e-4), np.log(0.1)))),
                  decay=float(rng.uniform(0.1, 0.99)), momentum=float(rng.uniform(0.0, 0.99))) for _ in range(k)]
 
 
-def time_mlp(configs: list[dict], contexts: list[TrialContext], data, repeats: int) -> float:
+def time_regression(method: str, configs: list[dict], contexts: list[TrialContext], repeats: int) -> float:
     """Median over `repeats` of (sequential seconds / cohort seconds)."""
+    clock = time.process_time if contexts[0].device == "cpu" else time.perf_counter
     ratios = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
+            start = clock()
             for k, (config, context) in enumerate(zip(configs, contexts)):
-                run_local("mlp", config, context, out_dir=f"{out}/solo{k}")
-            sequential = time.perf_counter() - start
-            start = time.perf_counter()
-            run_mlp_cohort(configs, contexts, data, artifact_dirs=[f"{out}/member{k}" for k in range(len(configs))])
-            cohort = time.perf_counter() - start
+                run_local(method, config, context, out_dir=f"{out}/solo{k}")
+            sequential = clock() - start
+            start = clock()
+            run_local_cohort(method, configs, contexts)
+            cohort = clock() - start
         ratios.append(sequential / cohort)
     return statistics.median(ratios)
+
+
+def regression_case(method: str, k: int, device: str, epochs: int, repeats: int, plots: bool) -> str:
+    data = datasets.load("toy")
+    if not plots:
+        # y_std = 1: a standardisation that changes no metric (scale 1, log 1 = 0) but marks the
+        # data as standardised, so that neither side draws the Figure-6 plot (module docstring)
+        data = dataclasses.replace(data, y_std=np.ones(data.y_train.shape[1]))
+    contexts = [TrialContext(dataset="toy", data=data, max_epochs=epochs, seed=seed, metric="valid_nll",
+                             mode="min", device=device) for seed in range(k)]
+    configs = draw_configs(method, k)
+    warm = [dataclasses.replace(c, max_epochs=1) for c in contexts[:2]]
+    time_regression(method, configs[:2], warm, 1)  # warm-up: imports, matplotlib, kernels
+    ratio = time_regression(method, configs, contexts, repeats)
+    return f"cohort method={method} K={k} device={device} ratio={ratio:.2f}"
+
+
+def external_case(name: str, k: int, device: str) -> str:
+    """The line of `benchmarks/cohort_<name>.py`'s `main(k, device)`, or a `skipped:` line."""
+    path = HERE / f"cohort_{name}.py"
+    if not path.exists():
+        return f"cohort method={name} K={k} device={device} skipped: benchmarks/{path.name} not written yet"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_cohort_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(k, device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="2 members, 2 epochs, 1 repeat")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--smoke", action="store_true", help="regression cases: 2 members, 2 epochs, 1 repeat")
     parser.add_argument("--plots", action="store_true", help="both sides draw each trial's predictive plot")
     args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     k, epochs, repeats = (2, 2, 1) if args.smoke else (K, args.epochs, args.repeats)
 
     torch.set_num_threads(1)  # what each study trial gets (--cpus-per-trial 1)
-    data = datasets.load("toy")
-    if not args.plots:
-        # y_std = 1: a standardisation that changes no metric (scale 1, log 1 = 0) but marks the
-        # data as standardised, so that neither side draws the Figure-6 plot (module docstring)
-        data = dataclasses.replace(data, y_std=np.ones(data.y_train.shape[1]))
-    contexts = [TrialContext(dataset="toy", data=data, max_epochs=epochs, seed=seed, metric="valid_nll", mode="min")
-                for seed in range(k)]
-    configs = draw_configs(k)
-    warm = [dataclasses.replace(c, max_epochs=1) for c in contexts[:2]]
-    time_mlp(configs[:2], warm, data, 1)  # warm-up: imports, matplotlib, kernels
-    ratio = time_mlp(configs, contexts, data, repeats)
-    print(f"cohort method=mlp K={k} device=cpu ratio={ratio:.2f}")
-    for method in ("reduction", "rnn"):
-        print(f"cohort method={method} K={k} device=cpu skipped: not built yet")
+    for case in cases:
+        if case in REGRESSION:
+            line = regression_case(case, k, args.device, epochs, repeats, args.plots)
+        else:
+            line = external_case(case, k, args.device)
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

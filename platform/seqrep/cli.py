@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from seqrep import __version__, paths
+from seqrep.cohorts import DEFAULT_SIZE as DEFAULT_COHORT_SIZE
 from seqrep.errors import SeqrepError
 
 
@@ -52,6 +53,9 @@ def _budget_flags() -> argparse.ArgumentParser:
                    help="take over a study whose lock a driver on another host left (only once that driver has ended)")
     g.add_argument("--verbose", action="store_true", help="Ray Tune's full trial table instead of seqrep's progress line")
     g.add_argument("--max-failures", type=_flag("--max-failures"), default=2, help="restarts of a failed trial from its last checkpoint (default 2)")
+    g.add_argument("--cohort-size", type=_flag("--cohort-size"), default=DEFAULT_COHORT_SIZE,
+                   help="train up to this many same-shape configs of a random search as one vectorised model, one "
+                        "Ray trial (methods with cohorts, FIFO only; 1: one config per trial; default %(default)s)")
     return p
 
 
@@ -64,7 +68,7 @@ def _options(args):
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, searcher=args.searcher,
         scheduler=args.scheduler, address=args.address, resume=args.resume, max_failures=args.max_failures,
         break_lock=args.break_lock,
-        verbose=args.verbose,
+        verbose=args.verbose, cohort_size=args.cohort_size,
     )
 
 

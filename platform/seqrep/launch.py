@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seqrep import cluster, locks, progress, searchers, studydir, summary, tracking
+from seqrep import cluster, cohorts, locks, progress, searchers, studydir, summary, tracking
 from seqrep import data as datasets
 from seqrep.errors import SeqrepError
 from seqrep.interrupts import INTERRUPTED, graceful_stop
@@ -40,15 +40,43 @@ def preload() -> None:
     import ray.tune.search.basic_variant  # noqa: F401
 
 
-def _trainable(p: StudyPlan, dataset: Any):
+def _trainable(p: StudyPlan, dataset: Any, grouped: list[list[dict[str, Any]]] | None):
     from ray import tune
 
     o = p.options
     spec = TrialSpec(method=p.space.method, dataset=p.dataset, max_epochs=p.max_epochs, seed=o.seed,
                      metric=p.space.metric, mode=p.space.mode, cpus_per_trial=o.cpus_per_trial,
                      report_interval_s=float(os.environ.get("SEQREP_REPORT_INTERVAL_S", o.report_interval_s)))
-    return tune.with_resources(tune.with_parameters(run_in_ray, spec=spec, dataset=dataset),
-                               {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial})
+    if grouped is None:
+        trainable = tune.with_parameters(run_in_ray, spec=spec, dataset=dataset)
+    else:
+        from seqrep.cohort_session import run_cohort_in_ray
+
+        trainable = tune.with_parameters(run_cohort_in_ray, spec=spec, dataset=dataset, cohorts=grouped)
+    return tune.with_resources(trainable, {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial})
+
+
+def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[str, Any]]] | None:
+    """The member configs of each cohort (`seqrep.cohorts`), or None when the study trains one
+    config per trial: a resumed study keeps the grouping it recorded."""
+    if previous is not None:
+        return cohorts.read(p.directory)
+    o = p.options
+    if o.cohort_size < 2 or o.searcher != "random" or o.scheduler != "fifo":
+        return None
+    from seqrep import methods
+    from seqrep.session import cohort_keys
+
+    keys = cohort_keys(methods.resolve(p.space.method))
+    if keys is None:
+        return None
+    configs = searchers.draw(searchers.to_tune(p.space), o.seed, p.trials)
+    grouped = [[configs[i] for i in members] for members in cohorts.group(configs, keys, o.cohort_size)]
+    if all(len(members) == 1 for members in grouped):
+        return None  # no two configs share a shape: every trial runs alone, as without cohorts
+    cohorts.write(p.directory, grouped, keys, o.cohort_size)
+    print(f"seqrep: study {p.name}: {cohorts.describe(grouped, keys)}; see {studydir.COHORTS_FILE}", flush=True)
+    return grouped
 
 
 def _quiet_tune() -> None:
@@ -66,7 +94,7 @@ def runs(p: StudyPlan) -> int:
     return p.trials * math.prod(len(d.args) for d in p.space.space.values() if d.kind == "grid")
 
 
-def _reporter(p: StudyPlan):
+def _reporter(p: StudyPlan, grouped: list[list[dict[str, Any]]] | None):
     """Ray's own trial table with `--verbose`, else seqrep's one-line view (`seqrep.progress`)."""
     if p.options.verbose:
         from ray.tune import CLIReporter
@@ -76,10 +104,11 @@ def _reporter(p: StudyPlan):
             parameter_columns=list(p.space.space)[:6],
             max_report_frequency=30,  # sort_by_metric would crash on trials stopped before any result
         )
-    return _progress_reporter(p.space.metric, p.space.mode, p.max_epochs, runs(p))
+    sizes = [len(members) for members in grouped] if grouped is not None else None
+    return _progress_reporter(p.space.metric, p.space.mode, p.max_epochs, runs(p), sizes)
 
 
-def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int):
+def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int, sizes: list[int] | None = None):
     from ray.tune import ProgressReporter
 
     class ViewReporter(ProgressReporter):
@@ -92,24 +121,27 @@ def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int):
         def report(self, trials, done, *sys_info):
             view = progress.active()
             if view is not None:
-                view.update(trial_counts(trials, metric, mode, max_epochs, total))
+                view.update(trial_counts(trials, metric, mode, max_epochs, total, sizes))
 
     return ViewReporter()
 
 
-def trial_counts(trials, metric: str, mode: str, max_epochs: int, total: int) -> progress.Counts:
-    """Ray Tune's trials -> the view's counts (trials not yet generated count as pending)."""
+def trial_counts(trials, metric: str, mode: str, max_epochs: int, total: int,
+                 sizes: list[int] | None = None) -> progress.Counts:
+    """Ray Tune's trials -> the view's counts (trials not yet generated count as pending); with
+    cohorts (`sizes`: members per cohort) a cohort trial counts as its members."""
     done = running = failed = epochs = 0
     best = None
     for trial in trials:
         result = trial.last_result or {}
+        n = sizes[int(trial.config["cohort"])] if sizes is not None else 1
         if trial.status == "TERMINATED":
-            done, epochs = done + 1, epochs + max_epochs
+            done, epochs = done + n, epochs + n * max_epochs
         elif trial.status == "ERROR":
-            failed, epochs = failed + 1, epochs + max_epochs
+            failed, epochs = failed + n, epochs + n * max_epochs
         else:
-            running += trial.status == "RUNNING"
-            epochs += int(result.get("epoch", 0) or 0)
+            running += n * (trial.status == "RUNNING")
+            epochs += n * int(result.get("epoch", 0) or 0)
         value = (trial.metric_analysis.get(metric) or {}).get(mode)
         if is_finite(value) and (best is None or (value < best if mode == "min" else value > best)):
             best = value
@@ -117,22 +149,24 @@ def trial_counts(trials, metric: str, mode: str, max_epochs: int, total: int) ->
                            failed=failed, epochs=epochs, best=best)
 
 
-def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list):
+def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list, grouped: list[list[dict[str, Any]]] | None):
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     o = p.options
     param_space, searcher = searchers.search(p.space, o.searcher, o.seed, o.max_concurrent)
+    if grouped is not None:  # one trial per cohort; the configs were drawn with the same seed
+        param_space = {"cohort": tune.grid_search(list(range(len(grouped))))}
     _quiet_tune()
     return tune.Tuner(
-        _trainable(p, dataset),
+        _trainable(p, dataset, grouped),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=p.space.metric,
             mode=p.space.mode,
             search_alg=searcher,
             scheduler=searchers.scheduler(o.scheduler, p.max_epochs),
-            num_samples=p.trials,
+            num_samples=p.trials if grouped is None else 1,
             max_concurrent_trials=(o.max_concurrent or None) if o.searcher == "optuna" else None,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial.trial_id,
@@ -146,7 +180,7 @@ def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list):
             callbacks=[JsonLoggerCallback(), *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=o.max_failures),
-            progress_reporter=_reporter(p),
+            progress_reporter=_reporter(p, grouped),
             verbose=1,
         ),
     )
@@ -187,17 +221,18 @@ def _open_study(p: StudyPlan, previous: dict[str, Any] | None) -> str:
     return parent
 
 
-def _tuner(p: StudyPlan, dataset: Any, parent: str, resume: bool):
-    if resume:
+def _tuner(p: StudyPlan, dataset: Any, parent: str, previous: dict[str, Any] | None):
+    grouped = _cohorts(p, previous)
+    if previous is not None:
         from ray import tune
 
         _quiet_tune()
-        return tune.Tuner.restore(str(p.directory / studydir.RAY_DIR), trainable=_trainable(p, dataset),
+        return tune.Tuner.restore(str(p.directory / studydir.RAY_DIR), trainable=_trainable(p, dataset, grouped),
                                   resume_unfinished=True)
     child_tags = {"seqrep.space": p.space.name, "seqrep.dataset": p.dataset, "seqrep.method": p.space.method}
     callback = MlflowTrialCallback(p.tracking_uri, p.name, parent, p.directory, child_tags,
-                                   Declaration.from_json(p.declares))
-    return _build_tuner(p, dataset, [callback])
+                                   Declaration.from_json(p.declares), grouped)
+    return _build_tuner(p, dataset, [callback], grouped)
 
 
 def _close_study(p: StudyPlan, parent: str, status: str) -> Path:
@@ -224,7 +259,7 @@ def _fit(p: StudyPlan, dataset: Any, previous: dict[str, Any] | None) -> Path:
     parent = _open_study(p, previous)
     status = "FAILED"
     try:
-        tuner = _tuner(p, dataset, parent, resume=previous is not None)
+        tuner = _tuner(p, dataset, parent, previous)
         with graceful_stop():
             tuner.fit()
         status = "KILLED" if INTERRUPTED.is_set() else "FINISHED"

@@ -5,7 +5,9 @@ one in `history`, and the last one holds `seqrep_status` (`completed` or `diverg
 metrics: `valid_*` at the best epoch, `test_*` measured with the best-validation state, `best_epoch`,
 and the training-set metrics the method declares (`Declaration.train_metrics`). Ray Tune keeps the
 results as JSON lines in the trial folder's `result.json`, the config in `params.json` and a failed
-trial's traceback in `error.txt`.
+trial's traceback in `error.txt`. A cohort (`seqrep.cohorts`) is one Ray trial whose results hold
+one entry per member under `members`, each shaped like a solo trial's result; `decode_study` turns
+its folder into one outcome per member.
 
 Status: `completed` / `diverged` when the trial finished (its last result says which); `errored`
 when it raised and never finished; `stopped` otherwise (an early-stopping scheduler ended it, or
@@ -24,6 +26,7 @@ from typing import Any, Iterator, Mapping
 from seqrep.method import Declaration, is_finite
 
 STATUS_KEY = "seqrep_status"
+MEMBERS_KEY = "members"  # a cohort's result: one entry per member (`seqrep.cohort_session`)
 STATE_FILE, MODEL_FILE, CONFIG_FILE = "state.pt", "model.pt", "config.json"  # checkpoint files
 RESULT_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "params.json", "error.txt"  # Ray Tune's
 STATUSES = ("completed", "diverged", "errored", "stopped")
@@ -101,6 +104,8 @@ class TrialOutcome:
     node: str | None
     history: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict, repr=False)  # epoch -> report
     final: dict[str, Any] | None = dataclasses.field(default=None, repr=False)  # the last result, if finished
+    cohort: str | None = None  # the cohort trial this trial was a member of (None: it ran alone)
+    member: int | None = None  # its index in that cohort
 
 
 def _best_row(epochs: Mapping[int, Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
@@ -113,20 +118,17 @@ def _best_row(epochs: Mapping[int, Mapping[str, Any]], metric: str, mode: str) -
     return best_row
 
 
-def decode(trial_dir: Path, metric: str, mode: str, declaration: Declaration) -> TrialOutcome:
-    """Read a trial folder (see the module docstring); a restarted trial repeats epochs, and the
-    latest report of an epoch wins."""
-    trial_dir = Path(trial_dir)
-    params = trial_dir / PARAMS_FILE
-    config = json.loads(params.read_text()) if params.exists() else {}
-    results = list(read_results(trial_dir / RESULT_FILE))
+def _outcome(trial_id: str, config: dict[str, Any], reports: list[Mapping[str, Any]], last: Mapping[str, Any],
+             error_text: str | None, metric: str, mode: str, declaration: Declaration) -> TrialOutcome:
+    """A trial's outcome from its reports in order (each with the epochs since the one before in
+    `history`; the last that holds `seqrep_status` is the final one); a restarted trial repeats
+    epochs, and the latest report of an epoch wins."""
     epochs: dict[int, dict[str, Any]] = {}
-    for result in results:
-        for row in result.get("history") or []:
+    for report in reports:
+        for row in report.get("history") or []:
             epochs[int(row["epoch"])] = row
-    final = next((r for r in reversed(results) if STATUS_KEY in r), None)
-    error_file = trial_dir / ERROR_FILE
-    errored = final is None and error_file.exists()
+    final = next((r for r in reversed(reports) if STATUS_KEY in r), None)
+    errored = final is None and error_text is not None
     if final is not None:
         best_epoch = int(final.get("best_epoch") or 0) or None
         metrics = final_metrics(final, declaration)
@@ -136,12 +138,11 @@ def decode(trial_dir: Path, metric: str, mode: str, declaration: Declaration) ->
         best_row = _best_row(epochs, metric, mode)
         best_epoch = int(best_row["epoch"]) if best_row else None
         metrics = {k: float(v) for k, v in (best_row or {}).items() if k.startswith("valid_")}
-    last = results[-1] if results else {}
     return TrialOutcome(
-        trial_id=trial_dir.name,
+        trial_id=trial_id,
         config=config,
         status=status(final, errored),
-        error=last_error_line(error_file.read_text()) if errored else None,
+        error=last_error_line(error_text) if errored else None,
         best_epoch=best_epoch,
         epochs=max(epochs) if epochs else 0,
         metrics=metrics,
@@ -150,3 +151,53 @@ def decode(trial_dir: Path, metric: str, mode: str, declaration: Declaration) ->
         history=epochs,
         final=final,
     )
+
+
+def _read(trial_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+    params = trial_dir / PARAMS_FILE
+    config = json.loads(params.read_text()) if params.exists() else {}
+    error_file = trial_dir / ERROR_FILE
+    return config, list(read_results(trial_dir / RESULT_FILE)), (error_file.read_text() if error_file.exists() else None)
+
+
+def decode(trial_dir: Path, metric: str, mode: str, declaration: Declaration) -> TrialOutcome:
+    """Read a trial folder (see the module docstring)."""
+    trial_dir = Path(trial_dir)
+    config, reports, error_text = _read(trial_dir)
+    return _outcome(trial_dir.name, config, reports, reports[-1] if reports else {}, error_text, metric, mode,
+                    declaration)
+
+
+def decode_cohort(trial_dir: Path, members: list[dict[str, Any]], metric: str, mode: str,
+                  declaration: Declaration) -> list[TrialOutcome]:
+    """Read a cohort's trial folder: one outcome per member (`members`: their configs), each with
+    its own reports; wall time and node are the cohort's."""
+    from seqrep.cohorts import member_id
+
+    trial_dir = Path(trial_dir)
+    _, reports, error_text = _read(trial_dir)
+    last = reports[-1] if reports else {}
+    outcomes = []
+    for k, config in enumerate(members):
+        own = [entry for report in reports for entry in report.get(MEMBERS_KEY) or [] if entry.get("member") == k]
+        outcome = _outcome(member_id(trial_dir.name, k), dict(config), own, last, error_text, metric, mode,
+                           declaration)
+        outcome.cohort, outcome.member = trial_dir.name, k
+        outcomes.append(outcome)
+    return outcomes
+
+
+def decode_study(study_dir: Path, record: Mapping[str, Any], declaration: Declaration) -> list[TrialOutcome]:
+    """Every trial of a study folder, decoded: one outcome per solo trial, one per cohort member."""
+    from seqrep import cohorts, studydir
+
+    grouped = cohorts.read(study_dir)
+    outcomes: list[TrialOutcome] = []
+    for trial_dir in studydir.trial_dirs(study_dir):
+        params = json.loads((trial_dir / PARAMS_FILE).read_text())
+        if grouped is not None and set(params) == {"cohort"}:
+            outcomes += decode_cohort(trial_dir, grouped[int(params["cohort"])], record["metric"], record["mode"],
+                                      declaration)
+        else:
+            outcomes.append(decode(trial_dir, record["metric"], record["mode"], declaration))
+    return outcomes

@@ -35,6 +35,20 @@ def to_tune(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
+def draw(param_space: Mapping[str, Any], seed: int, samples: int) -> list[dict[str, Any]]:
+    """The configs a seeded `BasicVariantGenerator` gives `samples` samples of `param_space`
+    (every grid expanded in each sample, as Ray Tune does), in Ray's order."""
+    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+    from ray.tune.search.variant_generator import generate_variants
+
+    rng = _BackwardsCompatibleNumpyRng(seed)
+    configs = []
+    for _ in range(samples):
+        for _, spec in generate_variants({"config": dict(param_space)}, constant_grid_search=False, random_state=rng):
+            configs.append(dict(spec["config"]))
+    return configs
+
+
 def search(space: SearchSpace, searcher: str, seed: int, max_concurrent: int | None) -> tuple[dict[str, Any], Any]:
     """The Tuner's `param_space` and search algorithm: a seeded random search, or Optuna's TPE."""
     if searcher == "optuna":

@@ -17,6 +17,7 @@ from typing import Any
 
 from seqrep import data as datasets
 from seqrep import locks, paths, spaces, studydir, tracking
+from seqrep.cohorts import DEFAULT_SIZE as DEFAULT_COHORT_SIZE
 from seqrep.errors import SeqrepError
 
 SEARCHERS = ("random", "optuna")
@@ -30,6 +31,7 @@ LIMITS: dict[str, tuple[type, float, str]] = {
     "--gpus-per-trial": (float, 0, "a number >= 0 (fractions allowed)"),
     "--max-concurrent": (int, 0, "an integer >= 0"),
     "--max-failures": (int, 0, "an integer >= 0"),
+    "--cohort-size": (int, 1, "a positive integer"),
 }
 
 
@@ -68,6 +70,7 @@ class StudyOptions:
     max_failures: int = 2
     report_interval_s: float = 1.0
     verbose: bool = False  # Ray Tune's full trial table instead of seqrep's progress view
+    cohort_size: int = DEFAULT_COHORT_SIZE  # the largest cohort (`seqrep.cohorts`); 1: one config per trial
     command: str | None = None  # the command line to record; default: this process's argv
 
     def validate(self) -> None:
@@ -118,6 +121,7 @@ class StudyPlan:
             "max_epochs": self.max_epochs,
             "searcher": self.options.searcher,
             "scheduler": self.options.scheduler,
+            "cohort_size": self.options.cohort_size,
             "cpus_per_trial": self.options.cpus_per_trial,
             "gpus_per_trial": self.options.gpus_per_trial,
             "tracking_uri": self.tracking_uri,

@@ -2,6 +2,7 @@
 
     <study>/study.json        what was run, by which command, at which commit (`read_record`)
     <study>/mlflow_runs.json  trial id -> MLflow child run id
+    <study>/cohorts.json      the configs of each cohort, when the study trained cohorts
     <study>/trials.parquet    the summary, one row per trial
     <study>/.finished         present once the study ran to its end
     <study>/driver.lock       held by the driver that runs the study (`seqrep.locks`)
@@ -19,6 +20,7 @@ from seqrep.paths import atomic_write
 
 STUDY_FILE = "study.json"
 RUNS_FILE = "mlflow_runs.json"
+COHORTS_FILE = "cohorts.json"  # how a study's configs were grouped into cohorts (`seqrep.cohorts`)
 SUMMARY_FILE = "trials.parquet"
 FINISHED_FILE = ".finished"
 RAY_DIR = "ray"  # Ray Tune's experiment folder inside a study folder

@@ -1,8 +1,8 @@
 """A study directory -> `trials.parquet`, one row per trial, written atomically.
 
 It reads only files: the study's record (`studydir`), the trial -> MLflow run map, and Ray Tune's
-per-trial folders, each decoded by `seqrep.results.decode` (the same reading the MLflow mirror
-uses). A trial's folder is reused when it is restored, so a trial is one row however often it was
+per-trial folders, each decoded by `seqrep.results.decode_study` (the same reading the MLflow
+mirror uses; a cohort's folder gives one row per member). A trial's folder is reused when it is restored, so a trial is one row however often it was
 restarted. Importing this module loads neither Ray nor torch.
 """
 
@@ -23,7 +23,7 @@ from seqrep.paths import atomic_write
 from seqrep.studydir import SUMMARY_FILE
 
 IDENTITY_COLUMNS = ["study", "trial_id", "method", "dataset", "space", "seed", "trial_seed", "status", "error"]
-TAIL_COLUMNS = ["best_epoch", "epochs", "wall_s", "cpus", "gpus", "node", "mlflow_run_id"]
+TAIL_COLUMNS = ["best_epoch", "epochs", "wall_s", "cpus", "gpus", "node", "mlflow_run_id", "cohort"]
 INT_COLUMNS = ("best_epoch", "epochs", "seed", "trial_seed")
 FLOAT_COLUMNS = ("wall_s", "cpus", "gpus")
 
@@ -51,6 +51,7 @@ def _record(study: dict[str, Any], outcome: results.TrialOutcome, runs: dict[str
         "gpus": float(study["gpus_per_trial"]),
         "node": outcome.node,
         "mlflow_run_id": runs.get(outcome.trial_id),
+        "cohort": outcome.cohort,
     })
     return record
 
@@ -63,8 +64,7 @@ def collect(study_dir: Path) -> pd.DataFrame:
                           "give the folder `seqrep search` wrote, e.g. results/studies/<name>")
     declaration = Declaration.from_json(study.get("declares"))
     runs = studydir.load_runs(study_dir)
-    outcomes = [results.decode(d, study["metric"], study["mode"], declaration)
-                for d in studydir.trial_dirs(study_dir)]
+    outcomes = results.decode_study(study_dir, study, declaration)
     config_keys = sorted({k for o in outcomes for k in o.config})
     metric_keys = sorted({k for o in outcomes for k in o.metrics}, key=lambda k: (not k.startswith("valid_"), k))
     records = [_record(study, o, runs, config_keys, metric_keys) for o in outcomes]

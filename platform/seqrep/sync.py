@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqrep import results, studydir, tracking
+from seqrep import cohorts, results, studydir, tracking
 from seqrep.errors import SeqrepError
 from seqrep.method import Declaration
 
@@ -42,10 +42,17 @@ class Writes:
         return sum(dataclasses.astuple(self))
 
 
-def _checkpoint(trial_dir: Path) -> Path | None:
-    """The trial's kept checkpoint folder (the model and plots of a finished trial)."""
+def _checkpoint(study_dir: Path, outcome: results.TrialOutcome) -> Path | None:
+    """The trial's kept checkpoint folder (the model and plots of a finished trial); a cohort
+    member's is its subfolder of the cohort's."""
+    trial_dir = Path(study_dir) / studydir.RAY_DIR / (outcome.cohort or outcome.trial_id)
     folders = sorted(trial_dir.glob("checkpoint_*"))
-    return folders[-1] if folders else None
+    if not folders:
+        return None
+    if outcome.cohort is None:
+        return folders[-1]
+    folder = folders[-1] / cohorts.member_folder(outcome.member)
+    return folder if folder.is_dir() else None
 
 
 class Syncer:
@@ -113,8 +120,7 @@ class Syncer:
         return [Metric(k, v, now, epoch) for epoch, row in sorted(epochs.items()) for k, v in row.items()
                 if epoch not in have.get(k, ())]
 
-    def trial(self, parent: str, trial_dir: Path) -> None:
-        outcome = results.decode(trial_dir, self.record["metric"], self.record["mode"], self.declaration)
+    def trial(self, parent: str, outcome: results.TrialOutcome) -> None:
         run, run_id = self.child(parent, outcome.trial_id, outcome.config)
         if run is not None and run.info.status in ENDED and "seqrep.status" in run.data.tags:
             return  # complete: the study (or an earlier sync) logged all of it
@@ -133,7 +139,7 @@ class Syncer:
         for i in range(0, max(len(metrics), 1), 1000):
             self.c.log_batch(run_id, metrics=metrics[i:i + 1000], tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [])
         self.writes.metric_values += len(metrics)
-        checkpoint = _checkpoint(trial_dir)
+        checkpoint = _checkpoint(self.dir, outcome)
         if final is not None and checkpoint is not None and not self.c.list_artifacts(run_id):
             self.c.log_artifacts(run_id, str(checkpoint))
             self.writes.artifact_folders += 1
@@ -142,8 +148,8 @@ class Syncer:
 
     def study(self) -> Writes:
         parent = self.parent()
-        for trial_dir in studydir.trial_dirs(self.dir):
-            self.trial(parent, trial_dir)
+        for outcome in results.decode_study(self.dir, self.record, self.declaration):
+            self.trial(parent, outcome)
         if self.own_store:
             runs = {r.data.tags["seqrep.trial_id"]: r.info.run_id
                     for r in self._search(f"tags.`mlflow.parentRunId` = '{parent}'") if "seqrep.trial_id" in r.data.tags}

@@ -1,0 +1,78 @@
+"""Cohorts: the configs of a random search grouped into same-shape sets, each set one Ray trial.
+
+A method that can train several trials as one vectorised model (`seqrep.method`: `COHORT_KEYS`,
+`train_cohort`) trains them in cohorts when the study is a seeded random search with the FIFO
+scheduler and `--cohort-size` is above 1. The driver then draws the search's configs itself,
+exactly as Ray Tune's `BasicVariantGenerator` with the study's seed would (`searchers.draw`: the same
+`generate_variants` on the same seeded generator, so a study with cohorts and one without run the
+same configs), groups them by the values of the method's `COHORT_KEYS` (`group`: in the order they
+were drawn, each group cut into near-equal cohorts of at most `--cohort-size` members), writes the
+grouping to `<study>/cohorts.json` and runs one Ray trial per cohort (`{"cohort": i}`, a grid).
+
+Each member is still a trial to everything a user sees: its own id (`<cohort trial id>-m<k>`), its
+own seed (`trial_seed` of its config, as a solo trial), Parquet row and MLflow child run with its
+per-epoch metrics, best epoch, model and status. Optuna's TPE and ASHA keep one config per trial:
+TPE proposes each config from the results before it, and ASHA stops trials one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from seqrep import studydir
+
+DEFAULT_SIZE = 16
+MEMBER_SEPARATOR = "-m"
+
+
+def group(configs: Sequence[Mapping[str, Any]], keys: Sequence[str], size: int) -> list[list[int]]:
+    """Indices of `configs` in cohorts: same values of `keys`, at most `size` members each, the
+    members of one group spread evenly over ceil(n / size) cohorts; ordered by first member."""
+    if size < 1:
+        raise ValueError(f"a cohort holds at least one member, got size={size}")
+    groups: dict[tuple, list[int]] = {}
+    for index, config in enumerate(configs):
+        groups.setdefault(tuple(repr(config.get(k)) for k in keys), []).append(index)
+    cohorts = []
+    for members in groups.values():
+        parts = math.ceil(len(members) / size)
+        cohorts += [members[_bounds(len(members), parts, j)] for j in range(parts)]
+    return sorted(cohorts, key=lambda c: c[0])
+
+
+def _bounds(n: int, parts: int, j: int) -> slice:
+    """The j-th of `parts` contiguous, near-equal slices of n items."""
+    return slice(j * n // parts, (j + 1) * n // parts)
+
+
+def member_id(trial_id: str, k: int) -> str:
+    """The trial id of member k of the cohort trial `trial_id`."""
+    return f"{trial_id}{MEMBER_SEPARATOR}{k}"
+
+
+def member_folder(k: int) -> str:
+    """Member k's subfolder of its cohort's checkpoint (its state, or its model and plots)."""
+    return f"m{k}"
+
+
+def write(directory: Path, cohorts: list[list[dict[str, Any]]], keys: Sequence[str], size: int) -> None:
+    """`<study>/cohorts.json`: the member configs of every cohort, the keys they share, the size limit."""
+    studydir.write_json(Path(directory) / studydir.COHORTS_FILE,
+                        {"keys": list(keys), "size": size, "cohorts": cohorts})
+
+
+def read(directory: Path) -> list[list[dict[str, Any]]] | None:
+    """The member configs of every cohort of a study, or None when it ran no cohorts."""
+    path = Path(directory) / studydir.COHORTS_FILE
+    return studydir.read_json(path)["cohorts"] if path.exists() else None
+
+
+def describe(cohorts: Sequence[Sequence[Any]], keys: Sequence[str]) -> str:
+    """One line for the study log: how the configs were grouped."""
+    sizes = sorted((len(c) for c in cohorts), reverse=True)
+    total = sum(sizes)
+    shown = ", ".join(str(s) for s in sizes[:12]) + (", ..." if len(sizes) > 12 else "")
+    return (f"{total} configs in {len(cohorts)} cohort(s) of sizes {shown} (members share "
+            f"{', '.join(keys) or 'nothing'})")

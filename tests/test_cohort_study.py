@@ -1,0 +1,148 @@
+"""Cohort studies on a real local Ray cluster tracked in a real sqlite MLflow store: every config is
+one Parquet row and one MLflow child run however the configs were grouped, the numbers equal the
+same study's without cohorts, and a cohort whose worker dies resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from seqrep import cohorts, launch, spaces, studies, summary  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+SPACE = """name: nn-one-shape
+method: mlp
+source: "test: one network shape, searched rmsprop"
+datasets: [toy]
+metric: valid_nll
+mode: min
+trials: 6
+max_epochs: {epochs}
+fixed: {{hidden_layers: 1, hidden_units: 10, transfer: sigmoid, batch_size: 25}}
+space:
+  step_rate: {{loguniform: [1.0e-3, 1.0e-2]}}
+  decay: {{uniform: [0.5, 0.99]}}
+  momentum: {{uniform: [0.0, 0.9]}}
+"""
+
+
+def plan(tmp_path: Path, name: str, epochs: int, **kw) -> studies.StudyPlan:
+    path = tmp_path / "nn-one-shape.yaml"
+    path.write_text(SPACE.format(epochs=epochs))
+    options = studies.StudyOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path}/m.db", seed=3,
+                                   name=name, command="seqrep search (test)", **kw)
+    return studies.plan("nn-one-shape", "toy", options, space=spaces.load(path))
+
+
+def children(uri: str, study: str) -> list:
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(study).experiment_id])
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+@pytest.fixture
+def local_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_cohorts_give_a_row_and_a_run_per_config_and_the_numbers_of_solo_trials(tmp_path, local_cluster, capsys):
+    p = plan(tmp_path, "grouped", 30, cohort_size=4)
+    grouped = summary.read(launch.run_study(p).parent)
+    assert "seqrep: study grouped: 6 configs in 2 cohort(s) of sizes 3, 3 (members share " in capsys.readouterr().out
+    assert len(list((p.directory / "ray").glob("*/params.json"))) == 2  # one Ray trial per cohort
+    assert len(grouped) == 6 and grouped["trial_id"].is_unique
+    assert sorted(grouped["cohort"].value_counts()) == [3, 3]
+    assert set(grouped["status"]) == {"completed"} and (grouped["epochs"] == 30).all()
+    assert len(cohorts.read(p.directory)) == 2
+    client = MlflowClient(p.tracking_uri)
+    runs = children(p.tracking_uri, "grouped")
+    assert sorted(r.info.run_id for r in runs) == sorted(grouped["mlflow_run_id"])
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["seqrep.status"] == "completed"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "valid_nll")]
+        assert sorted(steps) == list(range(1, 31))
+        assert "model.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert run.data.metrics["test_nll"] == pytest.approx(
+            float(grouped.set_index("mlflow_run_id").loc[run.info.run_id, "test_nll"]), rel=1e-12)
+
+    solo = summary.read(launch.run_study(plan(tmp_path, "solo", 30, cohort_size=1)).parent)
+    assert solo["cohort"].isna().all() and len(solo) == 6
+    config = [c for c in grouped.columns if c.startswith("config.")]
+    both = grouped.merge(solo, on=["trial_seed", *config], suffixes=("", "_solo"))
+    assert len(both) == 6  # the same six configs, each with the seed its solo trial had
+    for column in ("valid_nll", "test_nll", "test_mse"):
+        assert both[column].to_numpy() == pytest.approx(both[f"{column}_solo"].to_numpy(), rel=1e-3)
+    assert (both["best_epoch"] == both["best_epoch_solo"]).all()
+
+
+def _workers(root: int) -> list[int]:
+    """The Ray worker processes under this process's local Ray that run a trial right now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                    found.append(child)
+            except OSError:
+                continue
+    return found
+
+
+def _last_epoch(trial: Path) -> int:
+    lines = (trial / "result.json").read_text().splitlines() if (trial / "result.json").exists() else []
+    return max((json.loads(line).get("epoch", 0) for line in lines if line.strip()), default=0)
+
+
+def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoint(tmp_path, local_cluster):
+    epochs = 3000
+    p = plan(tmp_path, "killed", epochs, cohort_size=6, max_failures=2, report_interval_s=0.2)
+    killed: list[int] = []
+
+    def kill_mid_way():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            trials = [d for d in p.directory.glob("ray/*") if any(d.glob("checkpoint_*"))]
+            workers = _workers(os.getpid())
+            if trials and workers and 0 < _last_epoch(trials[0]) < epochs // 2:
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_mid_way, daemon=True)
+    killer.start()
+    frame = summary.read(launch.run_study(p).parent)
+    killer.join(timeout=10)
+    assert len(killed) == 1
+    assert len(frame) == 6 and set(frame["status"]) == {"completed"} and (frame["epochs"] == epochs).all()
+    (trial,) = p.directory.glob("ray/*/result.json")
+    lines = [json.loads(line) for line in trial.read_text().splitlines()]
+    assert sum(line["iterations_since_restore"] == 1 for line in lines) == 2  # restarted once
+    for k in range(6):
+        seen = [h["epoch"] for line in lines for m in line["members"] if m["member"] == k for h in m["history"]]
+        assert seen == list(range(1, epochs + 1))  # resumed from the checkpoint: no epoch ran twice
+    client = MlflowClient(p.tracking_uri)
+    for run in children(p.tracking_uri, "killed"):
+        assert run.info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, "valid_nll")}
+        assert steps == set(range(1, epochs + 1))

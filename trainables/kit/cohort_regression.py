@@ -1,0 +1,273 @@
+"""The cohort trainer of the MLP-based regression methods NN (`trainables.mlp`) and DN/MDN (`trainables.mdn`).
+
+`train_regression_cohort(configs, sessions, ...)` trains K trials whose networks share every
+tensor shape as one stacked MLP (`trainables.nn.stacked`) and gives each member's session what
+`trainables.kit.regression_fit.fit_regression` gives a solo trial's: per epoch the report
+(`train_loss` and the `valid_*` metrics) with a checkpoint, then one `finish` with the final
+metrics (best epoch, best `valid_*`, `test_*` at the best state), the model `{"model": state dict
+of the solo network, "config": ...}` and the Figure-6 plot in the member's `artifact_dir` (toy
+set). Each member keeps what makes its solo run its own:
+
+- initialisation: `torch.manual_seed(seed)`, then the method's own network built as its `train`
+  builds it (`build`), whose MLP body becomes the member's slice of the stacked one;
+- transfer function, rmsprop's α, γ, β and gradient clipping (`max_grad_norms`) per member;
+- minibatch order: its own `seeded_generator(seed)`, one permutation per epoch;
+- selection, divergence and the final metrics (`trainables.kit.cohort.Member`): a member whose
+  training loss or selection metric turns non-finite is reported and finished `diverged` at once
+  (test metrics at its best state, as a solo run) and frozen, while the others go on.
+
+A member's checkpoint has the fields of a solo run's (`trainables.kit.training.Progress.checkpoint`:
+epoch, generator state, best score, epoch and validation metrics, plateau), but holds its network
+(`model`), optimiser state (`optimizer`: s_{t-1}, then rmsprop's average) and best state
+(`best_state`) each as one flat row of that member's numbers (`StackedMLP.rows`,
+`StackedRmsProp.rows`, each in a storage of its own): four tensors rather than a solo run's 25,
+since a session copies or saves every tensor of every member's checkpoint each epoch. A restarted
+cohort resumes every member it is handed from that member's checkpoint (all from one epoch) and
+continues exactly as the uninterrupted cohort. The numbers equal the solo run's up to float
+rounding: batched matmul kernels sum in another order than `addmm`, and the differences grow over
+training as in any two runs of one network (tests/test_cohort.py: within 1e-5 relative over 20
+epochs of the toy set).
+
+The method supplies its network (`build`) and `Heads`: its minibatch loss, its predictive
+distribution and its scores, written for a leading member axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqrep.method import RegressionData, SeqrepError, Session
+from trainables.kit import regression_fit
+from trainables.kit.cohort import Member, check_sessions, restored_states
+from trainables.kit.predictive_plot import plot_predictive
+from trainables.kit.regression_config import RegressionConfig
+from trainables.kit.regression_fit import Tensors, as_tensors
+from trainables.kit.training import Progress
+from trainables.nn.feedforward import MLP, seeded_generator
+from trainables.nn.stacked import StackedMLP, StackedRmsProp, clip_member_grad_norms
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # x -> the members' raw network outputs (M, n, width)
+
+
+@dataclasses.dataclass(frozen=True)
+class Heads:
+    """What a method computes from its network's raw outputs, for M members at once.
+
+    `loss(raw, y)`: each member's minibatch objective (M,), from the network's output on its own
+    minibatch (M, b, width) and targets y (M, b, d). `score(forward, x, y)`: (loss (M,),
+    predictive mean (M, n, d), per-point NLL (M, n)) of a whole split, x (n, in) and y (n, d)
+    shared. `predict(forward, x)`: predictive mean and variance, (M, n, d) each.
+    """
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    score: Callable[[Forward, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    predict: Callable[[Forward, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def mlp_body(module: nn.Module) -> MLP:
+    """The MLP inside a method's network, which must hold all of its parameters (in order)."""
+    body = next(m for m in module.modules() if isinstance(m, MLP))
+    if [id(p) for p in module.parameters()] != [id(p) for p in body.parameters()]:
+        raise ValueError(f"a cohort stacks networks whose parameters are all in one MLP, but "
+                         f"{type(module).__name__} has others")
+    return body
+
+
+class _Stateful:
+    """A model's or optimiser's state as `Progress` reads (`state_dict`) and writes it (`load_state_dict`)."""
+
+    def __init__(self, state: dict[str, Any] | None = None,
+                 load: Callable[[Mapping[str, Any]], None] | None = None):
+        self._state, self._load = state, load
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._load(state)
+
+
+class StackedRegression:
+    """The stacked network, optimiser, generators and data of one cohort, and its epoch steps."""
+
+    def __init__(self, members: Sequence[Member], data: RegressionData,
+                 build: Callable[[Any, int, int], nn.Module], heads: Callable[[Tensors], Heads],
+                 max_grad_norms: Sequence[float | None] | None = None):
+        self.data, self.device = data, torch.device(members[0].session.context.device)
+        self.tensors: Tensors = as_tensors(data, self.device)
+        n_in, n_out = self.tensors["train"][0].shape[1], self.tensors["train"][1].shape[1]
+        networks = []
+        for member in members:
+            torch.manual_seed(member.session.context.seed)  # each member's initialisation, as its solo run draws it
+            networks.append(build(member.config, n_in, n_out))
+        self.names = [name for name, _ in networks[0].named_parameters()]
+        self.model = StackedMLP([mlp_body(network) for network in networks], self.device)
+        configs = [member.config for member in members]
+        self.optimizer = StackedRmsProp(self.model, [c.step_rate for c in configs],
+                                        [c.decay for c in configs], [c.momentum for c in configs])
+        self.grad = torch.zeros_like(self.model.storage)  # the flat gradient, laid out as the parameters
+        self.grads = self.model.views(self.grad)
+        self.generators = [seeded_generator(member.session.context.seed) for member in members]
+        self.batch_size = configs[0].batch_size
+        self.heads = heads(self.tensors)
+        norms = list(max_grad_norms or [None] * len(members))
+        self.clip = None if all(v is None for v in norms) else (
+            torch.tensor([v or 0.0 for v in norms], device=self.device),
+            torch.tensor([v is not None for v in norms], device=self.device))
+
+    def train_epoch(self) -> list[float]:
+        """One pass over the training split, each member in its own minibatch order; mean losses (K,)."""
+        x_train, y_train = self.tensors["train"]
+        n = x_train.shape[0]
+        # the permutations are drawn on the CPU, as `trainables.nn.feedforward.minibatches`
+        order = torch.stack([torch.randperm(n, generator=g) for g in self.generators]).to(self.device)  # (K, n)
+        total = torch.zeros(self.model.size, device=self.device)
+        for x, y in zip(x_train[order].split(self.batch_size, dim=1), y_train[order].split(self.batch_size, dim=1)):
+            raw, inputs = self.model.forward_train(x)
+            raw.requires_grad_(True)
+            loss = self.heads.loss(raw, y)  # (K,): members share no parameter, each gets its own loss's gradient
+            (grad,) = torch.autograd.grad(loss.sum(), raw)
+            self.model.backward(inputs, grad, self.grads)
+            if self.clip is not None:
+                clip_member_grad_norms(self.grads, *self.clip)
+            self.optimizer.step(self.grad)
+            total += loss.detach() * x.shape[1]
+        return [value / n for value in total.tolist()]
+
+    @torch.no_grad()
+    def evaluate(self, split: str, params: Sequence[torch.Tensor],
+                 members: Sequence[int] | None = None) -> list[dict[str, float]]:
+        """`loss`, `mse`, `rmse`, `nll` on `split` (`regression_fit.make_evaluate`) of the members
+        `params` hold (all K, else those named by `members`)."""
+        x, y = self.tensors[split]
+        if x.shape[0] == 0:
+            return [{"loss": math.nan, "mse": math.nan, "rmse": math.nan, "nll": math.nan}
+                    for _ in range(params[0].shape[0])]
+        loss, mean, nll = self.heads.score(self.forward(params, members), x, y)
+        scaled = (mean - y) ** 2
+        log_det = 0.0
+        if self.data.y_std is not None:  # `regression_fit.metrics`: the original units
+            y_std = np.asarray(self.data.y_std)
+            scaled = scaled * torch.as_tensor(y_std ** 2, dtype=y.dtype, device=y.device)
+            log_det = float(np.log(y_std).sum())
+        rows = torch.stack([loss, scaled.mean(dim=(1, 2)), nll.mean(dim=1)], dim=1).tolist()
+        return [{"loss": l, "mse": m, "rmse": math.sqrt(m), "nll": v + log_det} for l, m, v in rows]
+
+    def forward(self, params: Sequence[torch.Tensor], members: Sequence[int] | None = None) -> Forward:
+        return lambda x: self.model(x, params, members)
+
+    def best_params(self, members: Sequence[Member]) -> list[torch.Tensor]:
+        """The members' best states (rows of `StackedMLP.flat`) as stacked parameters."""
+        return self.model.unflatten(torch.stack([m.progress.best_state for m in members]))
+
+    def model_file(self, member: Member) -> dict[str, Any] | None:
+        """What a solo run keeps: its network's state dict at the best state, and its config."""
+        best = member.progress.best_state
+        if best is None:
+            return None
+        return {"model": dict(zip(self.names, self.model.unflatten(best))), "config": member.config.to_dict()}
+
+    def checkpoints(self, members: Sequence[Member], epoch: int) -> list[dict[str, Any]]:
+        """Each member's checkpoint (`Progress.checkpoint`, module docstring), each in its own storage."""
+        models = self.model.rows()
+        optimizers = self.optimizer.rows([m.index for m in members])
+        return [m.progress.checkpoint(epoch, _Stateful(models[m.index]), _Stateful(optimizer), self.generators[m.index])
+                for m, optimizer in zip(members, optimizers)]
+
+    def restore(self, member: Member, state: Mapping[str, Any]) -> Progress:
+        """Load member k's network, optimiser and generator from its checkpoint; its progress."""
+        k, width = member.index, sum(self.model.numels)
+        shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                  for v in (state.get("model"), state.get("optimizer"))]
+        if shapes != [(width,), (2 * width,)]:
+            raise SeqrepError(f"the checkpoint of cohort member {k} must hold its network and optimiser state as "
+                              f"rows of shapes {[(width,), (2 * width,)]} (a cohort member's of this shape), "
+                              f"but holds {shapes}")
+        model = _Stateful(load=lambda row: self.model.load_member(k, row))
+        optimizer = _Stateful(load=lambda row: self.optimizer.load_member(k, row))
+        return Progress.restore(state, model, optimizer, self.generators[k])
+
+    def plot(self, member: Member, test: Mapping[str, float], title: str) -> None:
+        """The member's Figure-6 plot at its best state, where and when its solo run draws it."""
+        if self.tensors["train"][0].shape[1] != 1 or self.data.y_std is not None:
+            return
+        forward = self.forward(self.best_params([member]), [member.index])
+
+        def predict(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, variance = self.heads.predict(forward, x)
+            return mean[0], variance[0]
+
+        plot_predictive(member.session.artifact_dir / "predictive.png", self.data, predict,
+                        f"{title} on {self.data.name}: test NLL {test['nll']:.3f}", self.device)
+
+
+def _finish(cohort: StackedRegression, members: Sequence[Member], status: str, title: str) -> None:
+    """Test metrics at each member's best state (one stacked pass), its plot, its `finish`."""
+    kept = [m for m in members if m.progress.best_state is not None]
+    tests = cohort.evaluate("test", cohort.best_params(kept), [m.index for m in kept]) if kept else []
+    by_member = {m.index: test for m, test in zip(kept, tests)}
+    for member in members:
+        test = by_member.get(member.index)
+        if test is not None:
+            cohort.plot(member, test, title)
+        member.finish(test, cohort.model_file(member), status)
+
+
+def _epoch(cohort: StackedRegression, members: Sequence[Member], epoch: int, title: str) -> None:
+    """One epoch of every unfinished member: train, evaluate, keep the best, report; the members
+    that diverged are finished and frozen."""
+    train_loss = cohort.train_epoch()
+    params = cohort.optimizer.evaluation_point()
+    valid = cohort.evaluate("valid", params)
+    at_evaluation: list[torch.Tensor] = []  # every member's row there, copied once if any improved
+
+    def best_state(k: int) -> torch.Tensor:
+        if not at_evaluation:
+            at_evaluation.extend(cohort.model.rows(params))
+        return at_evaluation[k]
+
+    diverged, going = [], []
+    for member in members:
+        k = member.index
+        outcome = member.record(epoch, train_loss[k], valid[k], lambda: best_state(k))
+        (diverged if outcome == "diverged" else going).append(member)
+    for member, checkpoint in zip(going, cohort.checkpoints(going, epoch)):
+        member.session.report(member.latest, checkpoint=checkpoint)
+    for member in diverged:
+        member.session.report(member.latest)
+    if diverged:
+        cohort.optimizer.freeze([m.index for m in diverged])
+        _finish(cohort, diverged, "diverged", title)
+
+
+def train_regression_cohort(configs: Sequence[RegressionConfig], sessions: Sequence[Session], *,
+                            build: Callable[[Any, int, int], nn.Module], heads: Callable[[Tensors], Heads],
+                            title: str, max_grad_norms: Sequence[float | None] | None = None) -> None:
+    """Train `configs` as one cohort, member k reporting through `sessions[k]` (module docstring).
+
+    `build(config, n_inputs, n_outputs)`: the member's network as the method's solo `train`
+    builds it (called right after `torch.manual_seed(seed)`), all its parameters in one MLP.
+    `heads(tensors)`: the method's `Heads`, given every split as tensors on the device. `title`:
+    the plots' method name. `max_grad_norms`: per member, the gradient-norm clip (None: none).
+    """
+    check_sessions(configs, sessions)
+    members = [Member(k, config, session) for k, (config, session) in enumerate(zip(configs, sessions))]
+    cohort = StackedRegression(members, regression_fit.load(sessions[0]), build, heads, max_grad_norms)
+    states = restored_states(sessions)
+    start = 1
+    if states is not None:
+        for member, state in zip(members, states):
+            member.progress = cohort.restore(member, state)
+        start = members[0].progress.start
+    for epoch in range(start, sessions[0].context.max_epochs + 1):
+        active = [m for m in members if not m.finished]
+        if not active:
+            break
+        _epoch(cohort, active, epoch, title)
+    _finish(cohort, [m for m in members if not m.finished], "completed", title)
