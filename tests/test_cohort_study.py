@@ -116,7 +116,7 @@ def _last_epoch(trial: Path) -> int:
 
 def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoint(tmp_path, local_cluster):
     epochs = 3000
-    p = plan(tmp_path, "killed", epochs, cohort_size=6, max_failures=2, report_interval_s=0.2)
+    p = plan(tmp_path, "killed", epochs, cohort_size=6, max_failures=2, report_interval_s=0.2, max_concurrent=1)
     killed: list[int] = []
 
     def kill_mid_way():

@@ -50,6 +50,16 @@ def test_configs_are_grouped_by_their_shared_keys_in_near_equal_cohorts():
         cohorts.group(configs, ["units"], 0)
 
 
+def test_cohorts_are_split_while_the_cluster_would_leave_slots_idle():
+    sixteen = [list(range(16))]
+    assert cohorts.spread(sixteen, 1) == sixteen
+    assert cohorts.spread(sixteen, 2) == [list(range(8)), list(range(8, 16))]
+    assert [len(c) for c in cohorts.spread(sixteen, 4)] == [4, 4, 4, 4]
+    # halves keep two members: seven cohorts wanted, but a cohort of three is not split
+    assert [len(c) for c in cohorts.spread([[0, 1, 2, 3, 4, 5], [6]], 7)] == [3, 3, 1]
+    assert cohorts.spread([[0, 2], [1, 3]], 8) == [[0, 2], [1, 3]]
+
+
 def test_the_study_log_line_says_how_configs_were_grouped():
     line = cohorts.describe([[1, 2, 3], [4], [5, 6]], ["hidden_units", "batch_size"])
     assert line == "6 configs in 3 cohort(s) of sizes 3, 2, 1 (members share hidden_units, batch_size)"

@@ -5,6 +5,11 @@ the pooled hidden state rho(h_1:T). Nothing is trained: the trial runs one evalu
 (the space's `max_epochs: 1`; more epochs repeat the same evaluation), and is exempt from the
 improved-during-training rule (`valid_improved` is 1). Judged by a logistic regression on the
 training embeddings (`trainables.kit.reduction_run`).
+
+Cohorts (`train_cohort`, `trainables.kit.reduction_cohort`): members share `hidden_units` and
+`normalise` (COHORT_KEYS: the stacked recurrent layer's shape and the data); transfer, pooling,
+init_std and spectral radius are each member's own. Nothing trains, so neither the batch size nor
+the optimiser matters; an LSTM member runs solo.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 
 from seqrep.method import Declaration, Session
+from trainables.kit.reduction_cohort import CohortProblem, pooled_embedding, run_cohort
 from trainables.kit.reduction_config import Problem, ReductionConfig
 from trainables.kit.reduction_run import run
 from trainables.nn.pooled_rnn import PooledRNN
 from trainables.nn.pooling import pool
 
 DECLARES = Declaration(row_requires=("valid_improved",))
+COHORT_KEYS = ("hidden_units", "normalise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,3 +46,12 @@ def make(data, config: Config):
 
 def train(config: Config, session: Session) -> None:
     run(config, session, make, "RI")
+
+
+def make_cohort(model, configs: list[Config]) -> CohortProblem:
+    """`make` for a stack of members (`trainables.nn.stacked_rnn.StackedPooledRNN`)."""
+    return CohortProblem(pooled_embedding(model, configs, outputs=False))
+
+
+def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
+    run_cohort(configs, sessions, make, make_cohort, "RI")

@@ -6,6 +6,12 @@ p(z | x) = softmax(e) over the `output_units` entries of the embedding e = rho(y
 
 with p_hat(z) = (1/N) sum_i p(z | x_i) estimated on the minibatch and lambda = `penalty`. The
 embedding e (before the softmax) is judged by logistic regression (`trainables.kit.judges`).
+
+Cohorts (`train_cohort`, `trainables.kit.reduction_cohort`): members share `hidden_units`,
+`output_units`, `batch_fraction`, `optimizer` (rmsprop; another optimiser runs the members solo,
+one after another) and `normalise` (COHORT_KEYS: shapes, minibatch layout, optimiser, data);
+transfer, pooling, init_std, spectral radius, penalty (lambda), step rate, decay and momentum are
+each member's own.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import dataclasses
 import torch
 
 from seqrep.method import Declaration, Session
+from trainables.kit.reduction_cohort import CohortProblem, pooled_embedding, run_cohort
 from trainables.kit.reduction_config import Problem, ReductionConfig
 from trainables.kit.reduction_run import run
 from trainables.nn.pooled_rnn import PooledRNN
 from trainables.nn.pooling import pool
 
 DECLARES = Declaration(row_requires=("valid_improved",))
+COHORT_KEYS = ("hidden_units", "output_units", "batch_fraction", "optimizer", "normalise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +41,12 @@ def entropy(p: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
 
 
 def mutual_information(e: torch.Tensor) -> torch.Tensor:
-    """MI[z, x] = H[p_hat] - mean_i H[p(z | x_i)] for p(z | x_i) = softmax(e_i), rows of e."""
-    log_p = torch.log_softmax(e, dim=1)
+    """MI[z, x] = H[p_hat] - mean_i H[p(z | x_i)] for p(z | x_i) = softmax(e_i), rows of e (B, K);
+    for e (..., B, K) one value per leading index."""
+    log_p = torch.log_softmax(e, dim=-1)
     p = log_p.exp()
-    p_hat = p.mean(0)
-    return entropy(p_hat, torch.log(p_hat.clamp(min=1e-30))) - entropy(p, log_p).mean()
+    p_hat = p.mean(-2)
+    return entropy(p_hat, torch.log(p_hat.clamp(min=1e-30))) - entropy(p, log_p).mean(-1)
 
 
 def make(data, config: Config):
@@ -54,3 +63,17 @@ def make(data, config: Config):
 
 def train(config: Config, session: Session) -> None:
     run(config, session, make, "RIM")
+
+
+def make_cohort(model, configs: list[Config]) -> CohortProblem:
+    """`make` for a stack of members: each member's -MI on its own minibatch, (K,)."""
+    embed = pooled_embedding(model, configs, outputs=True)
+
+    def loss(x, mask, generators):
+        return -mutual_information(embed(x, mask, True, generators))  # the L2 term is added by the cohort
+
+    return CohortProblem(embed, loss)
+
+
+def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
+    run_cohort(configs, sessions, make, make_cohort, "RIM")

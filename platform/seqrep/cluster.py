@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
 
 from seqrep.errors import SeqrepError
@@ -50,6 +51,20 @@ def connect(address: str | None) -> bool:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise SeqrepError(f"cannot start or join {where}: {type(err).__name__}: {err}") from None
     return True
+
+
+@contextlib.contextmanager
+def joined(address: str | None):
+    """Ray for this block: joined or started here (and then shut down at its end), or the session
+    this process already has."""
+    started = connect(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")  # where `ray up` leaves the config on the head
@@ -106,3 +121,13 @@ def available_gpus() -> float:
     import ray
 
     return float(ray.available_resources().get("GPU", 0.0))
+
+
+def slots(cpus: float, gpus: float, max_concurrent: int | None) -> int:
+    """How many trials of this size the live cluster runs at once (at least 1; --max-concurrent caps it)."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0.0) / cpus if cpus else math.inf, total.get("GPU", 0.0) / gpus if gpus else math.inf]
+    count = max(1, int(min(fits))) if min(fits) != math.inf else 1
+    return min(count, max_concurrent) if max_concurrent else count

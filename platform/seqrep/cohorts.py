@@ -42,6 +42,20 @@ def group(configs: Sequence[Mapping[str, Any]], keys: Sequence[str], size: int) 
     return sorted(cohorts, key=lambda c: c[0])
 
 
+def spread(cohorts: list[list[int]], slots: int) -> list[list[int]]:
+    """Split the largest cohorts in two while fewer cohorts than `slots` (trials the cluster runs at
+    once) would leave slots idle and the halves keep two members or more: sixteen same-shape configs
+    on two slots are two cohorts of eight, not one of sixteen beside an idle slot."""
+    cohorts = [list(c) for c in cohorts]
+    while len(cohorts) < slots:
+        largest = max(cohorts, key=len)
+        if len(largest) < 4:
+            break
+        cohorts.remove(largest)
+        cohorts += [largest[_bounds(len(largest), 2, 0)], largest[_bounds(len(largest), 2, 1)]]
+    return sorted(cohorts, key=lambda c: c[0])
+
+
 def _bounds(n: int, parts: int, j: int) -> slice:
     """The j-th of `parts` contiguous, near-equal slices of n items."""
     return slice(j * n // parts, (j + 1) * n // parts)

@@ -103,10 +103,23 @@ def _run(plans: list[StudyPlan], verbose: bool) -> None:
         else:
             to_run.append(p)
     view = progress.View(len(to_run), [runs(p) * p.max_epochs for p in to_run])
-    with progress.showing(view) if not verbose and to_run else contextlib.nullcontext():
+    with progress.showing(view) if not verbose and to_run else contextlib.nullcontext(), _one_ray(to_run):
         for p in to_run:
             print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
             run_study(p)
+
+
+@contextlib.contextmanager
+def _one_ray(plans: list[StudyPlan]):
+    """One Ray session for all the studies (not one per study): a table's studies then share the
+    cluster's start-up and its warm worker processes, which cost seconds per study."""
+    if not plans:
+        yield
+        return
+    from seqrep import cluster
+
+    with cluster.joined(plans[0].options.address):
+        yield
 
 
 def _log_table(table: str, plans: list[StudyPlan], paths: tuple[Path, Path]) -> None:

@@ -97,16 +97,34 @@ class Trial:
         return torch.cat(out)
 
 
+def build_problem(config: ReductionConfig, seed: int, data: ClassificationData, make: Make,
+                  device: torch.device) -> Problem:
+    """The trial's network, drawn from its seed: `torch.manual_seed(seed)`, `make`, then every
+    weight from a generator seeded with `seed` (`PooledRNN.initialise`)."""
+    torch.manual_seed(seed)
+    problem = make(data, config)
+    problem.model.to(device)
+    problem.model.initialise(config.init_std, config.spectral_radius, torch.Generator().manual_seed(seed))
+    return problem
+
+
+def seeded_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """The trial's minibatch order (seed + 1) and stochastic pooling's draws (seed + 2)."""
+    return torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
+
+
+def batch_size(config: ReductionConfig, n: int) -> int:
+    """Minibatches of `batch_fraction` of the n fitted rows, rounded up."""
+    return max(1, math.ceil(config.batch_fraction * n))
+
+
 def prepare(config: ReductionConfig, session: Session, make: Make) -> Trial:
     """Data, normalisation, network (seeded and initialised) and the validation split."""
     ctx = session.context
     device = torch.device(ctx.device)
     data = load_classification(session)
     train_x, test_x = normalise(data, config.normalise)
-    torch.manual_seed(ctx.seed)
-    problem = make(data, config)
-    problem.model.to(device)
-    problem.model.initialise(config.init_std, config.spectral_radius, torch.Generator().manual_seed(ctx.seed))
+    problem = build_problem(config, ctx.seed, data, make, device)
     fit_idx, valid_idx = split_indices(data, problem.supervised, config.valid_fraction)
     seqs = [torch.tensor(s) for s in train_x]  # copies: arrays from Ray's object store are read-only
     test_seqs = [torch.tensor(s) for s in test_x]
@@ -118,7 +136,7 @@ def make_train_epoch(trial: Trial, optimizer, order: torch.Generator, sampler: t
     L-BFGS, whose closure re-evaluates the minibatch), the L2 penalty added; returns the mean loss."""
     config, problem, model = trial.config, trial.problem, trial.model
     fit_seqs, y_fit = trial.fit_seqs, torch.as_tensor(trial.y_all[trial.fit_idx])
-    batch_size = max(1, math.ceil(config.batch_fraction * len(fit_seqs)))
+    size = batch_size(config, len(fit_seqs))
 
     def batch_loss(x, mask, y):
         loss = problem.loss(x, mask, y, sampler)
@@ -130,7 +148,7 @@ def make_train_epoch(trial: Trial, optimizer, order: torch.Generator, sampler: t
         if not problem.trains:
             return 0.0
         total, count = 0.0, 0
-        for batch in batches(fit_seqs, batch_size, order):
+        for batch in batches(fit_seqs, size, order):
             x, mask, y = batch.x.to(trial.device), batch.mask.to(trial.device), y_fit[batch.index].to(trial.device)
 
             def closure():
@@ -195,8 +213,7 @@ def run(config: ReductionConfig, session: Session, make: Make, method: str) -> N
     ctx = session.context
     trial = prepare(config, session, make)
     optimizer = build_optimizer(config, trial.model.parameters())
-    order = torch.Generator().manual_seed(ctx.seed + 1)
-    sampler = torch.Generator().manual_seed(ctx.seed + 2)  # stochastic pooling's draws
+    order, sampler = seeded_generators(ctx.seed)
     train_epoch = make_train_epoch(trial, optimizer, order, sampler)
     evaluate = make_evaluate(trial)
 

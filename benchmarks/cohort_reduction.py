@@ -1,0 +1,133 @@
+"""Cohorts of sequence reduction: K same-shape Table 10 trials as one stacked network against the same K one by one.
+
+K OSP trials (Table 10, Section 3.5.1.2) on UCR CBF: table10-osp's fixed settings (32 hidden and
+16 output units, rmsprop with step rate 1e-4, momentum 0.9, decay 0.9, spectral radius 1, no
+normalisation), batch_fraction 0.25 for all (a cohort key), and the rest of its space drawn per
+trial: transfer (tanh, softsign, rectifier, softplus), pooling (max, sum, mean, stochastic),
+init_std uniform in [0.005, 1], penalty uniform in [1e-7, 0.1]; `epochs` epochs (default 2), each
+trial with its own seed.
+
+- sequential: the K trials through `seqrep.session.run_local("osp", ...)`, one after another;
+- cohort: one `seqrep.session.run_local_cohort("osp", ...)` over the same configs and seeds.
+
+Both sides judge every member every epoch by the same scikit-learn logistic regression (5-fold
+cross-validated on CBF's 30 training series), which a cohort cannot share: it bounds the ratio.
+Neither side draws the t-SNE figure (Figure 9; ~2 s of scikit-learn per trial on either side, more
+than the trial's training) unless `plots=True`: it is replaced by a no-op on both sides.
+
+One torch thread and one BLAS thread (threadpoolctl, applied after scikit-learn's SciPy has loaded
+its OpenBLAS: with two BLAS threads on a busy two-core machine a logistic regression took 15 times
+longer). The two sides alternate, median of `repeats` ratios. On the CPU the clock is this
+process's CPU time (unmoved by other jobs on a shared machine); on a GPU the wall time.
+
+    python benchmarks/cohort_reduction.py [--k 16] [--device cpu] [--epochs 2] [--repeats 1] [--plots]
+
+prints `cohort method=reduction K=<k> device=<cpu|cuda> ratio=<sequential/cohort>`, or
+`cohort method=reduction K=<k> device=<device> skipped: <reason>` when the data set (or the GPU) is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+FIXED = dict(hidden_units=32, output_units=16, optimizer="rmsprop", step_rate=1e-4, momentum=0.9, decay=0.9,
+             spectral_radius=1.0, normalise="none", batch_fraction=0.25)
+
+
+def draw_configs(k: int, seed: int = 0) -> list[dict]:
+    """k configs of table10-osp's space with its fixed keys and batch_fraction 0.25."""
+    rng = np.random.default_rng(seed)
+    return [dict(FIXED, transfer=str(rng.choice(["tanh", "softsign", "rectifier", "softplus"])),
+                 pooling=str(rng.choice(["max", "sum", "mean", "stochastic"])),
+                 init_std=float(rng.uniform(0.005, 1.0)), penalty=float(rng.uniform(1e-7, 0.1))) for _ in range(k)]
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread for every library loaded, SciPy's own OpenBLAS included (loaded here first)."""
+    from threadpoolctl import threadpool_limits
+
+    from trainables.kit.judges import logreg_cv_error
+
+    logreg_cv_error(np.arange(12.0).reshape(6, 2), np.array([0, 1] * 3))  # loads SciPy's L-BFGS and its BLAS
+    with threadpool_limits(limits=1):
+        yield
+
+
+@contextlib.contextmanager
+def without_tsne(plots: bool) -> Iterator[None]:
+    """Both sides' t-SNE figure replaced by a no-op unless `plots`."""
+    from trainables.kit import reduction_cohort, reduction_run
+
+    saved = reduction_run.plot_tsne, reduction_cohort.plot_tsne
+    if not plots:
+        reduction_run.plot_tsne = reduction_cohort.plot_tsne = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        reduction_run.plot_tsne, reduction_cohort.plot_tsne = saved
+
+
+def time_once(configs: list[dict], contexts: list, out: str) -> tuple[float, float]:
+    from seqrep.session import run_local, run_local_cohort
+
+    clock = time.process_time if contexts[0].device == "cpu" else time.perf_counter
+    start = clock()
+    for k, (config, context) in enumerate(zip(configs, contexts)):
+        run_local("osp", config, context, out_dir=f"{out}/solo{k}")
+    sequential = clock() - start
+    start = clock()
+    run_local_cohort("osp", configs, contexts)
+    return sequential, clock() - start
+
+
+def main(k: int = 16, device: str = "cpu", epochs: int = 2, repeats: int = 1, plots: bool = False) -> str:
+    """The benchmark's line (module docstring)."""
+    from seqrep import data as datasets
+    from seqrep.errors import SeqrepError
+    from seqrep.method import TrialContext
+
+    head = f"cohort method=reduction K={k} device={device}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"{head} skipped: no CUDA device"
+    try:
+        data = datasets.load("ucr-cbf")
+    except SeqrepError:
+        return f"{head} skipped: ucr-cbf is not in the data directory {datasets.resolve_data_dir()}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each study trial gets (--cpus-per-trial 1)
+    try:
+        contexts = [TrialContext(dataset="ucr-cbf", data=data, max_epochs=epochs, seed=seed, metric="valid_error",
+                                 mode="min", device=device) for seed in range(k)]
+        configs = draw_configs(k)
+        ratios = []
+        with single_threaded_blas(), without_tsne(plots), tempfile.TemporaryDirectory() as out:
+            warm = [TrialContext(dataset="ucr-cbf", data=data, max_epochs=1, seed=s, metric="valid_error",
+                                 mode="min", device=device) for s in range(2)]
+            time_once(draw_configs(2), warm, str(Path(out) / "warm"))  # imports, kernels, scikit-learn
+            for repeat in range(repeats):
+                sequential, cohort = time_once(configs, contexts, str(Path(out) / f"r{repeat}"))
+                ratios.append(sequential / cohort)
+    finally:
+        torch.set_num_threads(threads)
+    return f"{head} ratio={statistics.median(ratios):.2f}"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--plots", action="store_true", help="both sides draw each trial's t-SNE figure")
+    args = parser.parse_args()
+    print(main(args.k, args.device, args.epochs, args.repeats, args.plots), flush=True)
