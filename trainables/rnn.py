@@ -28,6 +28,11 @@ option.
 Choices the thesis leaves open: the minibatch size (`batch_size` sequences, bucketed by length),
 the epoch budget (the space's `max_epochs`; the thesis trained "until convergence" and selected on
 validation), and the rmsprop offset (climin's fixed 1e-8).
+
+Cohorts (`train_cohort`, `COHORT_KEYS`; `trainables.kit.rnn_cohort`): trials that share cell,
+hidden units, batch size and optimiser train together, each reported, checkpointed and finished
+as its solo run. Tanh nets (sRNN, FD-RNN: Tables 1, 3, 4) run as one stacked model; LSTM nets run
+their solo models in lockstep, one epoch each in turn, which saves nothing but keeps the contract.
 """
 
 from __future__ import annotations
@@ -36,14 +41,13 @@ import dataclasses
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from seqrep.method import MethodConfig, Session
+from trainables.kit import rnn_cohort
+from trainables.kit.rnn_model import build_model, evaluate_nll, frame_nll, order_generator, train_epoch  # noqa: F401
 from trainables.kit.sequence_models import climin_optimizer, fd_rnn_rules, sequence_data, tensor_splits
 from trainables.kit.training import fit
-from trainables.nn.optim import renormalise_gradients
-from trainables.nn.recurrent import FastDropoutRNN
-from trainables.nn.sequences import batches, pad, shift
+from trainables.nn.sequences import shift  # noqa: F401 (tests read it from here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,59 +77,27 @@ class Config(MethodConfig):
         self.check([("hidden_units", "hidden_units >= 1", self.hidden_units >= 1), *fd_rnn_rules(self)])
 
 
-def frame_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Bernoulli NLL of each frame, summed over notes, zero on padding: (T, B)."""
-    per_note = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return per_note.sum(-1) * mask
-
-
-@torch.no_grad()
-def evaluate_nll(model: FastDropoutRNN, sequences, device: torch.device, batch_size: int = 32) -> dict[str, float]:
-    """Per-frame NLL over a whole split (total / frames) and the mean of per-sequence per-frame NLLs."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: less padding
-    total, frames, per_sequence = 0.0, 0, []
-    for start in range(0, len(order), batch_size):
-        x, mask = pad([sequences[i] for i in order[start:start + batch_size]])
-        x, mask = x.to(device), mask.to(device)
-        nll = frame_nll(model(shift(x)), x, mask)  # (T, B)
-        seq_total, seq_frames = nll.sum(0), mask.sum(0)
-        total += float(seq_total.sum())
-        frames += int(seq_frames.sum())
-        per_sequence += (seq_total / seq_frames).tolist()
-    return {"nll": total / frames, "nll_seq": sum(per_sequence) / len(per_sequence)}
-
-
 def train(config: Config, session: Session) -> None:
     ctx = session.context
     device = torch.device(ctx.device)
     data = sequence_data(session, "rnn", "jsb, nottingham, piano-midi, musedata")
     splits = tensor_splits(data)
-
-    torch.manual_seed(ctx.seed)
-    init = torch.Generator().manual_seed(ctx.seed)
-    model = FastDropoutRNN(data.n_features, config.hidden_units, data.n_features, config.cell,
-                           config.p_drop_input, config.p_drop_hidden, config.p_drop_output, config.fd_final_layer)
-    model.initialise(config.sigma2, config.sigma2_in, config.rho, config.b_h, config.b_y, generator=init, nu=config.nu)
-    model.to(device)
+    model = build_model(config, data.n_features, ctx.seed).to(device)
     optimizer = climin_optimizer(config, model.parameters())
-    order = torch.Generator().manual_seed(ctx.seed + 1)
-
-    def train_epoch() -> float:
-        total, frames = torch.zeros((), device=device), 0
-        for batch in batches(splits["train"], config.batch_size, order, pool=4):
-            x, mask = batch.x.to(device), batch.mask.to(device)
-            nll = frame_nll(model(shift(x)), x, mask).sum()
-            n = int(batch.mask.sum())
-            optimizer.zero_grad(set_to_none=True)
-            (nll / n).backward()
-            renormalise_gradients(model.parameters(), config.grad_norm)
-            optimizer.step()
-            total += nll.detach()
-            frames += n
-        return float(total) / frames
-
-    def evaluate(split: str) -> dict[str, float]:
-        return evaluate_nll(model, splits[split], device)
-
-    fit(session, model=model, optimizer=optimizer, train_epoch=train_epoch, evaluate=evaluate, config=config.to_dict(),
+    order = order_generator(ctx.seed)
+    fit(session, model=model, optimizer=optimizer,
+        train_epoch=lambda: train_epoch(model, optimizer, splits["train"], config, order, device),
+        evaluate=lambda split: evaluate_nll(model, splits[split], device), config=config.to_dict(),
         generator=order, evaluation_point=optimizer.climin_point)
+
+
+# Cohorts (seqrep.method's contract): what fixes a tensor shape, the minibatch layout (batch size:
+# every member takes as many optimiser steps per epoch) or the optimiser's state layout.
+COHORT_KEYS = rnn_cohort.COHORT_KEYS
+
+
+def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
+    """Train K trials as one stacked model (`trainables.kit.rnn_cohort`): tanh cells (sRNN and
+    FD-RNN) run vectorised over members; LSTM cells run their members' solo models in lockstep,
+    one epoch each in turn (no speed-up, but the same reports, checkpoints and resume)."""
+    rnn_cohort.train_cohort(configs, sessions)

@@ -1,0 +1,358 @@
+"""K tanh RNNs with fast dropout (sRNN / FD-RNN, `trainables.nn.recurrent`) of one size, as one model.
+
+Member k's parameters are slices [k] of tensors with a leading member axis, in the layout of
+`FastDropoutRNN`'s state dict (`NAMES`). Each member keeps its own dropout rates (`Rates`); the
+recurrence of all members runs as one loop over time whose products are batched matmuls over the
+members (`torch.bmm`), which on one CPU thread (MKL) gives each member's product bit for bit as its
+solo `h @ W.T` does.
+
+Training (`forward_members`): each member brings its own minibatch (T_k steps, B_k sequences). The
+input and output layers run per member, with the solo run's operations on the solo run's shapes;
+only the recurrence is shared (`StackedTanhRecurrence`). It packs the members' inputs into one
+(K, T, B, H) layout, members sorted by decreasing length, and at step t runs only the members still
+running (a prefix of the member axis), so a member's short batch costs no more steps than in its
+solo run and no padding enters its numbers (a member with fewer sequences than another runs
+alongside zero columns, which its numbers never meet). Its backward is
+`recurrent.FDTanhRecurrence`'s, with W_rec's gradient summed over each member's own steps and
+sequences as the solo run sums it. The packed buffers stay allocated from one minibatch to the
+next (`Workspace`).
+
+Evaluation (`forward_shared`): every member reads the same minibatch; the whole net runs stacked.
+
+The recurrence has two modes. FD: the mean and variance recurrence of Algorithm 2, with per-member
+keep probabilities as (K, 1, 1) columns. Plain: when no member drops inputs or hidden units, every
+variance in the recurrence is exactly zero, and only h_t = tanh(a_t) runs (one product per step); a
+member with output dropout alone still gets its output layer's variance from E[h_t]. A
+deterministic member (every rate 0) runs the same rules with keep = 1, which equal its solo run's
+`nn.RNN` up to the order of float rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainables.nn import variance as vp
+
+# the parameters in the order and under the names of a tanh `FastDropoutRNN`'s state dict
+NAMES = ("core.weight_ih_l0", "core.weight_hh_l0", "core.bias_ih_l0", "core.bias_hh_l0", "out.weight", "out.bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """One member's fast dropout: keep probabilities (1 - rate) of the inputs, the recurrent and the
+    output connections, and `fd_final_layer` (`FastDropoutRNN`'s)."""
+
+    keep_input: float
+    keep_hidden: float
+    keep_output: float
+    fd_final_layer: bool = True
+
+    @property
+    def deterministic(self) -> bool:
+        return (self.keep_input, self.keep_hidden, self.keep_output) == (1.0, 1.0, 1.0)
+
+    @property
+    def output_fd(self) -> bool:
+        """Whether the output layer propagates the variance (else z = W_out E[h] + b_y)."""
+        return self.fd_final_layer and not self.deterministic
+
+
+def column(values: list[float], like: Tensor) -> Tensor:
+    """Per-member scalars as a (K, 1, 1) column (Python floats rounded once, as a scalar operand is)."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
+
+
+def fresh(name: str, like: Tensor) -> Tensor:
+    """A new uninitialised tensor of `like`'s shape (the default `Alloc`)."""
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
+Alloc = Callable[[str, Tensor], Tensor]
+
+
+class Workspace:
+    """The packed buffers, kept from one minibatch to the next: fresh memory for a (K, T, B, H)
+    tensor costs a page fault per 4 KiB at its first touch, which for 16 members of 200 units was
+    a tenth of a training step. `busy` from a forward (whose outputs and saved tensors live here)
+    until its backward is done; a forward that finds it busy allocates afresh."""
+
+    def __init__(self):
+        self._store: dict[str, Tensor] = {}
+        self.busy = False
+
+    def take(self, name: str, like: Tensor) -> Tensor:
+        """An uninitialised tensor of `like`'s shape, dtype and device, in buffer `name`."""
+        size, buffer = like.numel(), self._store.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._store[name] = torch.empty(size + size // 4, dtype=like.dtype, device=like.device)
+        return buffer[:size].view(like.shape)
+
+
+@dataclasses.dataclass
+class Plan:
+    """How K members' minibatches (lengths T_k, sizes B_k) share the packed (K, T, B, H) layout."""
+
+    lengths: list[int]
+    sizes: list[int]
+    order: list[int]  # member at each packed position: by decreasing length
+    counts: list[int]  # members still running at step t: a prefix of the packed positions
+    keeps: list[float]  # keep_hidden per member, in member order
+    keep: Tensor  # (K, 1, 1) keep_hidden, in packed order
+    keep_var: Tensor  # keep (1 - keep), for the variance of the dropped h_{t-1}
+    keep_var2: Tensor  # 2 keep (1 - keep), its gradient
+    fd: bool
+    space: Workspace | None = None
+
+    @classmethod
+    def build(cls, lengths: list[int], sizes: list[int], keeps: list[float], fd: bool, like: Tensor,
+              space: Workspace | None = None) -> "Plan":
+        order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+        counts = [sum(1 for k in order if lengths[k] > t) for t in range(max(lengths))]
+        packed = [keeps[k] for k in order]
+        return cls(lengths, sizes, order, counts, keeps, column(packed, like),
+                   column([k * (1.0 - k) for k in packed], like), column([2.0 * k * (1.0 - k) for k in packed], like),
+                   fd, space)
+
+
+def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tuple[Tensor, Tensor], counts: list[int],
+          save: bool = False, alloc: Alloc | None = None) -> tuple[Tensor, ...]:
+    """The tanh recurrence of packed members: in_mean, in_var (K, T, B, H), w_rec (K, H, H), `plan_keep`
+    the (K, 1, 1) keep and keep (1 - keep) columns; step t runs the first counts[t] members.
+
+    FD (in_var given): `FDTanhRecurrence.forward`'s operations; returns (means, variances), and with
+    `save` also a_means, a_vars, var_ins. Plain (in_var None): h_t = tanh(in_t + h_{t-1} W^T);
+    returns (means,). Steps past a member's end are left unset. `alloc(name, like)`: the buffers
+    (default: fresh)."""
+    alloc = alloc or fresh
+    size, steps, batch, hidden = in_mean.shape
+    w_t = w_rec.transpose(1, 2)
+    means = alloc("means", in_mean)  # written where read: steps past a member's end never are
+    h_mean = in_mean.new_zeros(size, batch, hidden)
+    if in_var is None:
+        for t in range(steps):
+            n = counts[t]
+            torch.add(in_mean[:n, t], torch.bmm(h_mean[:n], w_t[:n]), out=means[:n, t]).tanh_()
+            h_mean = means[:, t]
+        return (means,)
+    keep, keep_var = plan_keep
+    w_sq_t = w_rec.square().transpose(1, 2)
+    variances = alloc("variances", in_var)
+    a_means, a_vars, var_ins = (alloc(name, in_mean) for name in ("a_means", "a_vars", "var_ins")) if save else (
+        None, None, None)
+    h_var = torch.zeros_like(h_mean)
+    for t in range(steps):
+        n = counts[t]
+        a_mean = torch.add(in_mean[:n, t], keep[:n] * torch.bmm(h_mean[:n], w_t[:n]),
+                           out=a_means[:n, t] if save else None)
+        var_in = torch.add(keep[:n] * h_var[:n], keep_var[:n] * h_mean[:n].square(),
+                           out=var_ins[:n, t] if save else None)
+        a_var = torch.add(in_var[:n, t], torch.bmm(var_in, w_sq_t[:n]), out=a_vars[:n, t] if save else None)
+        means[:n, t], variances[:n, t] = vp.tanh(a_mean, a_var)
+        h_mean, h_var = means[:, t], variances[:, t]
+    return (means, variances, a_means, a_vars, var_ins) if save else (means, variances)
+
+
+def _start(buffers: tuple[Tensor, ...], grads: tuple[Tensor, ...], t: int, counts: list[int]) -> int:
+    """Members whose last step is t take their outputs' gradients there; returns counts[t]."""
+    n, done = counts[t], counts[t + 1] if t + 1 < len(counts) else 0
+    if n > done:
+        for buffer, grad in zip(buffers, grads):
+            buffer[done:n] = grad[done:n, t]
+    return n
+
+
+def recur_backward(grad_means: Tensor, grad_vars: Tensor | None, saved: tuple[Tensor, ...], w_rec: Tensor,
+                   plan: Plan, alloc: Alloc | None = None) -> tuple[Tensor, Tensor | None]:
+    """BPTT of `recur` in the packed layout: the gradients of a_t (FD: of its mean and variance)."""
+    alloc = alloc or fresh
+    means = saved[0]
+    grad_a_means = alloc("grad_a_means", means)
+    g_mean = means.new_zeros(means.shape[0], *means.shape[2:])
+    if not plan.fd:
+        for t in range(means.shape[1] - 1, -1, -1):
+            n = _start((g_mean,), (grad_means,), t, plan.counts)
+            grad_a = torch.mul(g_mean[:n], 1.0 - means[:n, t].square(), out=grad_a_means[:n, t])
+            if t:
+                g_mean[:n] = grad_means[:n, t - 1] + torch.bmm(grad_a, w_rec[:n])
+        return grad_a_means, None
+    _, a_means, a_vars, _ = saved[1:]
+    keep, keep_var2, w_sq = plan.keep, plan.keep_var2, w_rec.square()
+    grad_a_vars = alloc("grad_a_vars", means)
+    g_var = torch.zeros_like(g_mean)
+    for t in range(means.shape[1] - 1, -1, -1):
+        n = _start((g_mean, g_var), (grad_means, grad_vars), t, plan.counts)
+        grad_a_mean, grad_a_var = vp.tanh_backward(a_means[:n, t], a_vars[:n, t], means[:n, t], g_mean[:n], g_var[:n])
+        grad_a_means[:n, t], grad_a_vars[:n, t] = grad_a_mean, grad_a_var
+        if t:
+            grad_var_in = torch.bmm(grad_a_var, w_sq[:n])
+            g_mean[:n] = (grad_means[:n, t - 1] + keep[:n] * torch.bmm(grad_a_mean, w_rec[:n])
+                          + keep_var2[:n] * grad_var_in * means[:n, t - 1])
+            g_var[:n] = grad_vars[:n, t - 1] + keep[:n] * grad_var_in
+    return grad_a_means, grad_a_vars
+
+
+def _pack(values: tuple[Tensor, ...], per: int, plan: Plan, *buffers: Tensor | None) -> list[Tensor]:
+    """Member k's `per` tensors (T_k, B_k, H) into the packed buffers (K, T, B, H) at its position,
+    zero in the columns past B_k (which the recurrence runs alongside); steps past T_k stay unset."""
+    packed = list(buffers[:per])
+    for pos, k in enumerate(plan.order):
+        steps, size = plan.lengths[k], plan.sizes[k]
+        for buffer, value in zip(packed, values[per * k: per * k + per]):
+            buffer[pos, :steps, :size] = value
+            if size < buffer.shape[2]:
+                buffer[pos, :steps, size:] = 0.0
+    return packed
+
+
+class StackedTanhRecurrence(torch.autograd.Function):
+    """apply(plan, w_rec (K, H, H), *inputs) -> outputs: member k's (T_k, B_k, H) inputs in_mean_k
+    (and in_var_k under FD) in, its hidden means (and variances) out, in member order. The outputs
+    are views of the packed buffers (of `plan.space` when it is free)."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, w_rec: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
+        per = 2 if plan.fd else 1
+        space = plan.space if plan.space is not None and not plan.space.busy else None
+        alloc = space.take if space is not None else fresh
+        shape = (len(plan.lengths), max(plan.lengths), max(plan.sizes), w_rec.shape[-1])
+        like = inputs[0].new_empty(1, 1, 1, 1).expand(shape)  # the packed shape, nothing allocated
+        packed = _pack(inputs, per, plan, *(alloc(name, like) for name in ("in_mean", "in_var")[:per]))
+        w = w_rec[plan.order]
+        saved = recur(packed[0], packed[1] if plan.fd else None, w, (plan.keep, plan.keep_var), plan.counts,
+                      save=True, alloc=alloc)
+        if space is not None:
+            space.busy = True  # until the backward has read what it saves
+        ctx.plan, ctx.space = plan, space
+        ctx.save_for_backward(w, *saved)
+        outputs = []
+        for k in range(len(plan.lengths)):
+            pos = plan.order.index(k)
+            outputs += [s[pos, : plan.lengths[k], : plan.sizes[k]].contiguous() for s in saved[:per]]
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        plan: Plan = ctx.plan
+        w, *saved = ctx.saved_tensors
+        per = 2 if plan.fd else 1
+        alloc = ctx.space.take if ctx.space is not None else fresh
+        packed = _pack(grads, per, plan, *(alloc(name, saved[0]) for name in ("grad_mean", "grad_var")[:per]))
+        grad_a = recur_backward(packed[0], packed[1] if plan.fd else None, tuple(saved), w, plan, alloc=alloc)
+        grad_w = torch.empty_like(w)
+        grad_inputs = []
+        for k in range(len(plan.lengths)):
+            pos, steps, size = plan.order.index(k), plan.lengths[k], plan.sizes[k]
+            grad_inputs += [g[pos, :steps, :size].contiguous() for g in grad_a[:per]]
+            grad_w[k] = _member_grad_w(grad_a, saved, w[pos], pos, steps, size, plan.keeps[k], plan.fd)
+        if ctx.space is not None:
+            ctx.space.busy = False
+        return (None, grad_w, *grad_inputs)
+
+
+def _member_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, pos: int, steps: int, size: int, keep: float,
+                   fd: bool) -> Tensor:
+    """W_rec's gradient for one member over its own steps t = 1..T_k-1 (h_0 = 0 adds nothing), as
+    `FDTanhRecurrence.backward` sums it."""
+    hidden = w.shape[0]
+    rows = lambda x, lo, hi: x[pos, lo:hi, :size].reshape(-1, hidden)  # noqa: E731
+    grad_w = rows(grad_a[0], 1, steps).T @ rows(saved[0], 0, steps - 1)
+    if not fd:
+        return grad_w
+    grad_w = keep * grad_w
+    grad_w += 2.0 * w * (rows(grad_a[1], 1, steps).T @ rows(saved[4], 1, steps))
+    return grad_w
+
+
+class StackedFDRNN:
+    """K tanh `FastDropoutRNN`s of one size: `params` (in `NAMES` order), each (K, *shape)."""
+
+    def __init__(self, states: list[dict[str, Tensor]], rates: list[Rates], device: torch.device | str = "cpu"):
+        if not states or len(states) != len(rates):
+            raise ValueError(f"one state and one Rates per member must be given, got {len(states)} and {len(rates)}")
+        self.params = [torch.stack([s[name].detach() for s in states]).to(device).requires_grad_() for name in NAMES]
+        self.rates = list(rates)
+        self.space, self.eval_space = Workspace(), Workspace()  # training's and evaluation's buffers
+
+    @property
+    def size(self) -> int:
+        return self.params[0].shape[0]
+
+    @property
+    def fd(self) -> bool:
+        """Whether any member's recurrence carries a variance (else the plain mode)."""
+        return any(r.keep_input != 1.0 or r.keep_hidden != 1.0 for r in self.rates)
+
+    def select(self, positions: list[int]) -> None:
+        """Keep only the members at `positions` (in that order)."""
+        index = torch.tensor(positions, device=self.params[0].device)
+        self.params = [p.detach()[index].clone().requires_grad_() for p in self.params]
+        self.rates = [self.rates[i] for i in positions]
+
+    def member_state(self, pos: int, params: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """Member `pos` of `params` (default: the parameters) as its solo net's state dict."""
+        return {name: p[pos].detach().clone() for name, p in zip(NAMES, params or self.params)}
+
+    @torch.no_grad()
+    def load_member(self, pos: int, state: dict[str, Tensor]) -> None:
+        for name, p in zip(NAMES, self.params):
+            p[pos].copy_(state[name])
+
+    def _output(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor, rates: Rates) -> Tensor:
+        """`FastDropoutRNN.forward`'s output layer for one member."""
+        if not rates.output_fd:
+            return F.linear(mean, weight, bias)
+        out_mean, out_var = vp.fd_affine(mean, var, weight, bias, rates.keep_output)
+        return out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * out_var)
+
+    def forward_members(self, xs: list[Tensor]) -> list[Tensor]:
+        """Member k reads its own x_k (T_k, B_k, n_in); returns its effective logits (T_k, B_k, n_out)."""
+        w_ih, b_ih, b_hh, w_out, b_out = (self.params[i].unbind(0) for i in (0, 2, 3, 4, 5))  # W_rec: stacked
+        fd, inputs = self.fd, []
+        for k, x in enumerate(xs):
+            mean, var = vp.fd_affine(x, None, w_ih[k], b_ih[k] + b_hh[k], self.rates[k].keep_input)
+            inputs += [mean, var] if fd else [mean]
+        plan = Plan.build([x.shape[0] for x in xs], [x.shape[1] for x in xs], [r.keep_hidden for r in self.rates],
+                          fd, self.params[0], self.space)
+        hidden = StackedTanhRecurrence.apply(plan, self.params[1], *inputs)
+        per = 2 if fd else 1
+        return [self._output(hidden[per * k], hidden[per * k + 1] if fd else None, w_out[k], b_out[k], r)
+                for k, r in enumerate(self.rates)]
+
+    @torch.no_grad()
+    def forward_shared(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
+        """Every member reads x (T, B, n_in); returns the effective logits (K, T, B, n_out)."""
+        w_ih, w_hh, b_ih, b_hh, w_out, b_out = params or [p.detach() for p in self.params]
+        size, (steps, batch, n_in) = w_ih.shape[0], x.shape
+        rows = x.reshape(1, steps * batch, n_in)
+        keep_in = [r.keep_input for r in self.rates]
+        in_mean = torch.baddbmm((b_ih + b_hh).unsqueeze(1), column(keep_in, x) * rows, w_ih.transpose(1, 2))
+        packed = lambda v: v.view(size, steps, batch, -1)  # noqa: E731
+        in_var = None
+        if self.fd:
+            var_rows = column([k * (1.0 - k) for k in keep_in], x) * rows.square()
+            in_var = packed(torch.bmm(var_rows, w_ih.square().transpose(1, 2)))
+        keeps = [r.keep_hidden for r in self.rates]
+        hidden = recur(packed(in_mean), in_var, w_hh, (column(keeps, x), column([k * (1.0 - k) for k in keeps], x)),
+                       [size] * steps, alloc=self.eval_space.take)
+        hidden = hidden if self.fd else (hidden[0], None)
+        mean, var = (h if h is None else h.view(size, steps * batch, -1) for h in hidden)
+        logits = self._output_shared(mean, var, w_out, b_out)
+        return logits.view(size, steps, batch, -1)
+
+    def _output_shared(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor) -> Tensor:
+        """`_output` for all members at once: members without output FD get keep 1 and no variance."""
+        keep = [r.keep_output if r.output_fd else 1.0 for r in self.rates]
+        out_mean = torch.baddbmm(bias.unsqueeze(1), column(keep, mean) * mean, weight.transpose(1, 2))
+        if not any(r.output_fd for r in self.rates):
+            return out_mean
+        var_in = column([k * (1.0 - k) for k in keep], mean) * mean.square()
+        if var is not None:
+            var_in = var_in + column(keep, mean) * var
+        out_var = torch.bmm(var_in, weight.square().transpose(1, 2))
+        scale = column([1.0 if r.output_fd else 0.0 for r in self.rates], mean)
+        return out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * (scale * out_var))
