@@ -55,14 +55,16 @@ def test_repeats_give_mean_std_and_the_within_flag(tmp_path):
     assert "| toy | NN | 4.2395 |" in tables.to_markdown("table7", frame) and "within 2σ" in tables.to_markdown("table7", frame)
 
 
-def test_the_report_holds_every_table_cell_and_one_expected_best_figure_per_study(tmp_path):
+@pytest.mark.parametrize("relative", [False, True])  # a manifest names studies relative to its own folder
+def test_the_report_holds_every_table_cell_and_one_expected_best_figure_per_study(tmp_path, relative):
     dirs = [make_study(tmp_path / "studies", f"s{k}", k) for k in range(2)]
+    named = [f"../studies/s{k}" for k in range(2)] if relative else [str(d) for d in dirs]
     frame = tables.build("table7", lambda space, dataset: dirs if space == SPACE else None, ["toy"])
     out = tmp_path / "tables"
     tables.write("table7", frame, out)
     tables.write_manifest("table7", out, {"command": "seqrep reproduce table7", "git_commit": "abc", "started": "now",
                                           "wall_s": 1.0, "repeats": 2,
-                                          "studies": {f"{SPACE}|toy": [str(d) for d in dirs]}})
+                                          "studies": {f"{SPACE}|toy": named}})
     assert main(["report", "table7", "--out", str(out)]) == 0
     page = (out / "table7-report.html").read_text()
     cells = pd.read_csv(out / "table7.csv", dtype=str, keep_default_na=False)

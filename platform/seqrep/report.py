@@ -171,8 +171,8 @@ def table_report(table: str, out_dir: Path) -> tuple[Path, Path]:
         dirs, (space, dataset) = manifest["studies"][key], key.split("|")
         rows = frame[(frame["space"] == space) & (frame["dataset"] == dataset)]
         thesis = {r.metric: float(r.thesis) for r in rows.itertuples() if _is_number(r.thesis)}
-        sections += [study_section(Path(d), figures_dir, thesis) for d in dirs
-                     if (Path(d) / studydir.SUMMARY_FILE).exists()]
+        found = [out_dir / d for d in dirs]  # relative to the manifest's folder (an absolute one stays)
+        sections += [study_section(d, figures_dir, thesis) for d in found if (d / studydir.SUMMARY_FILE).exists()]
     header = (f"Rebuilt by `{manifest.get('command', '')}` at commit {manifest.get('git_commit', '')} on "
               f"{manifest.get('started', '')}, {manifest.get('wall_s', 0):.0f} s of wall time; "
               f"{manifest.get('repeats', 1)} seed(s) per study.")

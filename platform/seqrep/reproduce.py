@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -157,7 +158,9 @@ def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out
         "table": table, "command": plans[0].record()["command"] if plans else "",
         "git_commit": plans[0].git_commit if plans else "", "started": started.isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - clock, 1), "repeats": repeats, "seed": options.seed,
-        "studies": {f"{space}|{dataset}": [str(d) for d in dirs] for (space, dataset), dirs in directories.items()},
+        # relative to the manifest's folder, so a table and its studies can move (or be committed) together
+        "studies": {f"{space}|{dataset}": [os.path.relpath(d, Path(out_dir).resolve()) for d in dirs]
+                    for (space, dataset), dirs in directories.items()},
     })
     from seqrep import report  # matplotlib and optuna: loaded when a report is written
 
