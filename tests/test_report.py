@@ -102,3 +102,10 @@ def test_report_of_a_folder_that_is_no_study_is_one_line(tmp_path, capsys):
     assert main(["report", "table7", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"seqrep: error: no {tmp_path / 'table7.json'}: rebuild the table first with "
                                        f"`seqrep reproduce table7 --out {tmp_path}`\n")
+
+
+def test_the_html_table_shows_numbers_as_the_markdown_does_and_words_as_they_are():
+    # a table's "ours" column holds numbers and words (a pooling function), so the CSV reads it back as text
+    assert report._number_or_text("0.02447552447552448") == "0.0245"
+    assert report._number_or_text("mean/stochastic/sum") == "mean/stochastic/sum"
+    assert report._number_or_text(float("nan")) == "" and report._number_or_text(None) == ""

@@ -149,10 +149,19 @@ def _code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _number_or_text(value) -> str:
+    """A cell as the Markdown table shows it: numbers to four decimals (the CSV column holding
+    numbers and words, such as a pooling function, reads back as text), words as they are."""
+    try:
+        return tables.format_value(float(value))
+    except (TypeError, ValueError):
+        return "" if pd.isna(value) else str(value)
+
+
 def _table_html(frame: pd.DataFrame) -> str:
     shown = frame[["dataset", "method", "metric", "thesis", "ours", "ours_std", "within", "trials", "study"]].copy()
-    shown["ours"] = shown["ours"].map(tables.format_value)
-    shown["ours_std"] = shown["ours_std"].map(tables.format_value)
+    shown["ours"] = shown["ours"].map(_number_or_text)
+    shown["ours_std"] = shown["ours_std"].map(_number_or_text)
     shown["trials"] = shown["trials"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     return shown.fillna("").to_html(index=False, escape=True, border=0)
 
