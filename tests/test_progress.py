@@ -62,9 +62,9 @@ def test_verbose_gives_ray_tunes_table_and_the_default_seqreps_view(tmp_path):
 
     options = studies.StudyOptions(trials=2, storage=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db")
     plan = studies.plan("table7-nn-toy", "toy", options)
-    assert not isinstance(launch._reporter(plan), CLIReporter)
+    assert not isinstance(launch._reporter(plan, None), CLIReporter)
     options.verbose = True
-    assert isinstance(launch._reporter(plan), CLIReporter)
+    assert isinstance(launch._reporter(plan, None), CLIReporter)
 
 
 @pytest.mark.integration

@@ -151,3 +151,17 @@ def test_reproduce_table7_toy_fills_every_row(tmp_path):
     reproduce.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")
     after = {p.name: p.stat().st_mtime for p in (tmp_path / "studies").glob("*/trials.parquet")}
     assert before == after
+
+
+def test_asha_never_stops_a_trial_at_its_budget_before_it_finishes(tmp_path):
+    """Every report sent at once (interval 0): the last epoch's report goes with the final result,
+    so ASHA's stop at max_t cannot cut a trial off before its test metrics; trials ASHA stops at
+    an earlier rung are `stopped` with fewer epochs."""
+    p = studies.plan("table7-nn-toy", "toy", options(tmp_path, trials=6, max_epochs=3, scheduler="asha",
+                                                      report_interval_s=0.0, cohort_size=1))
+    frame = summary.read(launch.run_study(p).parent)
+    assert len(frame) == 6
+    at_budget = frame[frame["epochs"] == 3]
+    assert len(at_budget) >= 1 and set(at_budget["status"]) == {"completed"}
+    assert at_budget["test_nll"].notna().all()
+    assert (frame[frame["status"] == "stopped"]["epochs"] < 3).all()

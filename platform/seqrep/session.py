@@ -129,7 +129,9 @@ class RaySession(Session):
             raise ValueError("a report must hold the epoch it belongs to")
         self._buffer.append(dict(metrics))
         self._latest = dict(metrics)
-        if time.monotonic() - self._last_flush < self._interval:
+        if time.monotonic() - self._last_flush < self._interval or metrics["epoch"] >= self.context.max_epochs:
+            # the last epoch goes with `finish`: sent alone, ASHA would stop the trial at its budget
+            # (max_t) before the trial could send its test metrics
             return
         self._flush(checkpoint)
 
