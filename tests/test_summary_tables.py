@@ -86,7 +86,8 @@ def test_one_row_per_trial_with_status_metrics_and_types(study_dir):
     assert table.column("config.transfer").to_pylist() == ["sigmoid", "rectifier", None, "sigmoid"]
     assert frame["gpus"].tolist() == [0.5] * 4 and frame["node"].iloc[0] == "10.0.0.1"
     assert list(frame.columns[:9]) == summary.IDENTITY_COLUMNS
-    assert list(frame.columns[-7:]) == summary.TAIL_COLUMNS
+    assert list(frame.columns[-8:]) == summary.TAIL_COLUMNS
+    assert frame["cohort"].isna().all()  # every trial ran alone
 
 
 def test_rewriting_never_duplicates(study_dir):
