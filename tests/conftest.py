@@ -1,5 +1,7 @@
 """Shared test set-up."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,3 +15,41 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+EPOCHS = 4000  # long enough (a few seconds per toy trial) that the kill lands while both trials train
+
+
+def _trial_workers(root: int) -> list[int]:
+    """The Ray worker processes (under this process's local Ray) that run a trial right now."""
+    workers = []
+    for pid in _descendants(root):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                workers.append(pid)
+        except OSError:
+            continue
+    return workers
+
+
+@pytest.fixture
+def trial_workers():
+    """`trial_workers(pid)`: the Ray worker processes under `pid`'s local Ray that run a trial now."""
+    return _trial_workers

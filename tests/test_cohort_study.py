@@ -87,34 +87,12 @@ def test_cohorts_give_a_row_and_a_run_per_config_and_the_numbers_of_solo_trials(
     assert (both["best_epoch"] == both["best_epoch_solo"]).all()
 
 
-def _workers(root: int) -> list[int]:
-    """The Ray worker processes under this process's local Ray that run a trial right now."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            try:
-                if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                    found.append(child)
-            except OSError:
-                continue
-    return found
-
-
 def _last_epoch(trial: Path) -> int:
     lines = (trial / "result.json").read_text().splitlines() if (trial / "result.json").exists() else []
     return max((json.loads(line).get("epoch", 0) for line in lines if line.strip()), default=0)
 
 
-def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoint(tmp_path, local_cluster):
+def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoint(tmp_path, local_cluster, trial_workers):
     epochs = 3000
     p = plan(tmp_path, "killed", epochs, cohort_size=6, max_failures=2, report_interval_s=0.2, max_concurrent=1)
     killed: list[int] = []
@@ -123,7 +101,7 @@ def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoin
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
             trials = [d for d in p.directory.glob("ray/*") if any(d.glob("checkpoint_*"))]
-            workers = _workers(os.getpid())
+            workers = trial_workers(os.getpid())
             if trials and workers and 0 < _last_epoch(trials[0]) < epochs // 2:
                 os.kill(workers[0], signal.SIGKILL)
                 killed.append(workers[0])

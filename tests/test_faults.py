@@ -170,26 +170,6 @@ def test_node_types_the_autoscaler_can_start_count_as_capacity(tmp_path, monkeyp
     assert cluster._autoscaled_node_types() == {}
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-EPOCHS = 4000  # long enough (a few seconds per toy trial) that the kill lands while both trials train
-
-
 def _last_epoch(trial_dir: Path) -> int:
     """The latest epoch a trial has reported (0 before its first report)."""
     lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
@@ -199,20 +179,8 @@ def _last_epoch(trial_dir: Path) -> int:
         return 0
 
 
-def _trial_workers(root: int) -> list[int]:
-    """The Ray worker processes (under this process's local Ray) that run a trial right now."""
-    workers = []
-    for pid in _descendants(root):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                workers.append(pid)
-        except OSError:
-            continue
-    return workers
-
-
 @pytest.mark.integration
-def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path):
+def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path, trial_workers):
     """The node survives, the trial's worker process does not: Ray Tune restarts the trial from its
     latest checkpoint, so every trial ends with one row, one finished run and each epoch once."""
     import ray
@@ -236,7 +204,7 @@ def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path)
         def kill_a_worker():
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not killed:
-                workers = _trial_workers(os.getpid())
+                workers = trial_workers(os.getpid())
                 if workers and both_trials_mid_way():
                     os.kill(workers[0], signal.SIGKILL)
                     killed.append(workers[0])
