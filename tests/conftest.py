@@ -34,9 +34,6 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-EPOCHS = 4000  # long enough (a few seconds per toy trial) that the kill lands while both trials train
-
-
 def _trial_workers(root: int) -> list[int]:
     """The Ray worker processes (under this process's local Ray) that run a trial right now."""
     workers = []

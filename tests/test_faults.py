@@ -170,6 +170,9 @@ def test_node_types_the_autoscaler_can_start_count_as_capacity(tmp_path, monkeyp
     assert cluster._autoscaled_node_types() == {}
 
 
+EPOCHS = 4000  # long enough (a few seconds per toy trial) that the kill lands while both trials train
+
+
 def _last_epoch(trial_dir: Path) -> int:
     """The latest epoch a trial has reported (0 before its first report)."""
     lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
