@@ -9,6 +9,11 @@ with its own seed.
 - sequential: the K trials through `seqrep.session.run_local(method, ...)`, one after another;
 - cohort: one `seqrep.session.run_local_cohort(method, ...)` over the same configs and seeds.
 
+Case `fawn`: Table 8's FAWN-VB cohort, the 10 train/test splits of `uci-boston` from
+`$SEQREP_DATA` (skipped, with the reason, when that is not set or lacks the set) as K = 10 members
+with table8-fawn-vb's fixed values (1 x 50 rectifiers, Adam 0.001, minibatches of 128), each its
+own split and seed, for a fixed `--fawn-epochs` (100; no plateau stop, so both sides run them all).
+
 Both sides go through the method contract with `LocalSession`s, so both build and snapshot every
 member's checkpoint every epoch. Neither side draws the per-trial predictive plot (Figure 6)
 unless `--plots` is given: it costs ~0.13 s of Matplotlib per trial on either side, as much as a
@@ -21,7 +26,8 @@ Cases `reduction` and `rnn` live in `benchmarks/cohort_reduction.py` and `benchm
 (each a `main(k, device) -> str` returning its line); a file not written yet prints a `skipped:`
 line. `--smoke` shrinks the run of the regression cases (tests); `--cases` picks cases.
 
-    python benchmarks/cohort.py [--epochs 200] [--repeats 3] [--cases mlp,mdn,reduction,rnn] [--smoke]
+    python benchmarks/cohort.py [--epochs 200] [--fawn-epochs 100] [--repeats 3]
+                                [--cases mlp,mdn,fawn,reduction,rnn] [--smoke]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import statistics
 import tempfile
 import time
@@ -42,9 +49,13 @@ from seqrep.method import TrialContext
 from seqrep.session import run_local, run_local_cohort
 
 K = 16
-CASES = ("mlp", "mdn", "reduction", "rnn")
+CASES = ("mlp", "mdn", "fawn", "reduction", "rnn")
 REGRESSION = {"mlp": {}, "mdn": {"components": 1}}  # each method's fixed keys (table7-nn-toy, table7-dn-toy)
 SHAPE = dict(hidden_layers=2, hidden_units=25, batch_size=10)
+FAWN_K = 10  # Table 8's splits
+# table8-fawn-vb's fixed values; no plateau stop: a fixed number of epochs on both sides
+FAWN = dict(hidden_layers=1, hidden_units=50, transfer="rectifier", step_rate=0.001, init_noise=0.2, batch_size=128,
+            init_std=0.2, patience=None)
 HERE = Path(__file__).resolve().parent
 
 
@@ -88,6 +99,27 @@ def regression_case(method: str, k: int, device: str, epochs: int, repeats: int,
     return f"cohort method={method} K={k} device={device} ratio={ratio:.2f}"
 
 
+def fawn_case(k: int, device: str, epochs: int, repeats: int) -> str:
+    """K splits of uci-boston as one FAWN-VB cohort against the K solo runs (module docstring)."""
+    head = f"cohort method=fawn K={k} device={device}"
+    data_dir = os.environ.get("SEQREP_DATA")
+    if not data_dir:
+        return f"{head} skipped: SEQREP_DATA is not set (the real uci-boston files are needed)"
+    try:
+        data = datasets.load("uci-boston", data_dir)
+    except Exception as err:  # noqa: BLE001 - any reason the files cannot be read is a reason to skip
+        return f"{head} skipped: uci-boston not loadable from $SEQREP_DATA={data_dir}: {err}"
+    if data.n_splits < k:
+        return f"{head} skipped: uci-boston has {data.n_splits} splits, fewer than {k}"
+    configs = [dict(FAWN, split=split) for split in range(k)]
+    contexts = [TrialContext(dataset="uci-boston", data=data, max_epochs=epochs, seed=split, metric="valid_loss",
+                             mode="min", device=device) for split in range(k)]
+    warm = [dataclasses.replace(c, max_epochs=1) for c in contexts[:2]]
+    time_regression("fawn_vb", configs[:2], warm, 1)  # warm-up: imports, kernels
+    ratio = time_regression("fawn_vb", configs, contexts, repeats)
+    return f"{head} ratio={ratio:.2f}"
+
+
 def external_case(name: str, k: int, device: str) -> str:
     """The line of `benchmarks/cohort_<name>.py`'s `main(k, device)`, or a `skipped:` line."""
     path = HERE / f"cohort_{name}.py"
@@ -102,6 +134,7 @@ def external_case(name: str, k: int, device: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--fawn-epochs", type=int, default=100, help="case fawn's epochs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
@@ -118,6 +151,8 @@ def main() -> None:
     for case in cases:
         if case in REGRESSION:
             line = regression_case(case, k, args.device, epochs, repeats, args.plots)
+        elif case == "fawn":
+            line = fawn_case(2 if args.smoke else FAWN_K, args.device, 2 if args.smoke else args.fawn_epochs, repeats)
         else:
             line = external_case(case, k, args.device)
         print(line, flush=True)

@@ -12,15 +12,14 @@ trial with its own seed.
 
 Both sides judge every member every epoch by the same scikit-learn logistic regression (5-fold
 cross-validated on CBF's 30 training series), which a cohort cannot share: it bounds the ratio.
-Neither side draws the t-SNE figure (Figure 9; ~2 s of scikit-learn per trial on either side, more
-than the trial's training) unless `plots=True`: it is replaced by a no-op on both sides.
+Each trial keeps its test embeddings (the report draws the selected trial's t-SNE map).
 
 One torch thread and one BLAS thread (threadpoolctl, applied after scikit-learn's SciPy has loaded
 its OpenBLAS: with two BLAS threads on a busy two-core machine a logistic regression took 15 times
 longer). The two sides alternate, median of `repeats` ratios. On the CPU the clock is this
 process's CPU time (unmoved by other jobs on a shared machine); on a GPU the wall time.
 
-    python benchmarks/cohort_reduction.py [--k 16] [--device cpu] [--epochs 2] [--repeats 1] [--plots]
+    python benchmarks/cohort_reduction.py [--k 16] [--device cpu] [--epochs 2] [--repeats 1]
 
 prints `cohort method=reduction K=<k> device=<cpu|cuda> ratio=<sequential/cohort>`, or
 `cohort method=reduction K=<k> device=<device> skipped: <reason>` when the data set (or the GPU) is absent.
@@ -63,20 +62,6 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def without_tsne(plots: bool) -> Iterator[None]:
-    """Both sides' t-SNE figure replaced by a no-op unless `plots`."""
-    from trainables.kit import reduction_cohort, reduction_run
-
-    saved = reduction_run.plot_tsne, reduction_cohort.plot_tsne
-    if not plots:
-        reduction_run.plot_tsne = reduction_cohort.plot_tsne = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        reduction_run.plot_tsne, reduction_cohort.plot_tsne = saved
-
-
 def time_once(configs: list[dict], contexts: list, out: str) -> tuple[float, float]:
     from seqrep.session import run_local, run_local_cohort
 
@@ -90,7 +75,7 @@ def time_once(configs: list[dict], contexts: list, out: str) -> tuple[float, flo
     return sequential, clock() - start
 
 
-def main(k: int = 16, device: str = "cpu", epochs: int = 2, repeats: int = 1, plots: bool = False) -> str:
+def main(k: int = 16, device: str = "cpu", epochs: int = 2, repeats: int = 1) -> str:
     """The benchmark's line (module docstring)."""
     from seqrep import data as datasets
     from seqrep.errors import SeqrepError
@@ -110,7 +95,7 @@ def main(k: int = 16, device: str = "cpu", epochs: int = 2, repeats: int = 1, pl
                                  mode="min", device=device) for seed in range(k)]
         configs = draw_configs(k)
         ratios = []
-        with single_threaded_blas(), without_tsne(plots), tempfile.TemporaryDirectory() as out:
+        with single_threaded_blas(), tempfile.TemporaryDirectory() as out:
             warm = [TrialContext(dataset="ucr-cbf", data=data, max_epochs=1, seed=s, metric="valid_error",
                                  mode="min", device=device) for s in range(2)]
             time_once(draw_configs(2), warm, str(Path(out) / "warm"))  # imports, kernels, scikit-learn
@@ -128,6 +113,5 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--plots", action="store_true", help="both sides draw each trial's t-SNE figure")
     args = parser.parse_args()
-    print(main(args.k, args.device, args.epochs, args.repeats, args.plots), flush=True)
+    print(main(args.k, args.device, args.epochs, args.repeats), flush=True)

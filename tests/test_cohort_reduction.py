@@ -5,9 +5,9 @@ layout), a resumed cohort equals an uninterrupted one, a diverging member is fin
 while the others go on, what cannot be stacked runs solo, and the benchmark prints its line.
 
 Table 10's fixed settings (32 hidden, 16 output units, rmsprop 1e-4 / 0.9 / 0.9, spectral radius
-1); a few epochs instead of Table 10's 15 to stay fast. The t-SNE figure (~2 s of scikit-learn per
-trial) is replaced on both sides by a recorder, which also checks that each member would have
-drawn its solo run's figure.
+1); a few epochs instead of Table 10's 15 to stay fast. Saving the test embeddings (Figure 9's
+input) is replaced on both sides by a recorder, which checks that each member keeps its solo
+run's embeddings.
 
 How many epochs stay within 1e-5: a member's numbers differ from its solo run's by the float32
 rounding of batched kernels (in float64 the stacked network's losses and gradients equal the solo
@@ -71,14 +71,14 @@ def one_blas_thread():
 
 @pytest.fixture
 def tsne(monkeypatch):
-    """Both sides' t-SNE figure recorded instead of drawn: {(title, seed): [embeddings, ...]}."""
+    """Both sides' test embeddings (Figure 9's input) recorded instead of saved: {(title, seed): [embeddings, ...]}."""
     drawn: dict[tuple[str, int], list[np.ndarray]] = {}
 
-    def record(path, e, y, classes, title, seed, max_points=500):
+    def record(folder, e, y, classes, title, seed):
         drawn.setdefault((title, seed), []).append(np.array(e))
 
-    monkeypatch.setattr(reduction_run, "plot_tsne", record)
-    monkeypatch.setattr(reduction_cohort, "plot_tsne", record)
+    monkeypatch.setattr(reduction_run, "save_embeddings", record)
+    monkeypatch.setattr(reduction_cohort, "save_embeddings", record)
     return drawn
 
 
@@ -162,7 +162,7 @@ def test_every_member_reports_and_finishes_as_its_solo_run(cbf, tsne, method, ep
         assert list(member.model["model"]) == ["w_rec", "w_in.weight", "w_in.bias"] + (
             [] if method == "ri" else ["out.weight", "out.bias"])
         assert member.model["config"] == alone.model["config"]
-    for key, figures in tsne.items():  # each member draws its solo run's figure from its own test embeddings
+    for key, figures in tsne.items():  # each member keeps its solo run's test embeddings
         assert len(figures) == 2, key
         np.testing.assert_allclose(figures[1], figures[0], rtol=1e-5, atol=1e-6)
     assert len(tsne) == len(configs)

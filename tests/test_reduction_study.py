@@ -1,5 +1,6 @@
 """Sequence reduction through the platform (Ray Tune + MLflow + Parquet): Table 9's columns, the
-improved-rule column and the t-SNE artifact, on a small generated set in the UCR layout."""
+improved-rule column, the kept test embeddings and the report's t-SNE map of the selected trial, on
+a small generated set in the UCR layout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from seqrep import launch, studies, summary, tables
+from seqrep import cohorts, launch, report, studies, studydir, summary, tables
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_sequence_reduction import toy_rows, write_ucr  # noqa: E402
@@ -42,6 +43,12 @@ def test_table9_nca_study_reports_the_table_columns(tmp_path):
     assert (frame["test_1nn_accuracy"] - (1 - frame["test_error"])).abs().max() < 1e-12
     client = MlflowClient(o.tracking_uri)
     for run_id in frame["mlflow_run_id"]:
-        assert "tsne.png" in {a.path for a in client.list_artifacts(run_id)}
+        assert "embeddings.npz" in {a.path for a in client.list_artifacts(run_id)}
+    for trial_id in frame["trial_id"]:  # each trial's kept folder in the Ray experiment holds them
+        assert (cohorts.kept_folder(p.directory, trial_id) / report.EMBEDDINGS_FILE).is_file()
+    # the report's t-SNE map is the table's pick's (none here when no trial improved on its untrained net)
+    best = tables.best_trial(frame, "valid_error", "min", ["valid_improved"])
+    selected = report.selected_embeddings(p.directory, studydir.read_record(p.directory), frame)
+    assert (selected and selected[0]) == (best["trial_id"] if best is not None else None)
     table = tables.build("table9", lambda space, dataset: p.directory, ["ucr-syntheticcontrol"])
     assert table["metric"].tolist() == ["train_nca_prob", "test_nca_prob", "test_1nn_accuracy", "test_1nn_accuracy"]

@@ -109,3 +109,41 @@ def test_the_html_table_shows_numbers_as_the_markdown_does_and_words_as_they_are
     assert report._number_or_text("0.02447552447552448") == "0.0245"
     assert report._number_or_text("mean/stochastic/sum") == "mean/stochastic/sum"
     assert report._number_or_text(float("nan")) == "" and report._number_or_text(None) == ""
+
+
+def keep_embeddings(folder: Path, seed: int = 0) -> None:
+    """What a sequence-reduction trial keeps for Figure 9 (`trainables.kit.tsne.save_embeddings`)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], 20)
+    folder.mkdir(parents=True)
+    np.savez_compressed(folder / report.EMBEDDINGS_FILE, e=(rng.normal(size=(60, 4)) + y[:, None]).astype(np.float32),
+                        y=y, classes=np.array(["a", "b", "c"]), title=np.array("RI on test"), seed=np.array(seed))
+
+
+@pytest.mark.parametrize("as_member", [False, True])
+def test_the_selected_trials_embeddings_become_its_tsne_map_and_no_other_trials(tmp_path, as_member):
+    study = make_study(tmp_path, "one", 3, n=5)
+    trials = summary.read(study)
+    best, worst = trials.sort_values("valid_nll")["trial_id"].iloc[[0, -1]]
+    if as_member:  # a cohort member's files live in its subfolder of the cohort's last checkpoint
+        frame = trials.assign(cohort=np.where(trials["trial_id"] == best, "c0", None),
+                              trial_id=trials["trial_id"].where(trials["trial_id"] != best, "c0-m1"))
+        frame.to_parquet(study / studydir.SUMMARY_FILE)
+        keep_embeddings(study / "ray" / "c0" / "checkpoint_000002" / "m1")
+        (study / "ray" / "c0" / "checkpoint_000001").mkdir()  # an older checkpoint is not read
+        best = "c0-m1"
+    else:
+        keep_embeddings(study / "ray" / best / "checkpoint_000003")
+    keep_embeddings(study / "ray" / worst / "checkpoint_000003", seed=1)
+    record = studydir.read_record(study)
+    selected = report.selected_embeddings(study, record, summary.read(study))
+    assert selected[0] == best and selected[1].parent.name == ("m1" if as_member else "checkpoint_000003")
+    assert main(["report", str(study)]) == 0
+    page = (study / "report.html").read_text()
+    assert page.count("<img") == 4 and page.count('<img alt="one-tsne"') == 1
+    assert (study / "figures" / "one-tsne.png").stat().st_size > 5000
+
+
+def test_a_study_without_kept_embeddings_has_no_tsne_map(tmp_path):
+    study = make_study(tmp_path, "one", 3, n=5)
+    assert report.selected_embeddings(study, studydir.read_record(study), summary.read(study)) is None

@@ -218,7 +218,9 @@ def test_every_method_runs_reports_and_judges(method, ramps, tmp_path):
         # Table 11's NCA cell: 1 - the mean NCA probability, not the 1-NN error
         assert final["test_nca_error"] == 1.0 - final["test_nca_prob"]
         assert final["valid_nca_error"] == 1.0 - final["valid_nca_prob"]
-    assert (tmp_path / "tsne.png").exists()
+    kept = np.load(tmp_path / "embeddings.npz")  # Figure 9's input, drawn by the report for the selected trial
+    assert kept["e"].shape[0] == 20 and kept["e"].dtype == np.float32 and list(kept["y"]) == [0, 1] * 10
+    assert int(kept["seed"]) == 0 and list(kept["classes"]) == ["1", "2"]
 
 
 def test_stochastic_pooling_and_lbfgs_and_normalisation_run(ramps, tmp_path):
@@ -274,3 +276,19 @@ def test_cross_validated_error_is_a_count_over_n():
     e = rng.normal(size=(30, 2)) + y[:, None] * 0.8
     error = logreg_cv_error(e, y)
     assert error * 30 == pytest.approx(round(error * 30), abs=1e-12) and 0 < error < 2 / 3
+
+
+def test_cross_validated_error_is_cross_val_predicts():
+    """The judge's own fold loop gives scikit-learn's `cross_val_predict` error, to the last bit."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from trainables.kit.judges import logistic_regression, logreg_cv_error
+
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        n, classes = int(rng.integers(12, 60)), int(rng.integers(2, 5))
+        y = rng.permutation(np.arange(n) % classes)
+        e = rng.normal(size=(n, int(rng.integers(2, 17)))) + y[:, None] * rng.normal()
+        folds = StratifiedKFold(n_splits=min(5, int(np.bincount(y).min())), shuffle=True, random_state=0)
+        expected = float((cross_val_predict(logistic_regression(), e, y, cv=folds) != y).mean())
+        assert logreg_cv_error(e, y) == expected

@@ -8,6 +8,10 @@ the approximate predictive distribution of Eq. (26) with the likelihood's noise,
 KL to the learned reference distribution p = N(mu~, sigma~^2) (no regularisation coefficient).
 The trainer is FAWN-VB's (`trainables.kit.fawn_fit`): Adam 0.001, model selection on the
 training loss, so the `valid_*` metrics are the training split's.
+
+Cohorts (`train_cohort`, `COHORT_KEYS`; `trainables.kit.fawn_cohort`): trials that share layers,
+units, transfer function and batch size train as one stacked network, each on its own UCI split
+(Table 8's grid), each reported, checkpointed and finished as its solo run up to float rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from seqrep.method import Session
+from trainables.kit import fawn_cohort
 from trainables.kit.fawn_fit import FAWNConfig, train_fawn
 from trainables.nn.fawn import ropd_point_loss
 
@@ -26,3 +31,11 @@ class Config(FAWNConfig):
 
 def train(config: Config, session: Session) -> None:
     train_fawn(config, session, ropd_point_loss, "FAWN-ROPD")
+
+
+COHORT_KEYS = fawn_cohort.COHORT_KEYS
+
+
+def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
+    """Train same-shape trials as one stacked network (`trainables.kit.fawn_cohort`); one session per member."""
+    fawn_cohort.train_fawn_cohort(configs, sessions, fawn_cohort.ropd_loss, "FAWN-ROPD")

@@ -71,6 +71,21 @@ def member_folder(k: int) -> str:
     return f"m{k}"
 
 
+def kept_folder(study_dir: Path, trial_id: str, cohort: str | None = None) -> Path | None:
+    """The kept checkpoint folder of a trial (the model and files of a finished one): its last
+    `checkpoint_*` under the study's Ray folder; a cohort member's is its subfolder of the
+    cohort's. None where there is none."""
+    trial_dir = Path(study_dir) / studydir.RAY_DIR / (cohort or trial_id)
+    folders = sorted(trial_dir.glob("checkpoint_*"))
+    if not folders:
+        return None
+    if not cohort:
+        return folders[-1]
+    k = trial_id.removeprefix(f"{cohort}{MEMBER_SEPARATOR}")
+    folder = folders[-1] / member_folder(int(k)) if k.isdigit() else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
 def write(directory: Path, cohorts: list[list[dict[str, Any]]], keys: Sequence[str], size: int) -> None:
     """`<study>/cohorts.json`: the member configs of every cohort, the keys they share, the size limit."""
     studydir.write_json(Path(directory) / studydir.COHORTS_FILE,

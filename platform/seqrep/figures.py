@@ -72,3 +72,29 @@ def scatter(trials: pd.DataFrame, params: list[str], metric: str, study: str, pa
             ax.set_ylabel(metric)
     fig.suptitle(f"{study}: {metric} against the top parameters", fontsize="medium")
     return _save(fig, path)
+
+
+def tsne(embeddings: Path, study: str, trial: str, path: Path, max_points: int = 500) -> Path | None:
+    """Figure 9: a 2-d t-SNE map (scikit-learn) of a trial's test embeddings (`embeddings.npz`, as
+    the sequence-reduction methods keep them), at most `max_points` of them, coloured by class.
+    None where there are fewer than five points or any is not finite."""
+    from sklearn.manifold import TSNE
+
+    kept = np.load(embeddings)
+    e, y, classes, seed = kept["e"], kept["y"], kept["classes"], int(kept["seed"])
+    if len(e) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(e), max_points, replace=False))
+        e, y = e[keep], y[keep]
+    if len(e) < 5 or not np.isfinite(e).all():
+        return None
+    perplexity = float(min(30.0, (len(e) - 1) / 3))
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(e)
+    fig, ax = _figure(5.0, 5.0)
+    for k in np.unique(y):
+        ax.scatter(xy[y == k, 0], xy[y == k, 1], s=6, label=str(classes[k]))
+    if len(np.unique(y)) <= 20:
+        ax.legend(fontsize=6, markerscale=2, loc="best")
+    ax.set_title(f"{study}: selected trial {trial},\n{kept['title']}", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)

@@ -1,14 +1,16 @@
 """`seqrep report STUDY_DIR|TABLE`: a page per study or per rebuilt table, in HTML and Markdown.
 
 A table's report holds the table (thesis, ours, spread, whether the thesis lies within it) and, for
-every study behind it, three figures: the expected test value of the validation-selected best
-trial after n = 1 .. N random trials with a bootstrap band (`seqrep.expected`; Dodge et al., 2019)
+every study behind it, its figures: the expected test value of the validation-selected best trial
+after n = 1 .. N random trials with a bootstrap band (`seqrep.expected`; Dodge et al., 2019)
 beside the thesis's number, the importance of each searched hyperparameter for the selection
-metric (Optuna's fANOVA evaluator on an in-memory Optuna study built from the Parquet rows), and
-the selection metric against the most important parameters. The HTML page is self-contained
-(figures embedded); the Markdown page links the PNG files written beside it. The expected-best
-numbers are also written to the study folder (`expected_best.csv`).
-"""
+metric (Optuna's fANOVA evaluator on an in-memory Optuna study built from the Parquet rows), the
+selection metric against the most important parameters, and, where the study's method keeps its
+trials' test embeddings (the sequence-reduction methods), the t-SNE map of the selected trial's
+(Figure 9; drawn here rather than in every trial, where it cost more than a Table 10 trial's
+training). The HTML page is self-contained (figures embedded); the Markdown page links the PNG
+files written beside it. The expected-best numbers are also written to the study folder
+(`expected_best.csv`)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seqrep import figures, spaces, studydir, summary, tables, tracking
+from seqrep import cohorts, figures, spaces, studydir, summary, tables, tracking
 from seqrep.errors import SeqrepError
+from seqrep.method import Declaration
 from seqrep.expected import bootstrap_band, expected_best
 
 EXPECTED_FILE = "expected_best.csv"
+EMBEDDINGS_FILE = "embeddings.npz"  # a trial's test embeddings (`trainables.kit.tsne`), Figure 9's input
 
 
 def _load(study_dir: Path) -> tuple[dict, pd.DataFrame]:
@@ -85,8 +89,23 @@ def _param(value, distribution):
     return type(distribution.low)(value)
 
 
+def selected_embeddings(study_dir: Path, record: dict, trials: pd.DataFrame) -> tuple[str, Path] | None:
+    """The selected trial of a searched study (the table's pick) and its kept test embeddings,
+    where its method keeps them; None otherwise."""
+    declares = Declaration.from_json(record.get("declares"))
+    best = tables.best_trial(trials, record.get("metric", ""), record.get("mode", "min"), declares.row_requires)
+    if best is None:
+        return None
+    cohort = best.get("cohort")
+    folder = cohorts.kept_folder(study_dir, str(best["trial_id"]), cohort if isinstance(cohort, str) else None)
+    path = folder / EMBEDDINGS_FILE if folder is not None else None
+    return (str(best["trial_id"]), path) if path is not None and path.is_file() else None
+
+
 def study_section(study_dir: Path, out: Path, thesis: dict[str, float]) -> dict:
-    """Figures of one study written to `out` (PNG), and what the page says about them."""
+    """Figures of one study written to `out` (PNG), and what the page says about them: expected
+    best of n, fANOVA importance, the metric against the top parameters, and the selected trial's
+    t-SNE map where its method keeps test embeddings (Figure 9)."""
     study_dir, name = Path(study_dir), Path(study_dir).name
     record, trials = _load(study_dir)
     curve = expected_curve(study_dir, record, trials)
@@ -100,6 +119,10 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float]) -> dict:
         top = list(found)[:3]
         images.append(figures.scatter(tables.finished(trials, record["metric"]), top, record["metric"],
                                       name, out / f"{name}-scatter.png"))
+    selected = selected_embeddings(study_dir, record, trials)
+    if selected is not None:
+        drawn = figures.tsne(selected[1], name, selected[0], out / f"{name}-tsne.png")
+        images += [drawn] if drawn is not None else []
     return {"name": name, "dir": study_dir, "trials": len(trials), "curve": curve,
             "importance": found, "images": images}
 

@@ -45,14 +45,7 @@ class Writes:
 def _checkpoint(study_dir: Path, outcome: results.TrialOutcome) -> Path | None:
     """The trial's kept checkpoint folder (the model and plots of a finished trial); a cohort
     member's is its subfolder of the cohort's."""
-    trial_dir = Path(study_dir) / studydir.RAY_DIR / (outcome.cohort or outcome.trial_id)
-    folders = sorted(trial_dir.glob("checkpoint_*"))
-    if not folders:
-        return None
-    if outcome.cohort is None:
-        return folders[-1]
-    folder = folders[-1] / cohorts.member_folder(outcome.member)
-    return folder if folder.is_dir() else None
+    return cohorts.kept_folder(study_dir, outcome.trial_id, outcome.cohort)
 
 
 class Syncer:

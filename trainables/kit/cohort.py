@@ -62,11 +62,12 @@ class Member:
     finished: bool = False
 
     def record(self, epoch: int, train_loss: float, metrics: Mapping[str, float],
-               best_state: Callable[[], Any]) -> str:
+               best_state: Callable[[], Any], tolerance: float = 0.0) -> str:
         """One epoch of `training.fit`'s bookkeeping for `metrics` (the validation split's, without
         prefix). Returns "diverged" (non-finite training loss or selection metric: nothing is kept,
         the caller reports and finishes), "improved" (the best state is now `best_state()`, taken
-        at the evaluation point, in whatever form the trainer keeps it) or "kept"."""
+        at the evaluation point, in whatever form the trainer keeps it) or "kept". `tolerance`: the
+        relative improvement that moves the plateau mark (`training.fit`'s)."""
         ctx = self.session.context
         valid = prefixed("valid", metrics)
         if ctx.metric not in valid:
@@ -79,7 +80,7 @@ class Member:
         if improved:
             self.progress.best, self.progress.best_epoch = score, epoch
             self.progress.best_state, self.progress.best_valid = best_state(), valid
-        self.progress.track_plateau(score, epoch, ctx, 0.0)
+        self.progress.track_plateau(score, epoch, ctx, tolerance)
         return "improved" if improved else "kept"
 
     def final(self, test: Mapping[str, float] | None) -> dict[str, float]:

@@ -14,7 +14,7 @@ finish its solo `train(config, session)` would make, up to the float rounding of
 - its per-epoch judgement: the logistic regression of `trainables.kit.judges` (scikit-learn, one
   member at a time) on its own embeddings, at climin's resting point; its best state, plateau
   mark, `valid_initial_error` / `valid_improved` (`trainables.kit.improvement`), test error at the
-  best state, t-SNE figure and model file;
+  best state, test embeddings (for the report's t-SNE map) and model file;
 - divergence: a member whose training loss or validation error is not finite is finished
   `diverged` at that epoch (its parameters frozen) while the others go on.
 
@@ -50,7 +50,7 @@ from trainables.kit.reduction_config import Problem, ReductionConfig
 from trainables.kit.reduction_data import load_classification, normalise
 from trainables.kit.reduction_run import Make, batch_size, build_optimizer, build_problem, run, seeded_generators
 from trainables.kit.training import Progress, prefixed
-from trainables.kit.tsne import plot_tsne
+from trainables.kit.tsne import save_embeddings
 from trainables.nn.sequences import pad
 from trainables.nn.stacked_rmsprop import StackedRmsProp
 from trainables.nn.stacked_rnn import StackedPooledRNN, pool_members
@@ -251,7 +251,7 @@ class ReductionCohort:
         self.finish(active)
 
     def finish(self, members: list[int]) -> None:
-        """Test error at each member's best state, its t-SNE figure, model file and status (`training.finish`)."""
+        """Test error at each member's best state, its test embeddings, model file and status (`training.finish`)."""
         best = [k for k in members if self.progress[k].best_state is not None]
         if best:
             problem = self.make_cohort(self.model.select(best, [self.progress[k].best_state for k in best]),
@@ -268,8 +268,8 @@ class ReductionCohort:
                         if bool(torch.isfinite(e_train[i]).all()) else math.nan)
                 final.update(progress.best_valid)
                 final.update(prefixed("test", {"error": test}))
-                plot_tsne(session.artifact_dir / "tsne.png", e_test[i].numpy(), y_test, self.data.classes,
-                          f"{self.method} on {self.data.name}: t-SNE of the test embeddings", session.context.seed)
+                save_embeddings(session.artifact_dir, e_test[i].numpy(), y_test, self.data.classes,
+                                f"{self.method} on {self.data.name}: t-SNE of the test embeddings", session.context.seed)
             model = ({"model": progress.best_state, "config": self.configs[k].to_dict()}
                      if progress.best_state is not None else None)
             session.finish(final, model, self.status[k])

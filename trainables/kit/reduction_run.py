@@ -47,7 +47,7 @@ from trainables.kit.judges import logreg_cv_error, logreg_error, one_nn_error
 from trainables.kit.reduction_config import Problem, ReductionConfig
 from trainables.kit.reduction_data import load_classification, normalise, split_indices
 from trainables.kit.training import fit
-from trainables.kit.tsne import plot_tsne
+from trainables.kit.tsne import save_embeddings
 from trainables.nn.neighbourhood import nca_probabilities
 from trainables.nn.optim import RmsProp
 from trainables.nn.pooled_rnn import l2
@@ -182,7 +182,7 @@ def neighbour_metrics(trial: Trial, e_train: torch.Tensor, split: str) -> dict[s
     if trial.problem.judge == "softmax":
         return {"error": float((e.argmax(1).numpy() != y).mean())}
     error = one_nn_error(e_fit.numpy(), y_f, e.numpy(), y)
-    prob = float(nca_probabilities(e, torch.as_tensor(y), e_fit, torch.as_tensor(y_f)).mean())
+    prob = float(nca_probabilities(e, torch.tensor(y), e_fit, torch.tensor(y_f)).mean())  # copies: y may be read-only
     # nca_error = 1 - nca_prob: Table 11's NCA cell (0.021 = 1 - 0.979, the mean NCA probability of
     # Section 3.4.3), which is not a 1-NN error
     metrics = {"error": error, "nca_prob": prob, "nca_error": 1.0 - prob}
@@ -209,7 +209,7 @@ def make_evaluate(trial: Trial) -> Callable[[str], dict[str, float]]:
 
 
 def run(config: ReductionConfig, session: Session, make: Make, method: str) -> None:
-    """Train one sequence-reduction trial: data, split, network, `fit`, evaluation, t-SNE figure."""
+    """Train one sequence-reduction trial: data, split, network, `fit`, evaluation, test embeddings."""
     ctx = session.context
     trial = prepare(config, session, make)
     optimizer = build_optimizer(config, trial.model.parameters())
@@ -228,8 +228,8 @@ def run(config: ReductionConfig, session: Session, make: Make, method: str) -> N
             y_fit = torch.as_tensor(trial.y_all[trial.fit_idx])
             wrapped.extra["train_nca_prob"] = float(nca_probabilities(trial.embed(trial.fit_seqs), y_fit).mean())
         data = trial.data
-        plot_tsne(session.artifact_dir / "tsne.png", trial.embed(trial.test_seqs).numpy(), np.asarray(data.y_test),
-                  data.classes, f"{method} on {data.name}: t-SNE of the test embeddings", ctx.seed)
+        save_embeddings(session.artifact_dir, trial.embed(trial.test_seqs).numpy(), np.asarray(data.y_test),
+                        data.classes, f"{method} on {data.name}: t-SNE of the test embeddings", ctx.seed)
 
     fit(wrapped, model=trial.model, optimizer=optimizer, train_epoch=train_epoch, evaluate=evaluate,
         config=config.to_dict(), generator=order, on_finish=on_finish,

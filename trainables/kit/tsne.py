@@ -1,34 +1,22 @@
-"""Figure 9: a t-SNE map of embeddings (scikit-learn), coloured by class."""
+"""Figure 9's input: a trial's test embeddings, kept for the report's t-SNE map.
+
+A t-SNE map costs seconds (scikit-learn), more than a whole Table 10 trial on CBF, and only the
+selected trial's map is read; so a trial keeps its test embeddings (`embeddings.npz` in its
+artifact folder: the embeddings `e`, the labels `y`, the class names, a title and the trial's
+seed) and `seqrep report` draws the map of each study's selected trial (`seqrep.figures.tsne`).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+EMBEDDINGS_FILE = "embeddings.npz"
 
-def plot_tsne(path, e: np.ndarray, y: np.ndarray, classes, title: str, seed: int, max_points: int = 500) -> None:
-    """Figure 9: a 2-d t-SNE map (scikit-learn) of at most `max_points` embeddings, coloured by class."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
-    rng = np.random.default_rng(seed)
-    if len(e) > max_points:
-        keep = np.sort(rng.choice(len(e), max_points, replace=False))
-        e, y = e[keep], y[keep]
-    if len(e) < 5 or not np.isfinite(e).all():
-        return
-    perplexity = float(min(30.0, (len(e) - 1) / 3))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(e)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for k in np.unique(y):
-        ax.scatter(xy[y == k, 0], xy[y == k, 1], s=6, label=str(classes[k]))
-    if len(np.unique(y)) <= 20:
-        ax.legend(fontsize=6, markerscale=2, loc="best")
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def save_embeddings(folder: Path, e: np.ndarray, y: np.ndarray, classes, title: str, seed: int) -> None:
+    """`folder/embeddings.npz`: the test embeddings (float32) with their labels, for Figure 9."""
+    np.savez_compressed(Path(folder) / EMBEDDINGS_FILE, e=np.asarray(e, dtype=np.float32),
+                        y=np.asarray(y, dtype=np.int64), classes=np.asarray([str(c) for c in classes]),
+                        title=np.asarray(title), seed=np.asarray(int(seed)))
