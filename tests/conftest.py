@@ -1,5 +1,7 @@
 """Shared test set-up."""
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,20 @@ def _trial_workers(root: int) -> list[int]:
 def trial_workers():
     """`trial_workers(pid)`: the Ray worker processes under `pid`'s local Ray that run a trial now."""
     return _trial_workers
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (what a killed driver left running: its local Ray)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+
+
+@pytest.fixture
+def kill_session():
+    """`kill_session(sid)`: end what a driver started with `start_new_session=True` left running."""
+    return _kill_session

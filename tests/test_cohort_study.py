@@ -124,3 +124,45 @@ def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoin
         assert run.info.status == "FINISHED"
         steps = {m.step for m in client.get_metric_history(run.info.run_id, "valid_nll")}
         assert steps == set(range(1, epochs + 1))
+
+
+def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_path, kill_session):
+    """`--resume` after a SIGKILLed driver: the recorded grouping is kept, every member ends with
+    one row and one FINISHED run holding each of its epochs."""
+    import subprocess
+    import sys
+
+    epochs, uri = 2000, f"sqlite:///{tmp_path}/m.db"
+    space = tmp_path / "nn-one-shape.yaml"
+    space.write_text(SPACE.format(epochs=epochs))
+    cmd = [sys.executable, "-m", "seqrep.cli", "search", str(space), "--dataset", "toy", "--seed", "3",
+           "--cohort-size", "3", "--storage", str(tmp_path / "s"), "--tracking-uri", uri]
+    study = tmp_path / "s" / "nn-one-shape-toy"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(study.glob("ray/*/checkpoint_*")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        time.sleep(3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        kill_session(proc.pid)
+    grouping = cohorts.read(study)
+    assert [len(c) for c in grouping] == [3, 3] and not (study / "trials.parquet").exists()
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cohorts.read(study) == grouping
+    frame = summary.read(study)
+    assert len(frame) == 6 and frame["trial_id"].is_unique and set(frame["status"]) == {"completed"}
+    assert (frame["epochs"] == epochs).all() and sorted(frame["cohort"].value_counts()) == [3, 3]
+    client = MlflowClient(uri)
+    runs = children(uri, "nn-one-shape-toy")
+    assert sorted(r.info.run_id for r in runs) == sorted(frame["mlflow_run_id"])
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, "valid_nll")}
+        assert steps == set(range(1, epochs + 1))
+    assert json.loads((study / "study.json").read_text())["attempts"] == 2

@@ -63,29 +63,8 @@ def test_a_corrupt_data_file_is_refused_naming_the_file(capsys, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                continue
-    return pids
-
-
-def _kill_session(sid: int) -> None:
-    """End what a killed driver left running (its local Ray cluster's processes)."""
-    for pid in _session_pids(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.integration
-def test_a_driver_killed_with_sigkill_resumes_to_exact_counts(tmp_path):
+def test_a_driver_killed_with_sigkill_resumes_to_exact_counts(tmp_path, kill_session):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -102,7 +81,7 @@ def test_a_driver_killed_with_sigkill_resumes_to_exact_counts(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
     assert not (study / "trials.parquet").exists()  # the driver had no chance to write anything at the end
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
@@ -238,7 +217,7 @@ def test_a_trial_whose_worker_is_sigkilled_resumes_from_its_checkpoint(tmp_path,
 
 
 @pytest.mark.integration
-def test_a_second_driver_is_refused_and_sigterm_stops_the_first_resumably(tmp_path):
+def test_a_second_driver_is_refused_and_sigterm_stops_the_first_resumably(tmp_path, kill_session):
     """While a study runs, a second `search` of it exits 2 at once, naming the owner; SIGTERM (a
     scheduler pre-empting the driver) stops the first as Ctrl+C does; --resume finishes it."""
     from mlflow.tracking import MlflowClient
@@ -261,7 +240,7 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first_resumably(tmp_pa
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=300)
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
     assert proc.returncode == 143, err[-3000:]
     assert "seqrep: stopped by SIGTERM; the summary holds what ran so far; continue with the same command and " \
            "--resume" in err

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seqrep import cluster, cohorts, locks, progress, searchers, studydir, summary, tracking
+from seqrep import cluster, cohorts, locks, progress, searchers, studydir, summary, sync, tracking
 from seqrep import data as datasets
 from seqrep.errors import SeqrepError
 from seqrep.interrupts import INTERRUPTED, graceful_stop
@@ -91,6 +91,20 @@ def _quiet_tune() -> None:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # seqrep handles Ctrl+C: see seqrep.interrupts
 
 
+KEPT_CHECKPOINTS = 3  # per trial; see `_resumable`
+
+
+def _resumable(report_interval_s: float) -> None:
+    """A driver killed mid-study resumes from Ray's experiment state, which names each trial's
+    latest checkpoint as of its last write, but Ray deletes a trial's older checkpoints as soon as
+    newer ones arrive (`num_to_keep`). With one checkpoint kept and the state written every 10 s
+    or more (Ray's default), a SIGKILLed driver could leave a state naming a deleted checkpoint
+    ("Could not recover from checkpoint as it does not exist on storage anymore"). So the state is
+    written every report interval (a trial checkpoints at most once per interval) and three are
+    kept: the one the state names survives two newer ones."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(max(0.5, report_interval_s)))
+
+
 def runs(p: StudyPlan) -> int:
     """How many trials the study runs: its samples times the size of every grid."""
     return p.trials * math.prod(len(d.args) for d in p.space.space.values() if d.kind == "grid")
@@ -160,6 +174,7 @@ def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list, grouped: list[list
     if grouped is not None:  # one trial per cohort; the configs were drawn with the same seed
         param_space = {"cohort": tune.grid_search(list(range(len(grouped))))}
     _quiet_tune()
+    _resumable(float(os.environ.get("SEQREP_REPORT_INTERVAL_S", o.report_interval_s)))
     return tune.Tuner(
         _trainable(p, dataset, grouped),
         param_space=param_space,
@@ -180,7 +195,7 @@ def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list, grouped: list[list
             name=studydir.RAY_DIR,
             storage_path=str(p.directory),
             callbacks=[JsonLoggerCallback(), *callbacks],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=o.max_failures),
             progress_reporter=_reporter(p, grouped),
             verbose=1,
@@ -237,9 +252,18 @@ def _tuner(p: StudyPlan, dataset: Any, parent: str, previous: dict[str, Any] | N
     return _build_tuner(p, dataset, [callback], grouped)
 
 
-def _close_study(p: StudyPlan, parent: str, status: str) -> Path:
-    """Whatever happened: every queued MLflow call, the summary, the parent run's end."""
+def _close_study(p: StudyPlan, parent: str, status: str, resumed: bool) -> Path:
+    """Whatever happened: every queued MLflow call, the summary, the parent run's end; on a resumed
+    study also the epochs a killed driver had queued for MLflow but not written (`Syncer.fill_gaps`)."""
     tracking.drain()  # every queued MLflow call runs before the summary and the parent close
+    if resumed:
+        try:
+            filled = sync.Syncer(p.directory, p.tracking_uri).fill_gaps()
+            if filled:
+                print(f"seqrep: study {p.name}: logged {filled} per-epoch metric values the interrupted driver had "
+                      f"not written to MLflow", flush=True)
+        except Exception as err:  # noqa: BLE001 - the study folder holds them either way
+            log.warning("could not check the MLflow runs of %s for missing epochs: %s", p.name, err)
     if tracking.lost_calls(p.name):
         print(f"seqrep: the tracking store {p.tracking_uri} was unavailable during study {p.name}: "
               f"{tracking.lost_calls(p.name)} MLflow calls were not made; every result is on disk: repair "
@@ -269,7 +293,7 @@ def _fit(p: StudyPlan, dataset: Any, previous: dict[str, Any] | None) -> Path:
         status = "KILLED"
         raise
     finally:
-        out = _close_study(p, parent, status)
+        out = _close_study(p, parent, status, previous is not None)
     if status == "KILLED":
         raise KeyboardInterrupt
     return out

@@ -139,6 +139,22 @@ class Syncer:
         self.c.set_terminated(run_id, RUN_STATUS[outcome.status])
         self.writes.runs_ended += 1
 
+    def fill_gaps(self) -> int:
+        """Log every epoch the study folder holds that a trial's run lacks (those a killed driver
+        had queued but not written), and nothing else; returns how many values were logged."""
+        runs = studydir.load_runs(self.dir)
+        for outcome in results.decode_study(self.dir, self.record, self.declaration):
+            run_id = runs.get(outcome.trial_id)
+            if run_id is None:
+                continue
+            epochs = {epoch: {k: v for k, v in tracking.numeric_metrics(row).items() if k != "epoch"}
+                      for epoch, row in outcome.history.items()}
+            metrics = self._missing_epochs(True, run_id, epochs)
+            for i in range(0, len(metrics), 1000):
+                self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
+            self.writes.metric_values += len(metrics)
+        return self.writes.metric_values
+
     def study(self) -> Writes:
         parent = self.parent()
         for outcome in results.decode_study(self.dir, self.record, self.declaration):
