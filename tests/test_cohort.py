@@ -8,7 +8,6 @@ resumed from its members' checkpoints continues as if never interrupted.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import subprocess
@@ -25,6 +24,8 @@ from seqrep.session import LocalSession, run_local, run_local_cohort
 from trainables import mdn, mlp
 from trainables.nn.feedforward import MLP
 from trainables.nn.stacked import StackedMLP, StackedRmsProp, clip_member_grad_norms
+
+from cohort_checks import RecordingSession, compare_with_solo, relative_differences
 
 REL = 1e-5
 EPOCHS = 20
@@ -56,35 +57,16 @@ def members(method: str) -> list[dict]:
     return configs
 
 
-def relative_differences(solo: dict[str, float], member: dict[str, float]) -> list[float]:
-    assert solo.keys() == member.keys()
-    out = []
-    for key, value in solo.items():
-        if math.isfinite(value):
-            out.append(abs(member[key] - value) / max(abs(value), 1e-12))
-        else:
-            assert not math.isfinite(member[key]), key
-    return out
-
-
 def assert_matches_solo(method: str, session: LocalSession, data, config: dict, seed: int, rel: float = REL) -> float:
     """The member's history, final metrics, status, model and plot against its solo run; the
     largest relative difference."""
     solo = run_local(method, config, context(data, seed, session.context.max_epochs))
-    assert session.status == solo.status
-    assert [row["epoch"] for row in session.history] == [row["epoch"] for row in solo.history]
-    diffs = [d for s, m in zip(solo.history, session.history) for d in relative_differences(s, m)]
-    diffs += relative_differences(solo.final, session.final)
-    assert session.final["best_epoch"] == solo.final["best_epoch"]
-    assert max(diffs, default=0.0) <= rel, max(diffs)
-    if solo.model is None:
-        assert session.model is None
-    else:
-        assert session.model["config"] == solo.model["config"]
+    largest = compare_with_solo(session, solo, rel)
+    if solo.model is not None:
         assert {k: v.shape for k, v in session.model["model"].items()} == \
                {k: v.shape for k, v in solo.model["model"].items()}
     assert sorted(p.name for p in session.artifact_dir.iterdir()) == sorted(p.name for p in solo.artifact_dir.iterdir())
-    return max(diffs, default=0.0)
+    return largest
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -109,22 +91,6 @@ def test_a_diverging_member_is_finished_diverged_and_the_others_go_on(toy, metho
     assert len(sessions[1].history) < EPOCHS and not math.isfinite(sessions[1].history[-1]["valid_nll"])
     for s, c, seed in zip(sessions, configs, seeds):
         assert_matches_solo(method, s, toy, c, seed)
-
-
-class RecordingSession(LocalSession):
-    """A LocalSession that keeps every epoch's checkpoint, as `torch.load(weights_only=True)` reads it."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.checkpoints: dict[int, dict] = {}
-
-    def report(self, metrics, checkpoint=None):
-        super().report(metrics, checkpoint)
-        if checkpoint is not None:
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            buffer.seek(0)
-            self.checkpoints[metrics["epoch"]] = torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("method", METHODS)

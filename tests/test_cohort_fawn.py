@@ -10,7 +10,6 @@ cohort resumed from its members' checkpoints continues as if never interrupted.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 
@@ -26,19 +25,13 @@ from trainables.kit import fawn_cohort
 from trainables.nn.fawn import FAWNNet, ropd_point_loss, vb_point_loss
 from trainables.nn.stacked_adam import StackedAdam
 
+from cohort_checks import RecordingSession, compare_with_solo, relative_differences
+
 REL = 1e-5
 EPOCHS = 20
 METHODS = {"fawn_vb": fawn_vb, "fawn_ropd": fawn_ropd}
 SHAPE = dict(hidden_layers=1, hidden_units=8, transfer="rectifier", batch_size=16)
 SEEDS = [3, 7, 11]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -63,35 +56,16 @@ def members(splits=(0, 1, 2), **overrides) -> list[dict]:
     return [dict(SHAPE, split=s, step_rate=0.01, patience=None, **overrides) for s in splits]
 
 
-def relative_differences(solo: dict[str, float], member: dict[str, float]) -> list[float]:
-    assert solo.keys() == member.keys()
-    out = []
-    for key, value in solo.items():
-        if math.isfinite(value):
-            out.append(abs(member[key] - value) / max(abs(value), 1e-12))
-        else:
-            assert not math.isfinite(member[key]), key
-    return out
-
-
 def assert_matches_solo(method: str, session: LocalSession, data, config: dict, seed: int, rel: float = REL) -> float:
     """The member's history, final metrics, status and model against its solo run; the largest
     relative difference."""
     solo = run_local(method, config, context(data, seed, session.context.max_epochs))
-    assert session.status == solo.status
-    assert [row["epoch"] for row in session.history] == [row["epoch"] for row in solo.history]
-    diffs = [d for s, m in zip(solo.history, session.history) for d in relative_differences(s, m)]
-    diffs += relative_differences(solo.final, session.final)
-    assert session.final["best_epoch"] == solo.final["best_epoch"]
-    assert max(diffs, default=0.0) <= rel, max(diffs)
-    if solo.model is None:
-        assert session.model is None
-    else:
-        assert session.model["config"] == solo.model["config"]
+    largest = compare_with_solo(session, solo, rel)
+    if solo.model is not None:
         assert list(session.model["model"]) == list(solo.model["model"])
         for name, tensor in solo.model["model"].items():
             torch.testing.assert_close(session.model["model"][name], tensor, rtol=1e-4, atol=1e-6)
-    return max(diffs, default=0.0)
+    return largest
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -132,23 +106,6 @@ def test_members_with_different_training_sizes_train_as_sub_cohorts(uci):
         assert_matches_solo("fawn_ropd", s, uci, c, seed)
 
 
-class RecordingSession(LocalSession):
-    """A LocalSession that keeps every epoch's checkpoint, as `torch.load(weights_only=True)` reads it."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.checkpoints: dict[int, dict] = {}
-
-    def report(self, metrics, checkpoint=None):
-        super().report(metrics, checkpoint)
-        if checkpoint is not None:
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            assert buffer.tell() < 20_000  # one member's numbers, not the whole stack's
-            buffer.seek(0)
-            self.checkpoints[metrics["epoch"]] = torch.load(buffer, weights_only=True)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_a_resumed_cohort_equals_the_uninterrupted_one(uci, method):
     module = METHODS[method]
@@ -160,6 +117,7 @@ def test_a_resumed_cohort_equals_the_uninterrupted_one(uci, method):
     stopped = len(whole[3].history)  # the restart is from that epoch: member 3 is not handed back
     assert 2 < stopped < 9 and whole[3].status == "completed", stopped
     at = [s.checkpoints[stopped] for s in whole[:3]]
+    assert max(size for s in whole for size in s.checkpoint_bytes.values()) < 20_000  # a member's numbers, not the stack's
     rest = run_local_cohort(method, configs[:3], contexts[:3], resume_from=at)
     for a, b in zip(whole, rest):
         assert [h["epoch"] for h in b.history] == list(range(stopped + 1, 11))

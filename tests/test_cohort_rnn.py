@@ -40,16 +40,6 @@ SEEDS = [3, 4, 5]
 DIVERGING = dict(BASE, p_drop_input=0.1, p_drop_hidden=0.2, p_drop_output=0.1, step_rate=3e18, momentum=0.99)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_for_the_module():
-    """conftest's `one_thread` is per test, and the module's fixtures below run before it: one
-    thread for them too (a trial's thread count; and the resume test compares bits across them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def jsb() -> SequenceData:
     root = os.environ.get("SEQREP_DATA")

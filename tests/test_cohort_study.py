@@ -126,7 +126,7 @@ def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoin
         assert steps == set(range(1, epochs + 1))
 
 
-def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_path, kill_session):
+def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_path, killed_driver):
     """`--resume` after a SIGKILLed driver: the recorded grouping is kept, every member ends with
     one row and one FINISHED run holding each of its epochs."""
     import subprocess
@@ -138,17 +138,7 @@ def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_
     cmd = [sys.executable, "-m", "seqrep.cli", "search", str(space), "--dataset", "toy", "--seed", "3",
            "--cohort-size", "3", "--storage", str(tmp_path / "s"), "--tracking-uri", uri]
     study = tmp_path / "s" / "nn-one-shape-toy"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not any(study.glob("ray/*/checkpoint_*")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
-        time.sleep(3)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        kill_session(proc.pid)
+    killed_driver(cmd, study, after_s=3)
     grouping = cohorts.read(study)
     assert [len(c) for c in grouping] == [3, 3] and not (study / "trials.parquet").exists()
 

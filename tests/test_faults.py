@@ -64,24 +64,14 @@ def test_a_corrupt_data_file_is_refused_naming_the_file(capsys, tmp_path):
 
 
 @pytest.mark.integration
-def test_a_driver_killed_with_sigkill_resumes_to_exact_counts(tmp_path, kill_session):
+def test_a_driver_killed_with_sigkill_resumes_to_exact_counts(tmp_path, killed_driver):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/m.db"
     cmd = [sys.executable, "-m", "seqrep.cli", "search", "table7-dn-toy", "--dataset", "toy", "--trials", "4",
            "--max-epochs", "2500", "--seed", "5", "--storage", str(tmp_path / "s"), "--tracking-uri", uri]
     study = tmp_path / "s" / "table7-dn-toy-toy"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not any(study.glob("ray/*/checkpoint_*")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
-        time.sleep(2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        kill_session(proc.pid)
+    killed_driver(cmd, study, after_s=2)
     assert not (study / "trials.parquet").exists()  # the driver had no chance to write anything at the end
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
