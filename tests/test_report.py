@@ -147,3 +147,28 @@ def test_the_selected_trials_embeddings_become_its_tsne_map_and_no_other_trials(
 def test_a_study_without_kept_embeddings_has_no_tsne_map(tmp_path):
     study = make_study(tmp_path, "one", 3, n=5)
     assert report.selected_embeddings(study, studydir.read_record(study), summary.read(study)) is None
+
+
+def test_a_grid_studys_report_shows_its_test_metrics_per_value_and_no_best_of_n(tmp_path):
+    d = tmp_path / "grid"
+    (d / "ray").mkdir(parents=True)
+    studydir.write_record(d, {"name": "grid", "space": "table8-fawn-vb", "space_path": "", "method": "fawn_vb",
+                              "dataset": "uci-boston", "seed": 0, "metric": "valid_loss", "mode": "min", "cpus_per_trial": 1.0,
+                              "gpus_per_trial": 0.0,
+                              "command": "seqrep test", "git_commit": "abc"})
+    for split in range(4):
+        t = d / "ray" / f"t{split}"
+        t.mkdir()
+        (t / "params.json").write_text(json.dumps({"split": split, "hidden_units": 50}))
+        final = {"epoch": 3, "valid_loss": 1.0 + split, "test_rmse": 3.0 + split, "test_nll": 2.5, "best_epoch": 3,
+                 "seqrep_status": "completed", "history": []}
+        (t / "result.json").write_text(json.dumps(final) + "\n")
+    summary.write(d)
+    assert report.grid_keys(studydir.read_record(d)) == ["split"]
+    section = report.study_section(d, tmp_path, {}, ("test_rmse", "test_nll"))
+    assert [p.name for p in section["images"]] == ["grid-per-split.png"] and section["curve"] is None
+    assert not (d / report.EXPECTED_FILE).exists()  # the splits are no random search: no best of n
+    assert main(["report", str(d)]) == 0
+    page = (d / "report.html").read_text()
+    assert "4 trials; a grid over split: one trial per value, not a random search" in page
+    assert page.count("<img") == 1

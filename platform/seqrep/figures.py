@@ -74,6 +74,27 @@ def scatter(trials: pd.DataFrame, params: list[str], metric: str, study: str, pa
     return _save(fig, path)
 
 
+def per_value(trials: pd.DataFrame, column: str, metrics: list[str], study: str, path: Path) -> Path:
+    """Each trial's test metrics against its grid value (Table 8: one bar per split), with their
+    mean as a line; one panel per metric."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = trials.assign(_value=pd.to_numeric(trials[column], errors="coerce")).sort_values("_value")
+    fig = Figure(figsize=(3.6 * len(metrics), 3.2))
+    FigureCanvasAgg(fig)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        values = pd.to_numeric(rows[metric], errors="coerce")
+        ax.bar(rows[column].astype(str), values, color="C0")
+        ax.axhline(values.mean(), color="C3", ls="--", label=f"mean {values.mean():.4g} ± {values.std(ddof=1):.2g}")
+        ax.set_xlabel(column.removeprefix("config."))
+        ax.set_ylabel(metric)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{study}: test metrics per {column.removeprefix('config.')}", fontsize="medium")
+    return _save(fig, path)
+
+
 def tsne(embeddings: Path, study: str, trial: str, path: Path, max_points: int = 500) -> Path | None:
     """Figure 9: a 2-d t-SNE map (scikit-learn) of a trial's test embeddings (`embeddings.npz`, as
     the sequence-reduction methods keep them), at most `max_points` of them, coloured by class.

@@ -102,15 +102,31 @@ def selected_embeddings(study_dir: Path, record: dict, trials: pd.DataFrame) -> 
     return (str(best["trial_id"]), path) if path is not None and path.is_file() else None
 
 
-def study_section(study_dir: Path, out: Path, thesis: dict[str, float]) -> dict:
+def grid_keys(record: dict) -> list[str]:
+    """The study space's grid parameters (Table 8's `split`): one trial per value, not a random draw."""
+    space = spaces.load(record.get("space_path") or record["space"], check_config=False)
+    return [k for k, d in space.space.items() if d.kind == "grid"]
+
+
+def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics: tuple[str, ...] = ()) -> dict:
     """Figures of one study written to `out` (PNG), and what the page says about them: expected
     best of n, fANOVA importance, the metric against the top parameters, and the selected trial's
-    t-SNE map where its method keeps test embeddings (Figure 9)."""
+    t-SNE map where its method keeps test embeddings (Figure 9). `metrics`: the table's columns
+    for this study (a grid study's figure shows them, else its first three test metrics)."""
     study_dir, name = Path(study_dir), Path(study_dir).name
     record, trials = _load(study_dir)
-    curve = expected_curve(study_dir, record, trials)
+    grid = grid_keys(record)
+    # a grid's trials are its values (Table 8: the splits), not draws of a search: no best of n
+    curve = None if grid else expected_curve(study_dir, record, trials)
     found = importance(study_dir, record, trials)
     images = []
+    if grid:
+        usable = tables.finished(trials)
+        present = [c for c in usable.columns if c.startswith("test_") and not c.endswith("__std")
+                   and pd.to_numeric(usable[c], errors="coerce").notna().any()]
+        shown = [m for m in metrics if m in present] or present[:3]
+        if len(usable) and shown:
+            images.append(figures.per_value(usable, f"config.{grid[0]}", shown, name, out / f"{name}-per-{grid[0]}.png"))
     if curve is not None:
         images.append(figures.expected_best(curve, thesis.get(curve.attrs["metric"]), name,
                                             out / f"{name}-expected.png"))
@@ -123,7 +139,7 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float]) -> dict:
     if selected is not None:
         drawn = figures.tsne(selected[1], name, selected[0], out / f"{name}-tsne.png")
         images += [drawn] if drawn is not None else []
-    return {"name": name, "dir": study_dir, "trials": len(trials), "curve": curve,
+    return {"name": name, "dir": study_dir, "trials": len(trials), "curve": curve, "grid": grid,
             "importance": found, "images": images}
 
 
@@ -149,7 +165,9 @@ def _pages(title: str, table_md: str, table_html: str, sections: list[dict], hea
     for s in sections:
         ranking = ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()) or "not computed (a fixed " \
             "configuration, or fewer than three finished trials)"
-        lines = [f"{s['trials']} trials; {_curve_text(s['curve'])}", f"fANOVA importance: {ranking}"]
+        about = (f"a grid over {', '.join(s['grid'])}: one trial per value, not a random search, so no "
+                 f"expected best of n; the test metrics per value are below" if s.get("grid") else _curve_text(s["curve"]))
+        lines = [f"{s['trials']} trials; {about}", f"fANOVA importance: {ranking}"]
         md += [f"## {s['name']}", "", *[f"- {line}" for line in lines], ""]
         md += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in s["images"]] + [""]
         body += [f"<h2>{html.escape(s['name'])}</h2>", *[f"<p>{html.escape(line)}</p>" for line in lines],
@@ -204,7 +222,9 @@ def table_report(table: str, out_dir: Path) -> tuple[Path, Path]:
         rows = frame[(frame["space"] == space) & (frame["dataset"] == dataset)]
         thesis = {r.metric: float(r.thesis) for r in rows.itertuples() if _is_number(r.thesis)}
         found = [out_dir / d for d in dirs]  # relative to the manifest's folder (an absolute one stays)
-        sections += [study_section(d, figures_dir, thesis) for d in found if (d / studydir.SUMMARY_FILE).exists()]
+        metrics = tuple(dict.fromkeys(rows["metric"]))
+        sections += [study_section(d, figures_dir, thesis, metrics) for d in found
+                     if (d / studydir.SUMMARY_FILE).exists()]
     header = (f"Rebuilt by `{manifest.get('command', '')}` at commit {manifest.get('git_commit', '')} on "
               f"{manifest.get('started', '')}, {manifest.get('wall_s', 0):.0f} s of wall time; "
               f"{manifest.get('repeats', 1)} seed(s) per study.")
