@@ -70,3 +70,26 @@ def test_sync_repairs_an_outage_and_fills_a_new_store_once(tmp_path, capsys, mon
     assert main(["sync", str(study), "--tracking-uri", new_uri]) == 0
     assert capsys.readouterr().out.endswith("nothing written\n")
     assert_complete(new_uri, study, frame)
+
+
+@pytest.mark.integration
+def test_repair_after_a_resume_ends_a_finished_trials_run_that_a_killed_driver_left_open(tmp_path):
+    """What `--resume` runs at its end (`Syncer.repair`): a trial the study folder says finished,
+    whose run a SIGKILLed driver left RUNNING without its status, is ended with its final metrics;
+    the other run, complete, is left alone."""
+    from seqrep import launch, studies, sync
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    options = studies.StudyOptions(trials=2, max_epochs=EPOCHS, seed=4, storage=str(tmp_path / "s"),
+                                   tracking_uri=uri, command="test")
+    out = launch.run_study(studies.plan("table7-nn-toy", "toy", options))
+    study, frame = out.parent, pd.read_parquet(out)
+    client, kids, _ = children(uri, "table7-nn-toy-toy")
+    broken = kids[0].info.run_id
+    client.update_run(broken, status="RUNNING")
+    client.delete_tag(broken, "seqrep.status")
+
+    writes = sync.Syncer(study, uri).repair()
+    assert writes.runs_ended == 1 and writes.runs_created == 0
+    assert_complete(uri, study, frame)
+    assert sync.Syncer(study, uri).repair().total() == 0  # nothing left to write

@@ -254,16 +254,16 @@ def _tuner(p: StudyPlan, dataset: Any, parent: str, previous: dict[str, Any] | N
 
 def _close_study(p: StudyPlan, parent: str, status: str, resumed: bool) -> Path:
     """Whatever happened: every queued MLflow call, the summary, the parent run's end; on a resumed
-    study also the epochs a killed driver had queued for MLflow but not written (`Syncer.fill_gaps`)."""
+    study also what a killed driver had queued for MLflow but not written (`Syncer.repair`)."""
     tracking.drain()  # every queued MLflow call runs before the summary and the parent close
     if resumed:
         try:
-            filled = sync.Syncer(p.directory, p.tracking_uri).fill_gaps()
-            if filled:
-                print(f"seqrep: study {p.name}: logged {filled} per-epoch metric values the interrupted driver had "
-                      f"not written to MLflow", flush=True)
-        except Exception as err:  # noqa: BLE001 - the study folder holds them either way
-            log.warning("could not check the MLflow runs of %s for missing epochs: %s", p.name, err)
+            writes = sync.Syncer(p.directory, p.tracking_uri).repair()
+            if writes.total():
+                print(f"seqrep: study {p.name}: wrote to MLflow what the interrupted driver had not: "
+                      f"{writes.metric_values} metric values, {writes.runs_ended} trial ends", flush=True)
+        except Exception as err:  # noqa: BLE001 - the study folder holds it either way
+            log.warning("could not repair the MLflow runs of %s from its folder: %s", p.name, err)
     if tracking.lost_calls(p.name):
         print(f"seqrep: the tracking store {p.tracking_uri} was unavailable during study {p.name}: "
               f"{tracking.lost_calls(p.name)} MLflow calls were not made; every result is on disk: repair "

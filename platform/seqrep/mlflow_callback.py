@@ -99,7 +99,9 @@ class MlflowTrialCallback(tune.Callback):
     def _start(self, trial_id: str, config: Mapping[str, Any]) -> None:
         known = trial_id in self.runs
         run_id = self.run_id(trial_id, config)
-        if known:
+        # a resumed trial's run is reopened, but not a cohort member's that finished in an earlier
+        # attempt: the resumed cohort does not send its final result again
+        if known and "seqrep.status" not in self.c.get_run(run_id).data.tags:
             self.c.update_run(run_id, status="RUNNING")
 
     def on_trial_start(self, iteration, trials, trial, **info):

@@ -113,9 +113,9 @@ class Syncer:
         return [Metric(k, v, now, epoch) for epoch, row in sorted(epochs.items()) for k, v in row.items()
                 if epoch not in have.get(k, ())]
 
-    def trial(self, parent: str, outcome: results.TrialOutcome) -> None:
+    def trial(self, parent: str, outcome: results.TrialOutcome, force: bool = False) -> None:
         run, run_id = self.child(parent, outcome.trial_id, outcome.config)
-        if run is not None and run.info.status in ENDED and "seqrep.status" in run.data.tags:
+        if not force and run is not None and run.info.status in ENDED and "seqrep.status" in run.data.tags:
             return  # complete: the study (or an earlier sync) logged all of it
         from mlflow.entities import Metric, RunTag
 
@@ -139,21 +139,28 @@ class Syncer:
         self.c.set_terminated(run_id, RUN_STATUS[outcome.status])
         self.writes.runs_ended += 1
 
-    def fill_gaps(self) -> int:
-        """Log every epoch the study folder holds that a trial's run lacks (those a killed driver
-        had queued but not written), and nothing else; returns how many values were logged."""
-        runs = studydir.load_runs(self.dir)
+    def repair(self) -> Writes:
+        """After a resumed attempt: every epoch the study folder holds that a trial's run lacks (a
+        killed driver's queued calls), and every finished trial's final metrics, status and end
+        where its run does not show them (a member that finished just before the driver died).
+        Runs of trials that have not finished are left as they are."""
+        parent, runs = self.parent(), studydir.load_runs(self.dir)
         for outcome in results.decode_study(self.dir, self.record, self.declaration):
             run_id = runs.get(outcome.trial_id)
             if run_id is None:
                 continue
+            run = self.c.get_run(run_id)
+            settled = run.info.status in ENDED and run.data.tags.get("seqrep.status") == outcome.status
+            if outcome.final is not None and not settled:
+                self.trial(parent, outcome, force=True)
+                continue
             epochs = {epoch: {k: v for k, v in tracking.numeric_metrics(row).items() if k != "epoch"}
                       for epoch, row in outcome.history.items()}
-            metrics = self._missing_epochs(True, run_id, epochs)
+            metrics = self._missing_epochs(run, run_id, epochs)
             for i in range(0, len(metrics), 1000):
                 self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
             self.writes.metric_values += len(metrics)
-        return self.writes.metric_values
+        return self.writes
 
     def study(self) -> Writes:
         parent = self.parent()
