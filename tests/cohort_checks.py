@@ -1,4 +1,5 @@
-"""What the cohort tests share: comparing a member's numbers with its solo run's."""
+"""What the cohort and restart tests share: a member's numbers against its solo run's, a restarted
+trial's epochs."""
 
 from __future__ import annotations
 
@@ -55,3 +56,28 @@ class RecordingSession(LocalSession):
             self.checkpoint_bytes[metrics["epoch"]] = buffer.tell()
             buffer.seek(0)
             self.checkpoints[metrics["epoch"]] = torch.load(buffer, weights_only=True)
+
+
+def _alike(a: dict, b: dict) -> bool:
+    """The same keys, numbers within 1e-9 relative (NaN matching NaN), everything else equal."""
+    def same(x, y) -> bool:
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0)
+        return x == y
+
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+
+
+def assert_epochs_once_or_rerun_alike(history: list[dict], epochs: int) -> None:
+    """A trial restarted after its worker died reports every epoch 1..`epochs`; the epochs after the
+    checkpoint it restarted from may have been reported twice (Ray restores the latest checkpoint
+    it had registered, and a worker killed between reporting a result and Ray registering that
+    result's checkpoint leaves the previous one), in one stretch, with the same numbers."""
+    first: dict[int, dict] = {}
+    for row in history:
+        if row["epoch"] in first:
+            assert _alike(row, first[row["epoch"]]), (row, first[row["epoch"]])
+        first.setdefault(row["epoch"], row)
+    assert sorted(first) == list(range(1, epochs + 1))
+    order = [row["epoch"] for row in history]
+    assert sum(b <= a for a, b in zip(order, order[1:])) <= 1  # at most one step back: one restart
