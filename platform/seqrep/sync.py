@@ -42,10 +42,10 @@ class Writes:
         return sum(dataclasses.astuple(self))
 
 
-def _checkpoint(study_dir: Path, outcome: results.TrialOutcome) -> Path | None:
-    """The trial's kept checkpoint folder (the model and plots of a finished trial); a cohort
-    member's is its subfolder of the cohort's."""
-    return cohorts.kept_folder(study_dir, outcome.trial_id, outcome.cohort)
+def _epochs(outcome: results.TrialOutcome) -> dict[int, dict[str, float]]:
+    """The trial's per-epoch metrics as its run holds them: epoch -> numeric values."""
+    return {epoch: {k: v for k, v in tracking.numeric_metrics(row).items() if k != "epoch"}
+            for epoch, row in outcome.history.items()}
 
 
 class Syncer:
@@ -119,9 +119,7 @@ class Syncer:
             return  # complete: the study (or an earlier sync) logged all of it
         from mlflow.entities import Metric, RunTag
 
-        epochs = {epoch: {k: v for k, v in tracking.numeric_metrics(row).items() if k != "epoch"}
-                  for epoch, row in outcome.history.items()}
-        metrics = self._missing_epochs(run, run_id, epochs)
+        metrics = self._missing_epochs(run, run_id, _epochs(outcome))
         final = outcome.final
         if final is not None:
             values, step = tracking.final_entries(final, self.declaration)
@@ -132,7 +130,7 @@ class Syncer:
         for i in range(0, max(len(metrics), 1), 1000):
             self.c.log_batch(run_id, metrics=metrics[i:i + 1000], tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [])
         self.writes.metric_values += len(metrics)
-        checkpoint = _checkpoint(self.dir, outcome)
+        checkpoint = cohorts.kept_folder(self.dir, outcome.trial_id, outcome.cohort)
         if final is not None and checkpoint is not None and not self.c.list_artifacts(run_id):
             self.c.log_artifacts(run_id, str(checkpoint))
             self.writes.artifact_folders += 1
@@ -154,9 +152,7 @@ class Syncer:
             if outcome.final is not None and not settled:
                 self.trial(parent, outcome, force=True)
                 continue
-            epochs = {epoch: {k: v for k, v in tracking.numeric_metrics(row).items() if k != "epoch"}
-                      for epoch, row in outcome.history.items()}
-            metrics = self._missing_epochs(run, run_id, epochs)
+            metrics = self._missing_epochs(run, run_id, _epochs(outcome))
             for i in range(0, len(metrics), 1000):
                 self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
             self.writes.metric_values += len(metrics)

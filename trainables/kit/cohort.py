@@ -50,6 +50,21 @@ def restored_states(sessions: Sequence[Session]) -> list[dict[str, Any]] | None:
     return states
 
 
+class Stateful:
+    """A member's model or optimiser state as `Progress` reads it (`state_dict`, for a checkpoint)
+    or writes it (`load_state_dict`, on a restore): a cohort keeps each member's numbers as rows
+    of stacked tensors, not as modules of its own."""
+
+    def __init__(self, state: Any = None, load: Callable[[Any], None] | None = None):
+        self._state, self._load = state, load
+
+    def state_dict(self) -> Any:
+        return self._state
+
+    def load_state_dict(self, state: Any) -> None:
+        self._load(state)
+
+
 @dataclasses.dataclass
 class Member:
     """One member of a cohort: its index on the member axis, config, session and progress."""

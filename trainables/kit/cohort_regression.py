@@ -44,7 +44,7 @@ from torch import nn
 
 from seqrep.method import RegressionData, SeqrepError, Session
 from trainables.kit import regression_fit
-from trainables.kit.cohort import Member, check_sessions, restored_states
+from trainables.kit.cohort import Member, Stateful, check_sessions, restored_states
 from trainables.kit.predictive_plot import plot_predictive
 from trainables.kit.regression_config import RegressionConfig
 from trainables.kit.regression_fit import Tensors, as_tensors
@@ -77,20 +77,6 @@ def mlp_body(module: nn.Module) -> MLP:
         raise ValueError(f"a cohort stacks networks whose parameters are all in one MLP, but "
                          f"{type(module).__name__} has others")
     return body
-
-
-class _Stateful:
-    """A model's or optimiser's state as `Progress` reads (`state_dict`) and writes it (`load_state_dict`)."""
-
-    def __init__(self, state: dict[str, Any] | None = None,
-                 load: Callable[[Mapping[str, Any]], None] | None = None):
-        self._state, self._load = state, load
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._load(state)
 
 
 class StackedRegression:
@@ -177,7 +163,7 @@ class StackedRegression:
         """Each member's checkpoint (`Progress.checkpoint`, module docstring), each in its own storage."""
         models = self.model.rows()
         optimizers = self.optimizer.rows([m.index for m in members])
-        return [m.progress.checkpoint(epoch, _Stateful(models[m.index]), _Stateful(optimizer), self.generators[m.index])
+        return [m.progress.checkpoint(epoch, Stateful(models[m.index]), Stateful(optimizer), self.generators[m.index])
                 for m, optimizer in zip(members, optimizers)]
 
     def restore(self, member: Member, state: Mapping[str, Any]) -> Progress:
@@ -189,8 +175,8 @@ class StackedRegression:
             raise SeqrepError(f"the checkpoint of cohort member {k} must hold its network and optimiser state as "
                               f"rows of shapes {[(width,), (2 * width,)]} (a cohort member's of this shape), "
                               f"but holds {shapes}")
-        model = _Stateful(load=lambda row: self.model.load_member(k, row))
-        optimizer = _Stateful(load=lambda row: self.optimizer.load_member(k, row))
+        model = Stateful(load=lambda row: self.model.load_member(k, row))
+        optimizer = Stateful(load=lambda row: self.optimizer.load_member(k, row))
         return Progress.restore(state, model, optimizer, self.generators[k])
 
     def plot(self, member: Member, test: Mapping[str, float], title: str) -> None:

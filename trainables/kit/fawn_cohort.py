@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from seqrep.method import RegressionData, SeqrepError, Session
 from trainables.kit import regression_fit
-from trainables.kit.cohort import Member, check_sessions, restored_states
+from trainables.kit.cohort import Member, Stateful, check_sessions, restored_states
 from trainables.kit.fawn_fit import FAWNConfig
 from trainables.kit.predictive_plot import plot_predictive
 from trainables.kit.training import Progress
@@ -144,19 +144,6 @@ class StackedFAWN:
     def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """A member's row as the solo `FAWNNet`'s state dict."""
         return {name: value[0].clone() for name, value in self.views(row.detach()[None]).items()}
-
-
-class _Stateful:
-    """A row's state as `Progress` reads (`state_dict`) and writes it (`load_state_dict`)."""
-
-    def __init__(self, state: Any = None, load: Callable[[Any], None] | None = None):
-        self._state, self._load = state, load
-
-    def state_dict(self) -> Any:
-        return self._state
-
-    def load_state_dict(self, state: Any) -> None:
-        self._load(state)
 
 
 class Stack:
@@ -286,8 +273,8 @@ class Stack:
             (diverged if outcome == "diverged" else going).append(member)
         for member in going:
             row = self.row(member)
-            checkpoint = member.progress.checkpoint(epoch, _Stateful(flat[row].clone()),
-                                                    _Stateful(self.adam.member_state(row)), self.generators[row])
+            checkpoint = member.progress.checkpoint(epoch, Stateful(flat[row].clone()),
+                                                    Stateful(self.adam.member_state(row)), self.generators[row])
             member.session.report(member.latest, checkpoint=checkpoint)
             patience = member.config.patience
             if patience is not None and epoch - member.progress.plateau_epoch >= patience:
@@ -313,8 +300,8 @@ class Stack:
             with torch.no_grad():
                 self.net.flat[row] = value.to(self.net.flat)
 
-        progress = Progress.restore(state, _Stateful(load=load_row),
-                                    _Stateful(load=lambda s: self.adam.load_member(row, s)), self.generators[row])
+        progress = Progress.restore(state, Stateful(load=load_row),
+                                    Stateful(load=lambda s: self.adam.load_member(row, s)), self.generators[row])
         if progress.best_epoch == 0:
             progress.best_state = None
         else:
