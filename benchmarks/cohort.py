@@ -4,7 +4,8 @@ Cases `mlp` and `mdn`: K = 16 NN (DN) trials on `toy` with table7-nn-toy's (tabl
 space, the shape fixed at 2 x 25 units and minibatches of 10 (the method's `COHORT_KEYS`), the
 rest drawn: transfer function (sigmoid or rectifier, per member), step rate log-uniform in
 [1e-4, 0.1], decay uniform in [0.1, 0.99], momentum uniform in [0, 0.99]; 200 epochs, each trial
-with its own seed.
+with its own seed. Case `fd`: the same for K = 16 FD trials (table7-fd-toy's space), with both
+dropout rates drawn too (0, 0.1, ..., 0.5, as its quniform).
 
 - sequential: the K trials through `seqrep.session.run_local(method, ...)`, one after another;
 - cohort: one `seqrep.session.run_local_cohort(method, ...)` over the same configs and seeds.
@@ -27,7 +28,7 @@ Cases `reduction` and `rnn` live in `benchmarks/cohort_reduction.py` and `benchm
 line. `--smoke` shrinks the run of the regression cases (tests); `--cases` picks cases.
 
     python benchmarks/cohort.py [--epochs 200] [--fawn-epochs 100] [--repeats 3]
-                                [--cases mlp,mdn,fawn,reduction,rnn] [--smoke]
+                                [--cases mlp,mdn,fd,fawn,reduction,rnn] [--smoke]
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ from seqrep.method import TrialContext
 from seqrep.session import run_local, run_local_cohort
 
 K = 16
-CASES = ("mlp", "mdn", "fawn", "reduction", "rnn")
-REGRESSION = {"mlp": {}, "mdn": {"components": 1}}  # each method's fixed keys (table7-nn-toy, table7-dn-toy)
+CASES = ("mlp", "mdn", "fd", "fawn", "reduction", "rnn")
+# each method's fixed keys (table7-nn-toy, table7-dn-toy, table7-fd-toy)
+REGRESSION = {"mlp": {}, "mdn": {"components": 1}, "fd": {}}
+DROPOUT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # table7-fd-toy's quniform [0, 0.5, 0.1]
 SHAPE = dict(hidden_layers=2, hidden_units=25, batch_size=10)
 FAWN_K = 10  # Table 8's splits
 # table8-fawn-vb's fixed values; no plateau stop: a fixed number of epochs on both sides
@@ -60,11 +63,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def draw_configs(method: str, k: int, seed: int = 0) -> list[dict]:
-    """k configs from table7-nn-toy's (table7-dn-toy's) space, the shape fixed."""
+    """k configs from table7-nn-toy's (table7-dn-toy's, table7-fd-toy's) space, the shape fixed."""
     rng = np.random.default_rng(seed)
-    return [dict(SHAPE, **REGRESSION[method], transfer=str(rng.choice(["sigmoid", "rectifier"])),
-                 step_rate=float(np.exp(rng.uniform(np.log(1e-4), np.log(0.1)))),
-                 decay=float(rng.uniform(0.1, 0.99)), momentum=float(rng.uniform(0.0, 0.99))) for _ in range(k)]
+    configs = []
+    for _ in range(k):
+        config = dict(SHAPE, **REGRESSION[method], transfer=str(rng.choice(["sigmoid", "rectifier"])),
+                      step_rate=float(np.exp(rng.uniform(np.log(1e-4), np.log(0.1)))),
+                      decay=float(rng.uniform(0.1, 0.99)), momentum=float(rng.uniform(0.0, 0.99)))
+        if method == "fd":
+            config.update(p_drop_input=float(rng.choice(DROPOUT_RATES)), p_drop_hidden=float(rng.choice(DROPOUT_RATES)))
+        configs.append(config)
+    return configs
 
 
 def time_regression(method: str, configs: list[dict], contexts: list[TrialContext], repeats: int) -> float:

@@ -8,6 +8,13 @@ predictive distribution, trained on the implicit variance loss, the Gaussian NLL
 with every layer's variance scaled by a learned beta > beta_min (V[y'] = beta V[y]); beta_min and
 the input's variance are hyper-parameters of the random search (Section 2.6.3). A floor of 1e-6 on
 V[y] guards the loss where no noise reaches the output (all rates and the input variance 0).
+
+Cohorts (`train_cohort`, `trainables.kit.fast_dropout`): as FD's (`trainables.fd`, the same
+`COHORT_KEYS`: layers, units, minibatch size), and each member also keeps its input variance and
+beta_min (tensors with one entry per member in the stacked net, `trainables.nn.stacked_fdnet`,
+whose betas are each member's rows of the stacked `rho`). Each member reports what its solo
+`train` reports, up to the float rounding of batched matmuls: within 1e-5 relative after 20
+epochs on the toy set (tests/test_cohort_fd.py).
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import dataclasses
 import torch
 
 from seqrep.method import Session
-from trainables.kit import regression_fit
+from trainables.kit import fast_dropout, regression_fit
 from trainables.kit.fast_dropout import FastDropoutConfig, predictive
 from trainables.nn.fdnet import FastDropoutNet
 from trainables.nn.feedforward import rmsprop
 from trainables.nn.gaussian import gaussian_nll
+
+COHORT_KEYS = ("hidden_layers", "hidden_units", "batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +47,16 @@ class Config(FastDropoutConfig):
                     ("beta_min", "beta_min >= 0", self.beta_min >= 0)])
 
 
+def build(config: Config, n_inputs: int, n_outputs: int) -> FastDropoutNet:
+    """The network `train` trains (and each `train_cohort` member, right after its seed is set)."""
+    return FastDropoutNet(n_inputs, n_outputs, config.hidden_layers, config.hidden_units, config.transfer,
+                          config.p_drop_input, config.p_drop_hidden, config.input_variance, beta_min=config.beta_min)
+
+
 def train(config: Config, session: Session) -> None:
     data = regression_fit.load(session)
     torch.manual_seed(session.context.seed)
-    model = FastDropoutNet(data.x_train.shape[1], data.y_train.shape[1], config.hidden_layers, config.hidden_units,
-                           config.transfer, config.p_drop_input, config.p_drop_hidden, config.input_variance,
-                           beta_min=config.beta_min)
+    model = build(config, data.x_train.shape[1], data.y_train.shape[1])
     model.to(session.context.device)
     optimizer = rmsprop(model.parameters(), config.step_rate, config.decay, config.momentum)
 
@@ -58,3 +71,13 @@ def train(config: Config, session: Session) -> None:
         predict=lambda x: predictive(model, x), score=score, config=config.to_dict(), title="IVN",
         evaluation_point=optimizer.climin_point,
     )
+
+
+def mean_nll(y: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """L_iv per member: the Gaussian NLL of the floored moments averaged over points, (M,)."""
+    return gaussian_nll(y, mean, variance).mean(dim=-1)
+
+
+def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
+    """Train same-shape trials as one stacked network (module docstring); one session per member."""
+    fast_dropout.train_cohort(configs, sessions, build=build, objective=mean_nll, title="IVN")

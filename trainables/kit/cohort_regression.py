@@ -1,7 +1,7 @@
-"""The cohort trainer of the MLP-based regression methods NN (`trainables.mlp`) and DN/MDN (`trainables.mdn`).
+"""The cohort trainer of the feed-forward regression methods NN, DN/MDN, FD and IVN (Table 7).
 
 `train_regression_cohort(configs, sessions, ...)` trains K trials whose networks share every
-tensor shape as one stacked MLP (`trainables.nn.stacked`) and gives each member's session what
+tensor shape as one stacked network and gives each member's session what
 `trainables.kit.regression_fit.fit_regression` gives a solo trial's: per epoch the report
 (`train_loss` and the `valid_*` metrics) with a checkpoint, then one `finish` with the final
 metrics (best epoch, best `valid_*`, `test_*` at the best state), the model `{"model": state dict
@@ -9,7 +9,7 @@ of the solo network, "config": ...}` and the Figure-6 plot in the member's `arti
 set). Each member keeps what makes its solo run its own:
 
 - initialisation: `torch.manual_seed(seed)`, then the method's own network built as its `train`
-  builds it (`build`), whose MLP body becomes the member's slice of the stacked one;
+  builds it (`build`), whose parameters become the member's slice of the stacked one;
 - transfer function, rmsprop's α, γ, β and gradient clipping (`max_grad_norms`) per member;
 - minibatch order: its own `seeded_generator(seed)`, one permutation per epoch;
 - selection, divergence and the final metrics (`trainables.kit.cohort.Member`): a member whose
@@ -19,24 +19,27 @@ set). Each member keeps what makes its solo run its own:
 A member's checkpoint has the fields of a solo run's (`trainables.kit.training.Progress.checkpoint`:
 epoch, generator state, best score, epoch and validation metrics, plateau), but holds its network
 (`model`), optimiser state (`optimizer`: s_{t-1}, then rmsprop's average) and best state
-(`best_state`) each as one flat row of that member's numbers (`StackedMLP.rows`,
+(`best_state`) each as one flat row of that member's numbers (`StackedModel.rows`,
 `StackedRmsProp.rows`, each in a storage of its own): four tensors rather than a solo run's 25,
 since a session copies or saves every tensor of every member's checkpoint each epoch. A restarted
 cohort resumes every member it is handed from that member's checkpoint (all from one epoch) and
 continues exactly as the uninterrupted cohort. The numbers equal the solo run's up to float
 rounding: batched matmul kernels sum in another order than `addmm`, and the differences grow over
 training as in any two runs of one network (tests/test_cohort.py: within 1e-5 relative over 20
-epochs of the toy set).
+epochs of the toy set; tests/test_cohort_fd.py for FD and IVN).
 
 The method supplies its network (`build`) and `Heads`: its minibatch loss, its predictive
-distribution and its scores, written for a leading member axis.
+distribution and its scores, written for a leading member axis. The stacked network is by default
+the MLP that holds all of NN's and DN's parameters (`stack_mlps`, `trainables.nn.stacked.StackedMLP`);
+FD and IVN pass `stack=trainables.nn.stacked_fdnet.StackedFastDropoutNet`. Either is a
+`StackedModel`; the trainer needs nothing else of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +56,32 @@ from trainables.nn.feedforward import MLP, seeded_generator
 from trainables.nn.stacked import StackedMLP, StackedRmsProp, clip_member_grad_norms
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # x -> the members' raw network outputs (M, n, width)
+
+
+class StackedModel(Protocol):
+    """K networks of one shape with their parameters on a leading member axis, as `StackedMLP`
+    lays them out: one flat `storage`, each parameter a (K, *shape) block of it (`views`), a
+    member's parameters as one row of P = sum(`numels`) numbers (`rows`, `unflatten`,
+    `load_member`). `forward_train(x)` on the members' own minibatches (K, b, in) returns the raw
+    output (K, b, width) and what `backward(state, grad, grads)` needs to write the gradient of
+    the members' losses, given theirs at the raw output, into `grads` (laid out as `views`).
+    Called with `(x, params, members)`: the raw output of the members `params` hold."""
+
+    size: int
+    numels: list[int]
+    storage: torch.Tensor
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]: ...
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
+    def backward(self, state: Any, grad: torch.Tensor, grads: Sequence[torch.Tensor]) -> None: ...
+    def __call__(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
+                 members: Sequence[int] | None = None) -> torch.Tensor: ...
+    def rows(self, params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]: ...
+    def unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]: ...
+    def load_member(self, k: int, row: torch.Tensor) -> None: ...
+
+
+Stack = Callable[[list[nn.Module], torch.device], StackedModel]  # the members' solo networks -> the stacked one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +108,17 @@ def mlp_body(module: nn.Module) -> MLP:
     return body
 
 
+def stack_mlps(networks: list[nn.Module], device: torch.device) -> StackedMLP:
+    """NN's and DN's networks (all their parameters in one MLP) as one `StackedMLP`."""
+    return StackedMLP([mlp_body(network) for network in networks], device)
+
+
 class StackedRegression:
     """The stacked network, optimiser, generators and data of one cohort, and its epoch steps."""
 
     def __init__(self, members: Sequence[Member], data: RegressionData,
                  build: Callable[[Any, int, int], nn.Module], heads: Callable[[Tensors], Heads],
-                 max_grad_norms: Sequence[float | None] | None = None):
+                 max_grad_norms: Sequence[float | None] | None = None, stack: Stack = stack_mlps):
         self.data, self.device = data, torch.device(members[0].session.context.device)
         self.tensors: Tensors = as_tensors(data, self.device)
         n_in, n_out = self.tensors["train"][0].shape[1], self.tensors["train"][1].shape[1]
@@ -93,7 +127,7 @@ class StackedRegression:
             torch.manual_seed(member.session.context.seed)  # each member's initialisation, as its solo run draws it
             networks.append(build(member.config, n_in, n_out))
         self.names = [name for name, _ in networks[0].named_parameters()]
-        self.model = StackedMLP([mlp_body(network) for network in networks], self.device)
+        self.model = stack(networks, self.device)
         configs = [member.config for member in members]
         self.optimizer = StackedRmsProp(self.model, [c.step_rate for c in configs],
                                         [c.decay for c in configs], [c.momentum for c in configs])
@@ -149,7 +183,7 @@ class StackedRegression:
         return lambda x: self.model(x, params, members)
 
     def best_params(self, members: Sequence[Member]) -> list[torch.Tensor]:
-        """The members' best states (rows of `StackedMLP.flat`) as stacked parameters."""
+        """The members' best states (their `rows`) as stacked parameters."""
         return self.model.unflatten(torch.stack([m.progress.best_state for m in members]))
 
     def model_file(self, member: Member) -> dict[str, Any] | None:
@@ -234,17 +268,19 @@ def _epoch(cohort: StackedRegression, members: Sequence[Member], epoch: int, tit
 
 def train_regression_cohort(configs: Sequence[RegressionConfig], sessions: Sequence[Session], *,
                             build: Callable[[Any, int, int], nn.Module], heads: Callable[[Tensors], Heads],
-                            title: str, max_grad_norms: Sequence[float | None] | None = None) -> None:
+                            title: str, max_grad_norms: Sequence[float | None] | None = None,
+                            stack: Stack = stack_mlps) -> None:
     """Train `configs` as one cohort, member k reporting through `sessions[k]` (module docstring).
 
     `build(config, n_inputs, n_outputs)`: the member's network as the method's solo `train`
-    builds it (called right after `torch.manual_seed(seed)`), all its parameters in one MLP.
+    builds it (called right after `torch.manual_seed(seed)`). `stack(networks, device)`: those
+    networks as one `StackedModel` (default: their MLPs, which must hold all their parameters).
     `heads(tensors)`: the method's `Heads`, given every split as tensors on the device. `title`:
     the plots' method name. `max_grad_norms`: per member, the gradient-norm clip (None: none).
     """
     check_sessions(configs, sessions)
     members = [Member(k, config, session) for k, (config, session) in enumerate(zip(configs, sessions))]
-    cohort = StackedRegression(members, regression_fit.load(sessions[0]), build, heads, max_grad_norms)
+    cohort = StackedRegression(members, regression_fit.load(sessions[0]), build, heads, max_grad_norms, stack)
     states = restored_states(sessions)
     start = 1
     if states is not None:
