@@ -248,3 +248,42 @@ def test_a_second_driver_is_refused_and_sigterm_stops_the_first_resumably(tmp_pa
     assert len(frame) == 2 and frame["trial_id"].is_unique and set(frame["status"]) == {"completed"}
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 3 and sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
+def test_ctrl_c_stops_every_study_a_reproduce_runs_at_once_and_resume_finishes_them(tmp_path, kill_session):
+    """`reproduce` runs a table's six studies at once in one driver: one Ctrl+C stops all of them
+    resumably (exit 130, no run left RUNNING, no lock left), and `--resume` finishes every study
+    with its exact counts."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cmd = [sys.executable, "-m", "seqrep.cli", "reproduce", "table7", "--dataset", "toy", "--trials", "2",
+           "--max-epochs", "400", "--cohort-size", "1", "--storage", str(tmp_path / "s"), "--tracking-uri", uri,
+           "--out", str(tmp_path / "tables")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any((tmp_path / "s").glob("*/ray/*/checkpoint_*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        kill_session(proc.pid)
+    assert proc.returncode == 130, err[-3000:]
+    assert "seqrep: interrupted; the summary holds what ran so far; continue with the same command and --resume" in err
+    studies = sorted((tmp_path / "s").iterdir())
+    assert len(studies) == 6 and not any((study / "driver.lock").exists() for study in studies)
+    assert not all((study / ".finished").exists() for study in studies)
+    client = MlflowClient(uri)
+    experiments = {study.name: client.get_experiment_by_name(study.name).experiment_id for study in studies}
+    assert "RUNNING" not in {r.info.status for r in client.search_runs(list(experiments.values()))}
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for study in studies:
+        frame = pd.read_parquet(study / "trials.parquet")
+        assert len(frame) == 2 and set(frame["status"]) == {"completed"} and (frame["epochs"] == 400).all()
+        runs = client.search_runs([experiments[study.name]])
+        assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3, study.name
+    assert (tmp_path / "tables" / "table7.md").exists()

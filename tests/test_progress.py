@@ -55,6 +55,27 @@ def test_the_estimate_weighs_studies_by_their_epoch_budget_and_skips_start_up():
     assert "elapsed 55s" in view.line()
 
 
+def test_studies_running_at_once_share_one_line_and_the_estimate():
+    out, clock = io.StringIO(), Clock()
+    view = progress.View(3, [100, 300, 100], stream=out, interactive=False, clock=clock)
+    view.start_study("a", "valid_nll", "min", 100)
+    view.start_study("b", "valid_error", "min", 300)
+    clock.now += 10  # start-up: not training time
+    view.update(progress.Counts(running=2, epochs=20, best=1.5), "a")
+    view.update(progress.Counts(running=1, pending=3, epochs=40), "b")
+    assert view.line(with_time=False) == ("studies 0 done, 2 running, 1 waiting of 3 · trials 0 done, 3 running, "
+                                          "3 pending, 0 failed")
+    clock.now += 20
+    view.update(progress.Counts(done=2, epochs=100), "a")
+    view.end_study("a")  # 100 + 40 of 500 epochs in 20 s of training
+    assert view.fraction() == pytest.approx(140 / 500)
+    assert view.left_s() == pytest.approx(20 * 360 / 140)
+    # one study left running: its own line again, numbered in the order the studies started
+    assert view.line(with_time=False) == ("study 2/3 b · trials 0 done, 1 running, 3 pending, 0 failed · "
+                                          "best valid_error –")
+    assert out.getvalue().splitlines()[-1].startswith("seqrep: studies 0 done, 2 running, 1 waiting of 3 · trials 2 done")
+
+
 def test_verbose_gives_ray_tunes_table_and_the_default_seqreps_view(tmp_path):
     from ray.tune import CLIReporter
 

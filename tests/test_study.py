@@ -146,6 +146,17 @@ def test_reproduce_table7_toy_fills_every_row(tmp_path):
     assert nn.loc["test_mse", "thesis"] == 4.2395 and nn.loc["test_nll", "thesis"] == 2.2694
     assert frame[frame["dataset"] == "sarcos"]["ours"].isna().all()
     assert "| toy | DN | 3.8706 |" in md.read_text()
+    # the six studies ran at once, each with its own trials only, and each has its own runs
+    spans = []
+    for study in sorted((tmp_path / "studies").iterdir()):
+        grouping = study / "cohorts.json"  # a cohort of two identical configs is one Ray trial
+        ray_trials = len(json.loads(grouping.read_text())["cohorts"]) if grouping.exists() else 2
+        assert len(list((study / "ray").glob("*/params.json"))) == ray_trials, study.name
+        assert len(summary.read(study)) == 2
+        _, parents, children = runs_of(f"sqlite:///{tmp_path}/m.db", study.name)
+        assert len(parents) == 1 and len(children) == 2 and parents[0].info.status == "FINISHED"
+        spans.append((parents[0].info.start_time, parents[0].info.end_time))
+    assert len(spans) == 6 and max(start for start, _ in spans) < min(end for _, end in spans)
     # a second call reuses both finished studies instead of running them again
     before = {p.name: p.stat().st_mtime for p in (tmp_path / "studies").glob("*/trials.parquet")}
     reproduce.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")

@@ -130,7 +130,7 @@ def cmd_reproduce(args) -> int:
     from seqrep.reproduce import reproduce
 
     md, csv = reproduce(args.table, args.dataset, _options(args), Path(args.out), splits=args.splits,
-                        repeats=args.repeats)
+                        repeats=args.repeats, at_once=args.studies_at_once)
     print(md.read_text())
     print(f"seqrep: wrote {md}, {csv} and the report {md.with_name(f'{args.table}-report.html')}")
     return 0
@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table8: run the first K train/test splits of each UCI set (default 10, or all if fewer)")
     p.add_argument("--repeats", type=_flag("--repeats"), default=1,
                    help="run each study with seeds SEED .. SEED+R-1 and show mean ± std (default 1)")
+    p.add_argument("--studies-at-once", type=_flag("--studies-at-once"), default=0,
+                   help="run up to N of the table's studies at the same time, their trials sharing the "
+                        "cluster's slots (default 0: all; 1: one after another)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="an HTML and a Markdown page for a study folder or a rebuilt table")

@@ -13,6 +13,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,28 @@ def _trainable(p: StudyPlan, dataset: Any, grouped: list[list[dict[str, Any]]] |
         from seqrep.cohort_session import run_cohort_in_ray
 
         trainable = tune.with_parameters(run_cohort_in_ray, spec=spec, dataset=dataset, cohorts=grouped)
-    return tune.with_resources(trainable, {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial})
+    trainable = tune.with_resources(trainable, {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial})
+    # Ray Tune registers a trainable under its name, once per driver: two studies running at once
+    # in one driver (`seqrep reproduce`) must not share one, or a trial could start the other's
+    trainable.__name__ = trainable_name(p)
+    return trainable
+
+
+def trainable_name(p: StudyPlan) -> str:
+    """The name the study's trainable is registered under: its own, or, for a study Ray recorded
+    under another name (one started before names were per study), the recorded one."""
+    recorded = p.directory / studydir.RAY_DIR / "tuner.pkl"
+    if recorded.exists():
+        try:
+            import pickle
+
+            with recorded.open("rb") as f:
+                name = pickle.load(f).get("__trainable_name")
+            if name:
+                return name
+        except Exception as err:  # noqa: BLE001 - Ray's own check then names the mismatch
+            log.warning("could not read the trainable name Ray recorded in %s: %s", recorded, err)
+    return "seqrep_" + re.sub(r"\W", "_", p.name)
 
 
 def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[str, Any]]] | None:
@@ -121,10 +143,11 @@ def _reporter(p: StudyPlan, grouped: list[list[dict[str, Any]]] | None):
             max_report_frequency=30,  # sort_by_metric would crash on trials stopped before any result
         )
     sizes = [len(members) for members in grouped] if grouped is not None else None
-    return _progress_reporter(p.space.metric, p.space.mode, p.max_epochs, runs(p), sizes)
+    return _progress_reporter(p.space.metric, p.space.mode, p.max_epochs, runs(p), sizes, p.name)
 
 
-def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int, sizes: list[int] | None = None):
+def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int, sizes: list[int] | None = None,
+                       study: str | None = None):
     from ray.tune import ProgressReporter
 
     class ViewReporter(ProgressReporter):
@@ -137,7 +160,7 @@ def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int, size
         def report(self, trials, done, *sys_info):
             view = progress.active()
             if view is not None:
-                view.update(trial_counts(trials, metric, mode, max_epochs, total, sizes))
+                view.update(trial_counts(trials, metric, mode, max_epochs, total, sizes), study)
 
     return ViewReporter()
 
@@ -255,7 +278,7 @@ def _tuner(p: StudyPlan, dataset: Any, parent: str, previous: dict[str, Any] | N
 def _close_study(p: StudyPlan, parent: str, status: str, resumed: bool) -> Path:
     """Whatever happened: every queued MLflow call, the summary, the parent run's end; on a resumed
     study also what a killed driver had queued for MLflow but not written (`Syncer.repair`)."""
-    tracking.drain()  # every queued MLflow call runs before the summary and the parent close
+    tracking.drain(p.name)  # every queued MLflow call runs before the summary and the parent close
     if resumed:
         try:
             writes = sync.Syncer(p.directory, p.tracking_uri).repair()
@@ -321,13 +344,13 @@ def run_study(p: StudyPlan) -> Path:
             raise SeqrepError(f"study {p.name!r} was tracked in {previous.get('tracking_uri')}; "
                               f"resume it with --tracking-uri {previous.get('tracking_uri')}")
         if view is not None:
-            view.start_study(p.name, p.space.metric, p.space.mode)
+            view.start_study(p.name, p.space.metric, p.space.mode, runs(p) * p.max_epochs)
         started = cluster.connect(p.options.address)
         try:
             return _fit(p, dataset, previous)
         finally:
             if view is not None:
-                view.end_study()
+                view.end_study(p.name)
             if started:
                 import ray
 

@@ -12,11 +12,14 @@ import dataclasses
 import datetime
 import logging
 import os
+import queue
+import sys
+import threading
 import time
 from pathlib import Path
 
 from seqrep import data as seqrep_data
-from seqrep import progress, spaces, studydir, tables, tracking
+from seqrep import locks, progress, spaces, studydir, tables, tracking
 from seqrep.data.regression import DEFAULT_SPLITS, n_splits
 from seqrep.errors import SeqrepError
 from seqrep.studies import StudyOptions, StudyPlan, flag_violation, plan
@@ -93,9 +96,10 @@ def _reusable(p: StudyPlan) -> bool:
         and not p.same_study(existing)
 
 
-def _run(plans: list[StudyPlan], verbose: bool) -> None:
-    """Run every study that cannot be reused, under one progress view of them all."""
-    from seqrep.launch import run_study, runs  # Ray: imported when a study runs
+def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0) -> None:
+    """Run every study that cannot be reused, under one progress view of them all: up to `at_once`
+    of them at the same time (0: all), one after another when 1."""
+    from seqrep import tune_threads
 
     to_run = []
     for p in plans:
@@ -103,11 +107,71 @@ def _run(plans: list[StudyPlan], verbose: bool) -> None:
             print(f"seqrep: reusing the finished study {p.name} in {p.directory}", flush=True)
         else:
             to_run.append(p)
+    for p in to_run:  # a study another driver runs: refused before any study starts
+        locks.check_free(p.directory, p.name, p.options.break_lock)
+    from seqrep.launch import runs  # Ray: imported when a study runs
+
     view = progress.View(len(to_run), [runs(p) * p.max_epochs for p in to_run])
     with progress.showing(view) if not verbose and to_run else contextlib.nullcontext(), _one_ray(to_run):
-        for p in to_run:
+        if at_once != 1 and len(to_run) > 1 and tune_threads.enable():
+            _run_at_once(to_run, at_once or len(to_run))
+        else:
+            _run_in_turn(to_run)
+
+
+def _run_in_turn(plans: list[StudyPlan]) -> None:
+    from seqrep.launch import run_study
+
+    for p in plans:
+        print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
+        run_study(p)
+
+
+def _run_at_once(plans: list[StudyPlan], at_once: int) -> None:
+    """Run the studies in `at_once` threads (each a Ray Tune run of its own, on one Ray cluster),
+    starting them in plan order. Ray places every study's trials on the free slots, so no slot
+    idles at a study's end while another study has trials waiting, and the studies' start-up and
+    closing overlap. A study that fails does not stop the others; the first failure (in plan
+    order) is raised once all have ended. Ctrl+C stops every running study resumably and starts
+    no further one (`seqrep.interrupts`)."""
+    from seqrep.interrupts import INTERRUPTED, graceful_stop
+    from seqrep.launch import run_study
+
+    # a study waiting for slots the others hold is not a cluster short of resources
+    for variable in ("TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S", "TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S_AUTOSCALER"):
+        os.environ.setdefault(variable, str(10 ** 9))
+    waiting = queue.Queue()
+    for p in plans:
+        waiting.put(p)
+    failures: dict[str, BaseException] = {}
+
+    def work() -> None:
+        while not INTERRUPTED.is_set():
+            try:
+                p = waiting.get_nowait()
+            except queue.Empty:
+                return
             print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
-            run_study(p)
+            try:
+                run_study(p)
+            except BaseException as err:  # noqa: BLE001 - raised in the main thread below
+                failures[p.name] = err
+                if not isinstance(err, KeyboardInterrupt):
+                    print(f"seqrep: study {p.name} failed: {err}", file=sys.stderr, flush=True)
+
+    with graceful_stop():
+        threads = [threading.Thread(target=work, name=f"seqrep-studies-{i}", daemon=True)
+                   for i in range(min(at_once, len(plans)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # a timed join, so that a signal reaches the main thread's handler
+                thread.join(0.2)
+    if INTERRUPTED.is_set() or any(isinstance(err, KeyboardInterrupt) for err in failures.values()):
+        raise KeyboardInterrupt
+    for p in plans:
+        if p.name in failures:
+            raise failures[p.name]
 
 
 @contextlib.contextmanager
@@ -136,19 +200,22 @@ def _log_table(table: str, plans: list[StudyPlan], paths: tuple[Path, Path]) -> 
 
 
 def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out_dir: Path,
-              splits: int | None = None, repeats: int = 1) -> tuple[Path, Path]:
+              splits: int | None = None, repeats: int = 1, at_once: int = 0) -> tuple[Path, Path]:
     """Run the studies a thesis table needs (reusing identical finished ones) and write the table,
     its manifest (`<table>.json`: command, commit, date, wall time, the studies of every row) and
     its report.
 
     `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1.
-    `repeats`: run each study with seeds seed .. seed + repeats - 1; the table shows mean ± std."""
+    `repeats`: run each study with seeds seed .. seed + repeats - 1; the table shows mean ± std.
+    `at_once`: how many of the studies run at the same time (0: all; 1: one after another)."""
     options.validate()
     if flag_violation("--repeats", repeats):
         raise SeqrepError(f"--repeats {flag_violation('--repeats', repeats)}, got {repeats!r}")
+    if flag_violation("--studies-at-once", at_once):
+        raise SeqrepError(f"--studies-at-once {flag_violation('--studies-at-once', at_once)}, got {at_once!r}")
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
     plans = _plans(table, datasets, options, splits, repeats)
-    _run(plans, options.verbose)
+    _run(plans, options.verbose, at_once)
     directories: dict[tuple[str, str], list[Path]] = {}
     for p in plans:
         directories.setdefault((p.space.name, p.dataset), []).append(p.directory)

@@ -26,6 +26,7 @@ SCHEDULERS = ("fifo", "asha")
 LIMITS: dict[str, tuple[type, float, str]] = {
     "--trials": (int, 1, "a positive integer"),
     "--repeats": (int, 1, "a positive integer"),
+    "--studies-at-once": (int, 0, "an integer >= 0"),
     "--max-epochs": (int, 1, "a positive integer"),
     "--cpus-per-trial": (float, 0, "a number >= 0 (fractions allowed)"),
     "--gpus-per-trial": (float, 0, "a number >= 0 (fractions allowed)"),

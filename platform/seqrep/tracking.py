@@ -45,18 +45,31 @@ def _sqlite_path(uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def impatient_http():
-    """MLflow's HTTP client retries with backoff for minutes; a reachability check should not."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "15"
+    """MLflow's HTTP client retries with backoff for minutes; a reachability check should not.
+    Re-entrant (studies running at once each enter it): the outermost entry sets and restores."""
+    with _IMPATIENT_LOCK:
+        _IMPATIENT[0] += 1
+        if _IMPATIENT[0] == 1:
+            _IMPATIENT_SAVED.update({k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                                                      "MLFLOW_HTTP_REQUEST_TIMEOUT")})
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "15"
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with _IMPATIENT_LOCK:
+            _IMPATIENT[0] -= 1
+            if _IMPATIENT[0] == 0:
+                for k, v in _IMPATIENT_SAVED.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+
+
+_IMPATIENT_LOCK = threading.Lock()
+_IMPATIENT = [0]  # how many impatient_http blocks are open
+_IMPATIENT_SAVED: dict[str, str | None] = {}
 
 
 def check_uri(uri: str) -> None:
@@ -243,7 +256,9 @@ def lost_calls(study: str) -> int:
     return _LOST.get(study, 0)
 
 
-def drain() -> None:
-    """Run every queued tracking call of this process and stop the writer threads."""
+def drain(study: str | None = None) -> None:
+    """Run every queued tracking call of `study` (None: of every study) in this process and stop
+    its writer threads; the writers of studies still running beside it go on."""
     for writer in list(_OPEN_WRITERS):
-        writer.close()
+        if study is None or writer.study == study:
+            writer.close()
