@@ -134,8 +134,22 @@ def test_a_trial_too_big_for_every_node_is_refused_before_it_waits(tmp_path):
         launch.run_study(p)
 
 
-def test_reproduce_table7_toy_fills_every_row(tmp_path):
+def test_reproduce_table7_toy_fills_every_row(tmp_path, monkeypatch):
+    import threading
+
+    from seqrep import report
+
+    drawn_in, draw = [], report.study_section
+
+    def counted(*args, **kwargs):
+        drawn_in.append(threading.current_thread().name)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(report, "study_section", counted)
     md, csv = reproduce.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")
+    # each study's report section was drawn once, in its study's thread, as soon as it ended
+    assert len(drawn_in) == 6 and all(name.startswith("seqrep-studies-") for name in drawn_in)
+    assert len(list((tmp_path / "tables" / "figures" / "table7").glob("*-expected.png"))) == 6
     import pandas as pd
 
     frame = pd.read_csv(csv)

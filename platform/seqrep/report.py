@@ -19,6 +19,7 @@ import dataclasses
 import html
 import math
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -207,23 +208,35 @@ def _table_html(frame: pd.DataFrame) -> str:
     return shown.fillna("").to_html(index=False, escape=True, border=0)
 
 
-def table_report(table: str, out_dir: Path) -> tuple[Path, Path]:
-    """`<out>/<table>-report.md` and `.html` from the table and its manifest (`seqrep reproduce`)."""
+def study_inputs(rows: pd.DataFrame) -> tuple[dict[str, float], tuple[str, ...]]:
+    """What a study's section takes from its rows of a table (or of its reference): the thesis's
+    numbers by metric and the table's metrics, in order."""
+    thesis = {r.metric: float(r.thesis) for r in rows.itertuples() if _is_number(r.thesis)}
+    return thesis, tuple(dict.fromkeys(rows["metric"]))
+
+
+def figures_folder(table: str, out_dir: Path) -> Path:
+    return Path(out_dir) / "figures" / table
+
+
+def table_report(table: str, out_dir: Path, drawn: Mapping[Path, dict] | None = None) -> tuple[Path, Path]:
+    """`<out>/<table>-report.md` and `.html` from the table and its manifest (`seqrep reproduce`).
+    `drawn`: sections already drawn (`study_section` into `figures_folder`), by resolved study folder."""
     out_dir = Path(out_dir)
+    drawn = drawn or {}
     manifest = tables.read_manifest(table, out_dir)
     frame = pd.read_csv(out_dir / f"{table}.csv", dtype={"thesis": str}, keep_default_na=False,
                         na_values=[""])
-    figures_dir = out_dir / "figures" / table
+    figures_dir = figures_folder(table, out_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     order = list(dict.fromkeys(f"{r.space}|{r.dataset}" for r in frame.itertuples()))  # the table's order
     for key in sorted(manifest["studies"], key=lambda k: order.index(k) if k in order else len(order)):
         dirs, (space, dataset) = manifest["studies"][key], key.split("|")
         rows = frame[(frame["space"] == space) & (frame["dataset"] == dataset)]
-        thesis = {r.metric: float(r.thesis) for r in rows.itertuples() if _is_number(r.thesis)}
+        thesis, metrics = study_inputs(rows)
         found = [out_dir / d for d in dirs]  # relative to the manifest's folder (an absolute one stays)
-        metrics = tuple(dict.fromkeys(rows["metric"]))
-        sections += [study_section(d, figures_dir, thesis, metrics) for d in found
+        sections += [drawn.get(d.resolve()) or study_section(d, figures_dir, thesis, metrics) for d in found
                      if (d / studydir.SUMMARY_FILE).exists()]
     header = (f"Rebuilt by `{manifest.get('command', '')}` at commit {manifest.get('git_commit', '')} on "
               f"{manifest.get('started', '')}, {manifest.get('wall_s', 0):.0f} s of wall time; "

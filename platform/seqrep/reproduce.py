@@ -96,9 +96,34 @@ def _reusable(p: StudyPlan) -> bool:
         and not p.same_study(existing)
 
 
-def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0) -> None:
+class _EarlySections:
+    """Draws a study's report section (`seqrep.report.study_section`) as soon as the study ends, while
+    the table's other studies still train; the table's report then takes it as drawn. One at a time
+    (matplotlib's figures are drawn in the studies' threads); a failure leaves it to the report."""
+
+    def __init__(self, table: str, out_dir: Path):
+        self.reference = tables.load_reference(table)
+        self.folder = Path(out_dir) / "figures" / table
+        self.sections: dict[Path, dict] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, p: StudyPlan) -> None:
+        from seqrep import report  # matplotlib and optuna: loaded when a report is drawn
+
+        rows = self.reference[(self.reference["space"] == p.space.name) & (self.reference["dataset"] == p.dataset)]
+        try:
+            with self.lock:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.sections[p.directory.resolve()] = report.study_section(p.directory, self.folder,
+                                                                            *report.study_inputs(rows))
+        except Exception as err:  # noqa: BLE001 - the table's report draws it again
+            log.warning("could not draw the report section of %s now: %s", p.name, err)
+
+
+def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) -> None:
     """Run every study that cannot be reused, under one progress view of them all: up to `at_once`
-    of them at the same time (0: all), one after another when 1."""
+    of them at the same time (0: all), one after another when 1; `after(plan)` once a study has
+    finished."""
     from seqrep import tune_threads
 
     to_run = []
@@ -114,20 +139,22 @@ def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0) -> None:
     view = progress.View(len(to_run), [runs(p) * p.max_epochs for p in to_run])
     with progress.showing(view) if not verbose and to_run else contextlib.nullcontext(), _one_ray(to_run):
         if at_once != 1 and len(to_run) > 1 and tune_threads.enable():
-            _run_at_once(to_run, at_once or len(to_run))
+            _run_at_once(to_run, at_once or len(to_run), after)
         else:
-            _run_in_turn(to_run)
+            _run_in_turn(to_run, after)
 
 
-def _run_in_turn(plans: list[StudyPlan]) -> None:
+def _run_in_turn(plans: list[StudyPlan], after=None) -> None:
     from seqrep.launch import run_study
 
     for p in plans:
         print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
         run_study(p)
+        if after is not None:
+            after(p)
 
 
-def _run_at_once(plans: list[StudyPlan], at_once: int) -> None:
+def _run_at_once(plans: list[StudyPlan], at_once: int, after=None) -> None:
     """Run the studies in `at_once` threads (each a Ray Tune run of its own, on one Ray cluster),
     starting them in plan order. Ray places every study's trials on the free slots, so no slot
     idles at a study's end while another study has trials waiting, and the studies' start-up and
@@ -158,6 +185,9 @@ def _run_at_once(plans: list[StudyPlan], at_once: int) -> None:
                 failures[p.name] = err
                 if not isinstance(err, KeyboardInterrupt):
                     print(f"seqrep: study {p.name} failed: {err}", file=sys.stderr, flush=True)
+                continue
+            if after is not None:
+                after(p)
 
     with graceful_stop():
         threads = [threading.Thread(target=work, name=f"seqrep-studies-{i}", daemon=True)
@@ -215,7 +245,8 @@ def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out
         raise SeqrepError(f"--studies-at-once {flag_violation('--studies-at-once', at_once)}, got {at_once!r}")
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
     plans = _plans(table, datasets, options, splits, repeats)
-    _run(plans, options.verbose, at_once)
+    early = _EarlySections(table, out_dir)
+    _run(plans, options.verbose, at_once, early)
     directories: dict[tuple[str, str], list[Path]] = {}
     for p in plans:
         directories.setdefault((p.space.name, p.dataset), []).append(p.directory)
@@ -231,6 +262,6 @@ def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out
     })
     from seqrep import report  # matplotlib and optuna: loaded when a report is written
 
-    pages = report.table_report(table, out_dir)
+    pages = report.table_report(table, out_dir, early.sections)
     _log_table(table, plans, (md, csv, manifest, *pages))
     return md, csv
