@@ -71,6 +71,14 @@ def test_bad_flags_exit_2_before_anything_starts(capsys, tmp_path, flag, value, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_negative_studies_at_once_exits_2_before_anything_starts(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["reproduce", "table7", "--dataset", "toy", "--storage", str(tmp_path), "--studies-at-once", "-1"])
+    assert info.value.code == 2
+    assert "argument --studies-at-once: must be an integer >= 0, got '-1'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_malformed_space_file_names_file_and_line(capsys, tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("name: broken\nspace: {a: [1,\n")
