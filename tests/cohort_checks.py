@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from seqrep.session import LocalSession
+from seqrep.session import LocalSession, run_local_cohort
 
 
 def relative_differences(solo: dict[str, float], member: dict[str, float]) -> list[float]:
@@ -81,3 +81,30 @@ def assert_epochs_once_or_rerun_alike(history: list[dict], epochs: int) -> None:
     assert sorted(first) == list(range(1, epochs + 1))
     order = [row["epoch"] for row in history]
     assert sum(b <= a for a, b in zip(order, order[1:])) <= 1  # at most one step back: one restart
+
+
+def assert_resume_at_3_equals_the_whole(module, method: str, configs: list[dict], contexts: list) -> None:
+    """A 6-epoch cohort of `module` (a regression method) and the same cohort resumed from its
+    members' epoch-3 checkpoints report and finish alike (1e-6 relative: the float rounding of
+    the stacked kernels)."""
+    whole = [RecordingSession(c) for c in contexts]
+    module.train_cohort([module.Config.from_dict(c) for c in configs], whole)
+    at_3 = [s.checkpoints[3] for s in whole]
+    assert all(state["epoch"] == 3 for state in at_3)
+    rest = run_local_cohort(method, configs, contexts, resume_from=at_3)
+    for a, b in zip(whole, rest):
+        assert [h["epoch"] for h in b.history] == [4, 5, 6]
+        assert b.status == a.status == "completed"
+        assert max(d for s, m in zip(a.history[3:], b.history) for d in relative_differences(s, m)) <= 1e-6
+        assert max(relative_differences(a.final, b.final)) <= 1e-6
+        assert a.final["best_epoch"] == b.final["best_epoch"]
+        for name, tensor in a.model["model"].items():
+            torch.testing.assert_close(b.model["model"][name], tensor, rtol=1e-6, atol=0)
+
+
+def assert_members_trained_apart(sessions: list, epochs: int) -> None:
+    """Every member of a toy-set regression cohort completed its epochs, ended elsewhere than the
+    others, and drew its own predictive plot."""
+    assert len({tuple(s.history[-1].values()) for s in sessions}) == len(sessions)  # the members really differ
+    assert all(s.status == "completed" and len(s.history) == epochs for s in sessions)
+    assert all((s.artifact_dir / "predictive.png").stat().st_size > 10_000 for s in sessions)

@@ -25,7 +25,8 @@ from trainables import mdn, mlp
 from trainables.nn.feedforward import MLP
 from trainables.nn.stacked import StackedMLP, StackedRmsProp, clip_member_grad_norms
 
-from cohort_checks import RecordingSession, compare_with_solo, relative_differences
+from cohort_checks import (RecordingSession, assert_members_trained_apart, assert_resume_at_3_equals_the_whole,
+                           compare_with_solo)
 
 REL = 1e-5
 EPOCHS = 20
@@ -73,9 +74,7 @@ def assert_matches_solo(method: str, session: LocalSession, data, config: dict, 
 def test_each_member_equals_its_solo_run(toy, method):
     configs = members(method)
     sessions = run_local_cohort(method, configs, [context(toy, s) for s in SEEDS])
-    assert len({tuple(s.history[-1].values()) for s in sessions}) == 3  # the members really differ
-    assert all(s.status == "completed" and len(s.history) == EPOCHS for s in sessions)
-    assert all((s.artifact_dir / "predictive.png").stat().st_size > 10_000 for s in sessions)
+    assert_members_trained_apart(sessions, EPOCHS)
     worst = max(assert_matches_solo(method, s, toy, c, seed) for s, c, seed in zip(sessions, configs, SEEDS))
     print(f"{method}: largest relative difference to the solo runs: {worst:.2e}")
 
@@ -95,21 +94,8 @@ def test_a_diverging_member_is_finished_diverged_and_the_others_go_on(toy, metho
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_resumed_cohort_equals_the_uninterrupted_one(toy, method):
-    module, configs = METHODS[method], members(method)
     contexts = [context(toy, s, epochs=6) for s in SEEDS]
-    whole = [RecordingSession(c) for c in contexts]
-    module.train_cohort([module.Config.from_dict(c) for c in configs], whole)
-    at_3 = [s.checkpoints[3] for s in whole]
-    assert all(state["epoch"] == 3 for state in at_3)
-    rest = run_local_cohort(method, configs, contexts, resume_from=at_3)
-    for a, b in zip(whole, rest):
-        assert [h["epoch"] for h in b.history] == [4, 5, 6]
-        assert b.status == a.status == "completed"
-        assert max(d for s, m in zip(a.history[3:], b.history) for d in relative_differences(s, m)) <= 1e-6
-        assert max(relative_differences(a.final, b.final)) <= 1e-6
-        assert a.final["best_epoch"] == b.final["best_epoch"]
-        for name, tensor in a.model["model"].items():
-            torch.testing.assert_close(b.model["model"][name], tensor, rtol=1e-6, atol=0)
+    assert_resume_at_3_equals_the_whole(METHODS[method], method, members(method), contexts)
 
 
 def test_a_cohort_refuses_checkpoints_from_different_epochs(toy):
