@@ -62,4 +62,3 @@ def graceful_stop():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-

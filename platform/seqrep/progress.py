@@ -12,8 +12,8 @@ On a terminal the line updates in place (`rich`'s live display, on stderr); else
 CI) it is printed as one plain line whenever a count or the best value changes, never for the
 clock alone. The estimate of what is left weighs every study by its epoch budget (trials × epochs
 per trial; a finished trial counts its whole budget, a running one the epochs it reached) and
-assumes the rest goes at the pace so far (time while some study's trials run). Ray Tune feeds the view through the reporter in
-`seqrep.launch`; this module knows nothing of Ray.
+assumes the rest goes at the pace so far (time while some study's trials run). Ray Tune feeds the
+view through the reporter in `seqrep.launch`; this module knows nothing of Ray.
 """
 
 from __future__ import annotations
@@ -50,13 +50,16 @@ def _clock(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
+@dataclasses.dataclass
 class _Study:
-    """One study the view follows: its place in the command, budget, counts and when it trained."""
+    """One study the view follows: its place in the command, its epoch budget and counts."""
 
-    def __init__(self, index: int, name: str, metric: str, mode: str, budget: int):
-        self.index, self.name, self.metric, self.mode, self.budget = index, name, metric, mode, budget
-        self.counts = Counts()
-        self.training = False  # a trial has run (start-up before that is not training time)
+    index: int
+    name: str
+    metric: str
+    budget: int
+    counts: Counts = dataclasses.field(default_factory=Counts)
+    training: bool = False  # a trial has run (start-up before that is not training time)
 
 
 class View:
@@ -94,7 +97,7 @@ class View:
             self.index += 1
             if budget is None:
                 budget = self.budgets[self.index - 1] if self.index <= len(self.budgets) else 1
-            self.running[name] = self.last = _Study(self.index, name, metric, mode, budget)
+            self.running[name] = self.last = _Study(self.index, name, metric, budget)
             self._show()
 
     def update(self, counts: Counts, name: str | None = None) -> None:
@@ -147,15 +150,15 @@ class View:
 
     def line(self, with_time: bool = True) -> str:
         with self._lock:
-            if len(self.running) > 1:
-                counts = [s.counts for s in self.running.values()]
-                waiting = self.studies - self.ended - len(self.running)
-                parts = [f"studies {self.ended} done, {len(self.running)} running, {waiting} waiting of {self.studies}",
-                         _trials(Counts(*(sum(getattr(c, f) for c in counts) for f in ("done", "running", "pending",
-                                                                                          "failed", "epochs"))))]
-            else:
+            if len(self.running) <= 1:
                 study = next(iter(self.running.values()), self.last)
                 return self._single(study, with_time) if study is not None else ""
+            counts = [s.counts for s in self.running.values()]
+            summed = Counts(**{f: sum(getattr(c, f) for c in counts)
+                               for f in ("done", "running", "pending", "failed", "epochs")})
+            waiting = self.studies - self.ended - len(self.running)
+            parts = [f"studies {self.ended} done, {len(self.running)} running, {waiting} waiting of {self.studies}",
+                     _trials(summed)]
             return " · ".join(parts + (self._times() if with_time else []))
 
     def _single(self, study: _Study, with_time: bool = True) -> str:

@@ -208,9 +208,10 @@ def _table_html(frame: pd.DataFrame) -> str:
     return shown.fillna("").to_html(index=False, escape=True, border=0)
 
 
-def study_inputs(rows: pd.DataFrame) -> tuple[dict[str, float], tuple[str, ...]]:
-    """What a study's section takes from its rows of a table (or of its reference): the thesis's
-    numbers by metric and the table's metrics, in order."""
+def study_inputs(frame: pd.DataFrame, space: str, dataset: str) -> tuple[dict[str, float], tuple[str, ...]]:
+    """What a study's section takes from its rows of a table (or of the table's reference): the
+    thesis's numbers by metric and the table's metrics, in order."""
+    rows = frame[(frame["space"] == space) & (frame["dataset"] == dataset)]
     thesis = {r.metric: float(r.thesis) for r in rows.itertuples() if _is_number(r.thesis)}
     return thesis, tuple(dict.fromkeys(rows["metric"]))
 
@@ -233,8 +234,7 @@ def table_report(table: str, out_dir: Path, drawn: Mapping[Path, dict] | None = 
     order = list(dict.fromkeys(f"{r.space}|{r.dataset}" for r in frame.itertuples()))  # the table's order
     for key in sorted(manifest["studies"], key=lambda k: order.index(k) if k in order else len(order)):
         dirs, (space, dataset) = manifest["studies"][key], key.split("|")
-        rows = frame[(frame["space"] == space) & (frame["dataset"] == dataset)]
-        thesis, metrics = study_inputs(rows)
+        thesis, metrics = study_inputs(frame, space, dataset)
         found = [out_dir / d for d in dirs]  # relative to the manifest's folder (an absolute one stays)
         sections += [drawn.get(d.resolve()) or study_section(d, figures_dir, thesis, metrics) for d in found
                      if (d / studydir.SUMMARY_FILE).exists()]

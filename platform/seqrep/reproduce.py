@@ -102,20 +102,20 @@ class _EarlySections:
     (matplotlib's figures are drawn in the studies' threads); a failure leaves it to the report."""
 
     def __init__(self, table: str, out_dir: Path):
+        self.table, self.out_dir = table, Path(out_dir)
         self.reference = tables.load_reference(table)
-        self.folder = Path(out_dir) / "figures" / table
         self.sections: dict[Path, dict] = {}
         self.lock = threading.Lock()
 
     def __call__(self, p: StudyPlan) -> None:
         from seqrep import report  # matplotlib and optuna: loaded when a report is drawn
 
-        rows = self.reference[(self.reference["space"] == p.space.name) & (self.reference["dataset"] == p.dataset)]
+        inputs = report.study_inputs(self.reference, p.space.name, p.dataset)
         try:
             with self.lock:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self.sections[p.directory.resolve()] = report.study_section(p.directory, self.folder,
-                                                                            *report.study_inputs(rows))
+                folder = report.figures_folder(self.table, self.out_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                self.sections[p.directory.resolve()] = report.study_section(p.directory, folder, *inputs)
         except Exception as err:  # noqa: BLE001 - the table's report draws it again
             log.warning("could not draw the report section of %s now: %s", p.name, err)
 
