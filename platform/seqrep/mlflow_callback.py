@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ray import tune
 
-from seqrep import cohorts, results, studydir
+from seqrep import cohorts, metric_rows, results, studydir
 from seqrep.method import Declaration
 from seqrep.tracking import Writer, client, experiment_id, final_entries, numeric_metrics
 
@@ -132,9 +132,7 @@ class MlflowTrialCallback(tune.Callback):
             self._submit("metrics", self._log_metrics, trial_id, config, metrics)
 
     def _log_metrics(self, trial_id, config, metrics) -> None:
-        run_id = self.run_id(trial_id, config)
-        for i in range(0, len(metrics), 1000):
-            self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
+        metric_rows.log_metrics(self.c, self.run_id(trial_id, config), metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._submit_finish(trial, "FINISHED")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqrep import cohorts, results, studydir, tracking
+from seqrep import cohorts, metric_rows, results, studydir, tracking
 from seqrep.errors import SeqrepError
 from seqrep.method import Declaration
 
@@ -127,8 +127,8 @@ class Syncer:
         tags = {"seqrep.status": outcome.status, "seqrep.node": str(outcome.node or "")}
         if outcome.status == "errored":
             tags["seqrep.error"] = (outcome.error or "")[:5000]
-        for i in range(0, max(len(metrics), 1), 1000):
-            self.c.log_batch(run_id, metrics=metrics[i:i + 1000], tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [])
+        metric_rows.log_metrics(self.c, run_id, metrics)
+        self.c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.writes.metric_values += len(metrics)
         checkpoint = cohorts.kept_folder(self.dir, outcome.trial_id, outcome.cohort)
         if final is not None and checkpoint is not None and not self.c.list_artifacts(run_id):
@@ -153,8 +153,7 @@ class Syncer:
                 self.trial(parent, outcome, force=True)
                 continue
             metrics = self._missing_epochs(run, run_id, _epochs(outcome))
-            for i in range(0, len(metrics), 1000):
-                self.c.log_batch(run_id, metrics=metrics[i:i + 1000])
+            metric_rows.log_metrics(self.c, run_id, metrics)
             self.writes.metric_values += len(metrics)
         return self.writes
 
