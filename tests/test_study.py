@@ -147,8 +147,8 @@ def test_reproduce_table7_toy_fills_every_row(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report, "study_section", counted)
     md, csv = reproduce.reproduce("table7", ["toy"], options(tmp_path, trials=2, max_epochs=3), tmp_path / "tables")
-    # each study's report section was drawn once, in its study's thread, as soon as it ended
-    assert len(drawn_in) == 6 and all(name.startswith("seqrep-studies-") for name in drawn_in)
+    # each study's report section was drawn once, as soon as it ended, beside the studies' threads
+    assert len(drawn_in) == 6 and all(name.startswith("seqrep-after") for name in drawn_in)
     assert len(list((tmp_path / "tables" / "figures" / "table7").glob("*-expected.png"))) == 6
     import pandas as pd
 

@@ -109,7 +109,9 @@ def tsne(embeddings: Path, study: str, trial: str, path: Path, max_points: int =
     if len(e) < 5 or not np.isfinite(e).all():
         return None
     perplexity = float(min(30.0, (len(e) - 1) / 3))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(e)
+    # 500 iterations (scikit-learn's default is 1,000): a map of a few hundred points has settled
+    # by then, and the report draws one per study while other studies train
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=500, random_state=seed).fit_transform(e)
     fig, ax = _figure(5.0, 5.0)
     for k in np.unique(y):
         ax.scatter(xy[y == k, 0], xy[y == k, 1], s=6, label=str(classes[k]))

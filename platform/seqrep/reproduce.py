@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from seqrep import data as seqrep_data
@@ -123,7 +124,8 @@ class _EarlySections:
 def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) -> None:
     """Run every study that cannot be reused, under one progress view of them all: up to `at_once`
     of them at the same time (0: all), one after another when 1; `after(plan)` once a study has
-    finished."""
+    finished, in a thread of its own while the others go on (one call at a time, all done when
+    this returns)."""
     from seqrep import tune_threads
 
     to_run = []
@@ -134,14 +136,43 @@ def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) ->
             to_run.append(p)
     for p in to_run:  # a study another driver runs: refused before any study starts
         locks.check_free(p.directory, p.name, p.options.break_lock)
-    from seqrep.launch import runs  # Ray: imported when a study runs
+    warming = _warm_up(to_run)
+    # `after` runs in a thread of its own, so that the studies go on (and Ray shuts down) meanwhile;
+    # leaving the executor waits for it
+    with ThreadPoolExecutor(1, thread_name_prefix="seqrep-after") as afterwards, _one_ray(to_run):
+        if warming is not None:
+            warming.join()
+        from seqrep.launch import runs  # Ray: imported when a study runs
 
-    view = progress.View(len(to_run), [runs(p) * p.max_epochs for p in to_run])
-    with progress.showing(view) if not verbose and to_run else contextlib.nullcontext(), _one_ray(to_run):
-        if at_once != 1 and len(to_run) > 1 and tune_threads.enable():
-            _run_at_once(to_run, at_once or len(to_run), after)
-        else:
-            _run_in_turn(to_run, after)
+        then = None if after is None else (lambda p: afterwards.submit(after, p))
+        view = progress.View(len(to_run), [runs(p) * p.max_epochs for p in to_run])
+        with progress.showing(view) if not verbose and to_run else contextlib.nullcontext():
+            if at_once != 1 and len(to_run) > 1 and tune_threads.enable():
+                _run_at_once(to_run, at_once or len(to_run), then)
+            else:
+                _run_in_turn(to_run, then)
+
+
+def _warm_up(plans: list[StudyPlan]) -> threading.Thread | None:
+    """While Ray starts (seconds the driver spends waiting on its processes), import Ray Tune and
+    seqrep's launcher and open the studies' MLflow stores (import, schema check) in a thread: work
+    every study needs first, which would otherwise follow Ray's start. Whatever fails here fails
+    again, with its own message, where the study does it."""
+
+    def warm() -> None:
+        try:
+            import seqrep.launch  # noqa: F401 - Ray Tune and its dependencies
+
+            for uri in sorted({p.tracking_uri for p in plans}):
+                tracking.prepare_store(uri)
+        except Exception as err:  # noqa: BLE001 - the study reports it
+            log.debug("warming up failed: %s", err)
+
+    if not plans:
+        return None
+    thread = threading.Thread(target=warm, name="seqrep-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _run_in_turn(plans: list[StudyPlan], after=None) -> None:
