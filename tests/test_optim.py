@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainables.nn.optim import Adadelta, RmsProp, renormalise_gradients
 
@@ -201,6 +202,26 @@ def test_state_dict_round_trip_continues_identically(cls, kwargs):
     resumed.load_state_dict(copy.deepcopy(saved["optimizer"]))
     second = run(resumed, resumed_params, 3)
     assert first + second == uninterrupted  # bit for bit
+
+
+@pytest.mark.parametrize("cls, kwargs", [(RmsProp, dict(step_rate=0.1, momentum=0.9)),
+                                         (Adadelta, dict(step_rate=0.5, momentum=0.9))])
+def test_lean_step_is_step_bit_for_bit(cls, kwargs):
+    params = make_params()
+    stepped = run(cls(params, **kwargs), params, 8)
+    params = make_params()
+    optimizer = cls(params, **kwargs)
+    optimizer.step = optimizer.lean_step  # what the regression loop calls per minibatch
+    assert run(optimizer, params, 8) == stepped
+    calls = []
+    handle = register_optimizer_step_pre_hook(lambda *a: calls.append(a))
+    try:
+        optimizer.lean_step()
+        assert calls == []  # torch.optim's wrapper (hooks, profiler record) is skipped
+        type(optimizer).step(optimizer)
+        assert len(calls) == 1
+    finally:
+        handle.remove()
 
 
 def test_renormalise_gradients_rescales_only_above_threshold():

@@ -78,6 +78,7 @@ def make_train_epoch(tensors: Tensors, optimizer: torch.optim.Optimizer, batch_s
     x_train, y_train = tensors["train"]
     n_train = x_train.shape[0]
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    step = getattr(optimizer, "lean_step", optimizer.step)  # climin's optimisers skip torch.optim's wrapper
 
     def train_epoch() -> float:
         total = torch.zeros((), device=x_train.device)  # summed on the device: one sync per epoch, not per batch
@@ -88,7 +89,7 @@ def make_train_epoch(tensors: Tensors, optimizer: torch.optim.Optimizer, batch_s
             value.backward()
             if before_step is not None:
                 before_step()
-            optimizer.step()
+            step()
             total += value.detach() * x.shape[0]
         return float(total) / n_train
 

@@ -173,6 +173,17 @@ class _NesterovClimin(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update()
+        return loss
+
+    @torch.no_grad()
+    def lean_step(self) -> None:
+        """`step()` without a closure and without what `torch.optim.Optimizer` wraps every `step`
+        in (its hooks and profiler record, a tenth of a toy network's step): what a training loop
+        calls once per minibatch. The same update, bit for bit."""
+        self._update()
+
+    def _update(self) -> None:
         for group in self.param_groups:
             beta = self._momentum(group)
             for bucket in self._buckets(group):
@@ -181,7 +192,6 @@ class _NesterovClimin(torch.optim.Optimizer):
                 torch._foreach_sub_(bucket.params, bucket.step2_views)
                 torch._foreach_sub_(bucket.params, bucket.views["last_step"], alpha=beta)  # φ_{t+1} = φ_t − Δ − β s_t
                 self._after_step(bucket.flat, group)
-        return loss
 
     @contextlib.contextmanager
     def climin_point(self) -> Iterator[None]:
