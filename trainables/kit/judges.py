@@ -5,9 +5,45 @@ thesis does not give its settings) fitted on the training embeddings: `logreg_cv
 stratified k-fold error on the training set (`valid_error`), `logreg_error` the error on the test
 set of the regression fitted on all training embeddings (`test_error`). NCA's embeddings are
 judged by 1-NN with the training embeddings as database (`one_nn_error`).
+
+The regression is `logistic_regression()`, scikit-learn's
+`make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))`, and it stays the
+reference. But it is fitted for every trial member every epoch on small sets (CBF: 30 training
+series, 3 classes, 16-64 features), where nearly all of a fit's CPU time is scikit-learn's per-call
+Python overhead (parameter validation, `check_array`, array-API namespace dispatch, the Pipeline,
+LabelEncoder), not arithmetic: 15-45 ms a `logreg_cv_error`, which dominated small
+sequence-reduction trials. So both judges run the same computation without those layers
+(`_fit_predict`), bit for bit:
+
+- the scaler: what `StandardScaler.partial_fit` computes through `_incremental_mean_and_var`,
+  `_is_constant_feature` and `_handle_zeros_in_scale` on finite data (float64 accumulators, the
+  corrected two-pass variance, near-constant features scaled by 1), then its transform (a copy,
+  minus the mean, divided by the scale, both cast to the data's dtype);
+- the fit: what `LogisticRegression.fit` -> `_logistic_regression_path` does for solver='lbfgs',
+  an l2 penalty, no sample or class weights and no warm start: the same targets, the same zero
+  start in the data's dtype, SciPy's L-BFGS-B with the same options on `_LossGradient`, which
+  computes exactly what `LinearModelLoss.loss_gradient` computes (the same NumPy operations in the
+  same dtypes around scikit-learn's own Cython loss), and `_check_optimize_result` (the same
+  ConvergenceWarning);
+- the prediction: `decision_function`'s `X @ coef_.T + intercept_` on the coefficients stored as
+  `fit` stores them, then the sign (two classes) or the argmax over classes.
+
+Everything uncommon takes the reference pipeline instead (`_Unsupported`): an input that is not a
+C-contiguous float32/float64 array with integer labels, a non-finite value anywhere (the pipeline
+then raises its own error), fewer than 2 classes. So does a scikit-learn other than the versions in
+`_VERIFIED_SKLEARN`, or one whose private helpers moved: the private routines and the replicated
+loss are only known to give the pipeline's bits there (tests/test_judges.py checks predictions and
+coefficients for equality, ==, against the pipeline). On another version the judges are only
+slower, never different; re-run those tests and add the version.
+
+The stratified folds depend only on the labels (seeded shuffle), so they are computed once per
+label vector (`_folds`).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -15,13 +51,22 @@ from seqrep.method import SeqrepError
 
 SPLIT_SEED = 0  # folds and the validation split are the same in every trial, so trials are compared on them
 
+# scikit-learn versions whose private routines `_fit_predict` calls, and whose loss it replicates,
+# are verified to give the pipeline's bits (tests/test_judges.py); any other version uses the pipeline
+_VERIFIED_SKLEARN = ("1.9.1",)
+
+_C = 1.0
+_MAX_ITER = 1000
+_TOL = 1e-4
+
 
 def logistic_regression():
+    """The reference judge; `logreg_cv_error` and `logreg_error` give exactly its predictions."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=_C, max_iter=_MAX_ITER))
 
 
 def logreg_cv_error(e: np.ndarray, y: np.ndarray) -> float:
@@ -32,22 +77,34 @@ def logreg_cv_error(e: np.ndarray, y: np.ndarray) -> float:
     time on Table 10's small sets): a multiple of 1/N, so equal errors compare equal (the
     improved rule).
     """
-    from sklearn.model_selection import StratifiedKFold
-
     k = min(5, int(np.bincount(y).min()))
     if k < 2:
         raise SeqrepError(f"a stratified validation needs at least 2 training examples per class, "
                           f"but a class has {k}")
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=SPLIT_SEED)
+    folds = _folds(y, k, e)
+    if _fast() is not None and _plain(e, y):
+        try:
+            predicted = np.empty_like(y)
+            for fit_rows, held_out in folds:
+                predicted[held_out] = _fit_predict(e[fit_rows], y[fit_rows], e[held_out])
+            return float((predicted != y).mean())
+        except _Unsupported:
+            pass
     predicted = np.empty_like(y)
-    for fit_rows, held_out in folds.split(e, y):
+    for fit_rows, held_out in folds:
         predicted[held_out] = logistic_regression().fit(e[fit_rows], y[fit_rows]).predict(e[held_out])
     return float((predicted != y).mean())
 
 
 def logreg_error(e_train: np.ndarray, y_train: np.ndarray, e_test: np.ndarray, y_test: np.ndarray) -> float:
-    model = logistic_regression().fit(e_train, y_train)
+    """Test error of the logistic regression fitted on all of (e_train, y_train)."""
     e_test = np.nan_to_num(e_test, posinf=1e30, neginf=-1e30)  # an exploding test sequence is misjudged, not fatal
+    if _fast() is not None and _plain(e_train, y_train, e_test):
+        try:
+            return float((_fit_predict(e_train, y_train, e_test) != y_test).mean())
+        except _Unsupported:
+            pass
+    model = logistic_regression().fit(e_train, y_train)
     return float((model.predict(e_test) != y_test).mean())
 
 
@@ -56,3 +113,213 @@ def one_nn_error(e_db: np.ndarray, y_db: np.ndarray, e: np.ndarray, y: np.ndarra
     from sklearn.neighbors import KNeighborsClassifier
 
     return float((KNeighborsClassifier(n_neighbors=1).fit(e_db, y_db).predict(e) != y).mean())
+
+
+# --- the stratified folds, once per label vector ---------------------------------------------------
+
+def _folds(y: np.ndarray, k: int, e: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`StratifiedKFold(k, shuffle=True, random_state=SPLIT_SEED).split(e, y)` as a list.
+
+    The split reads only the labels (and the number of rows), so it is cached by the labels; any
+    input the cache cannot key (or rows that do not match the labels) is split afresh, which
+    raises scikit-learn's own errors."""
+    if isinstance(y, np.ndarray) and y.ndim == 1 and len(e) == len(y):
+        return list(_cached_folds(y.dtype.str, y.tobytes(), k))
+    return _split(e, y, k)
+
+
+def _split(e, y, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=SPLIT_SEED).split(e, y))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_folds(dtype: str, labels: bytes, k: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    y = np.frombuffer(labels, dtype=np.dtype(dtype))
+    folds = _split(np.zeros((len(y), 1)), y, k)
+    for fit_rows, held_out in folds:
+        fit_rows.flags.writeable = held_out.flags.writeable = False  # shared by every later call
+    return tuple(folds)
+
+
+# --- the pipeline's fit and predict without scikit-learn's per-call layers ---------------------------
+
+class _Unsupported(Exception):
+    """An input `_fit_predict` leaves to the reference pipeline."""
+
+
+def _plain(*arrays: np.ndarray) -> bool:
+    """Whether `_fit_predict` takes these inputs (e, y, then any arrays to predict): finite C-contiguous
+    float32/float64 2-d arrays with at least one row and the same columns, and 1-d integer labels
+    (the layout and dtype the pipeline computes in without a conversion, so the same operations give
+    the same bits; the pipeline raises its own errors on the rest)."""
+    e, y, *test = arrays
+    for x in (e, *test):
+        if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype in (np.float32, np.float64)
+                and x.flags.c_contiguous and x.shape[0] >= 1 and x.shape[1] >= 1 and x.shape[1] == e.shape[1]):
+            return False
+    return (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "iu" and len(y) == len(e)
+            and all(np.isfinite(x).all() for x in (e, *test)))
+
+
+@functools.cache
+def _fast():
+    """scikit-learn's private routines `_fit_predict` calls, or None (then the pipeline judges) when
+    the installed scikit-learn is not a verified version or lacks them."""
+    import sklearn
+
+    if sklearn.__version__ not in _VERIFIED_SKLEARN:
+        return None
+    try:
+        from scipy import optimize
+        from sklearn._loss.loss import HalfBinomialLoss, HalfMultinomialLoss
+        from sklearn.linear_model._logistic import _LOGISTIC_SOLVER_CONVERGENCE_MSG
+        from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+        from sklearn.utils.optimize import _check_optimize_result
+    except ImportError:
+        return None
+    return _Routines(optimize.minimize, HalfBinomialLoss, HalfMultinomialLoss,
+                     _get_additional_lbfgs_options_dict("iprint", -1), _check_optimize_result,
+                     _LOGISTIC_SOLVER_CONVERGENCE_MSG)
+
+
+class _Routines(NamedTuple):
+    minimize: Callable  # scipy.optimize.minimize
+    binomial: type  # the Cython-backed losses
+    multinomial: type
+    iprint_options: dict  # L-BFGS-B's iprint=-1 where SciPy still takes it
+    check_optimize_result: Callable  # the ConvergenceWarning
+    convergence_msg: str
+
+
+def _fit_predict(e_fit: np.ndarray, y_fit: np.ndarray, e_predict: np.ndarray) -> np.ndarray:
+    """`logistic_regression().fit(e_fit, y_fit).predict(e_predict)`, the same labels to the bit.
+
+    Raises `_Unsupported` where the pipeline would compute differently or raise (non-finite data,
+    one class); the caller then runs the pipeline."""
+    mean, scale = _scaler_fit(e_fit)
+    x = _scaler_transform(e_fit, mean, scale)
+    classes = np.unique(y_fit)  # LogisticRegression.classes_ (sorted, as xp.unique_values gives)
+    if len(classes) < 2:
+        raise _Unsupported
+    coef, intercept = _logistic_fit(x, y_fit, classes)
+    x = _scaler_transform(e_predict, mean, scale)
+    # LinearClassifierMixin.decision_function and predict
+    scores = x @ coef.T + intercept
+    if scores.shape[1] == 1:
+        indices = (scores.reshape(-1) > 0).astype(np.intp)
+    else:
+        indices = np.argmax(scores, axis=1)
+    return classes.take(indices, axis=0)
+
+
+def _scaler_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`StandardScaler().fit(x)`'s `mean_` and `scale_` (float64) for a finite x.
+
+    `partial_fit`'s first call: `_incremental_mean_and_var(x, 0.0, 0.0, zeros)` without NaNs or
+    weights (float64 accumulators, the corrected two-pass variance; from a count of 0 the update
+    keeps the new part), then `_is_constant_feature` and `_handle_zeros_in_scale`, the same
+    operations in the same order."""
+    n_samples, n_features = x.shape
+    accumulator = {"dtype": np.float64} if x.dtype == np.float32 else {}  # _safe_accumulator_op's upcast
+    last_sample_count = np.zeros(n_features, dtype=np.float64)
+    last_sum = 0.0 * last_sample_count
+    new_sum = np.sum(x, axis=0, **accumulator)
+    new_sample_count = n_samples - np.sum(np.isnan(x).astype(x.dtype), axis=0, **accumulator)
+    updated_sample_count = last_sample_count + new_sample_count
+    mean = (last_sum + new_sum) / updated_sample_count
+    temp = x - new_sum / new_sample_count
+    correction = np.sum(temp, axis=0)
+    temp **= 2
+    new_unnormalized_variance = np.sum(temp, axis=0)
+    new_unnormalized_variance -= correction**2 / new_sample_count
+    var = new_unnormalized_variance / updated_sample_count
+    n_samples_seen = updated_sample_count[0]  # the same count for every feature
+    eps = np.finfo(np.float64).eps
+    constant = var <= n_samples_seen * eps * var + (n_samples_seen * mean * eps) ** 2
+    scale = np.sqrt(var)
+    scale[constant] = 1.0
+    return mean, scale
+
+
+def _scaler_transform(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """`StandardScaler.transform(x)`: a copy, centred and scaled in x's dtype. A non-finite result
+    (NaN or infinite input, an overflow) is the pipeline's to report."""
+    x = np.array(x, copy=True)
+    x -= mean.astype(x.dtype)
+    x /= scale.astype(x.dtype)
+    if not np.isfinite(x).all():
+        raise _Unsupported
+    return x
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`LogisticRegression(C=1.0, max_iter=1000).fit(x, y)`'s `coef_` and `intercept_`, in x's dtype.
+
+    What `_logistic_regression_path` does for lbfgs, an l2 penalty, fit_intercept, no weights and no
+    warm start (`check_input=False`, as `fit` calls it)."""
+    fast = _fast()
+    n_samples, n_features = x.shape
+    n_classes = len(classes)
+    binary = n_classes == 2
+    if binary:
+        w0 = np.zeros(n_features + 1, dtype=x.dtype)
+        mask = y == classes[1]  # classes[1] is the positive label
+        target = np.ones(y.shape, dtype=x.dtype)
+        target[~mask] = 0.0  # HalfBinomialLoss takes y in [0, 1]
+        loss = _LossGradient(fast.binomial(), None)
+    else:
+        target = np.searchsorted(classes, y).astype(x.dtype)  # LabelEncoder().fit(classes).transform(y)
+        w0 = np.zeros((n_classes, n_features + 1), order="F", dtype=x.dtype).ravel(order="F")
+        loss = _LossGradient(fast.multinomial(n_classes=n_classes), n_classes)
+    l2_reg_strength = 1.0 / (_C * n_samples)
+    result = fast.minimize(loss, w0, method="L-BFGS-B", jac=True, args=(x, target, None, l2_reg_strength, 1),
+                           options={"maxiter": _MAX_ITER, "maxls": 50, "gtol": _TOL,
+                                    "ftol": 64 * np.finfo(float).eps, **fast.iprint_options},
+                           callback=None)
+    fast.check_optimize_result("lbfgs", result, _MAX_ITER, extra_warning_msg=fast.convergence_msg)
+    w = result.x
+    # the path's coefs and fit's split of them into coef_ and intercept_
+    if binary:
+        coef = np.stack([np.asarray(w.copy(order="K"), dtype=x.dtype)])[0, ...]
+        return coef[:-1][None, :], coef[-1:]
+    coef = np.stack([np.asarray(np.reshape(w, (n_classes, -1), order="F").copy(order="K"), dtype=x.dtype)])[0, ...]
+    return coef[:, :-1], coef[:, -1]
+
+
+class _LossGradient:
+    """`LinearModelLoss(base_loss, fit_intercept=True).loss_gradient` for NumPy arrays without sample
+    weights: the same operations in the same dtypes (so the same bits), without its namespace
+    dispatch. `n_classes` is None for the binomial loss."""
+
+    def __init__(self, base_loss, n_classes: int | None):
+        self.base_loss, self.n_classes = base_loss, n_classes
+
+    def __call__(self, coef, x, y, sample_weight, l2_reg_strength, n_threads):
+        n_samples, n_features = x.shape
+        if self.n_classes is None:
+            intercept, weights = coef[-1], coef[:-1]
+            raw_prediction = x @ np.asarray(weights, dtype=x.dtype) + np.asarray(intercept, dtype=x.dtype)
+        else:
+            weights = coef.reshape((self.n_classes, -1), order="F")
+            intercept, weights = weights[:, -1], weights[:, :-1]
+            raw_prediction = x @ np.asarray(weights, dtype=x.dtype).T + np.asarray(intercept, dtype=x.dtype)
+        loss, grad_pointwise = self.base_loss.loss_gradient(y_true=y, raw_prediction=raw_prediction,
+                                                            sample_weight=sample_weight, n_threads=n_threads)
+        loss = float(np.sum(loss) / n_samples)
+        # LinearModelLoss.l2_penalty (squared_norm: the dot of the K-order ravel)
+        norm2_w = weights @ weights if weights.ndim == 1 else np.dot(np.ravel(weights, order="K"),
+                                                                     np.ravel(weights, order="K"))
+        loss += float(0.5 * l2_reg_strength * norm2_w)
+        grad_pointwise /= n_samples
+        if self.n_classes is None:
+            grad = np.empty_like(coef, dtype=weights.dtype)
+            grad[:n_features] = x.T @ grad_pointwise + l2_reg_strength * weights
+            grad[-1] = np.sum(grad_pointwise)
+        else:
+            grad = np.empty((self.n_classes, n_features + 1), dtype=weights.dtype, order="F")
+            grad[:, :n_features] = grad_pointwise.T @ x + l2_reg_strength * weights
+            grad[:, -1] = np.sum(grad_pointwise, axis=0)
+            grad = grad.ravel(order="F")
+        return loss, grad
