@@ -290,3 +290,26 @@ def test_a_loaded_or_deep_copied_optimizer_continues_identically_and_independent
     from_loaded = run(loaded, loaded_params, 3)
     from_twin = run(twin, twin.param_groups[0]["params"], 3)
     assert from_loaded == from_twin == run(optimizer, params, 3)
+
+
+def test_the_optimisers_do_not_import_torch_dynamo():
+    """torch.optim.Optimizer's add_param_group, state_dict, load_state_dict and zero_grad import
+    torch._dynamo on their first call (1.6 s of CPU in every fresh trial process); ours skip that."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from trainables.nn.optim import Adadelta, RmsProp
+for cls in (RmsProp, Adadelta):
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = cls([p], step_rate=0.1, momentum=0.5)
+    (p ** 2).sum().backward()
+    optimizer.step()
+    optimizer.lean_step()
+    optimizer.load_state_dict(optimizer.state_dict())
+    optimizer.zero_grad()
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
