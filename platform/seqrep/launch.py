@@ -111,6 +111,12 @@ def _quiet_tune() -> None:
     # a checkpoint per report is by design (the latest state, kept once); no warning needed
     os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # seqrep handles Ctrl+C: see seqrep.interrupts
+    # the driver's threads (studies at once, report sections, the MLflow writer) share the GIL, so
+    # Tune's loop is now and then half a second late with a result: not the trials' bottleneck, and
+    # its warning ("consider reporting results less frequently") would mislead
+    from ray.tune.utils.util import warn_if_slow
+
+    warn_if_slow.DEFAULT_THRESHOLD = max(warn_if_slow.DEFAULT_THRESHOLD, 5.0)
 
 
 KEPT_CHECKPOINTS = 3  # per trial; see `_resumable`
