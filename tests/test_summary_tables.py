@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from seqrep import studydir, summary, tables
+from seqrep import results, studydir, summary, tables
 from seqrep.errors import SeqrepError
 from seqrep.results import trial_seed
 
@@ -94,6 +95,45 @@ def test_rewriting_never_duplicates(study_dir):
     summary.write(study_dir)
     summary.write(study_dir)
     assert len(summary.read(study_dir)) == 4
+
+
+def _state(study_dir, configs):
+    """A Ray Tune experiment state naming `configs` (trial id -> config), as Ray writes it."""
+    trials = [[json.dumps({"trial_id": trial_id, "config": config, "status": "RUNNING"}), "{}"]
+              for trial_id, config in configs.items()]
+    (study_dir / studydir.RAY_DIR / "experiment_state-2026-12-02_10-00-00.json").write_text(
+        json.dumps({"trial_data": trials, "runner_data": {}, "stats": {}}))
+
+
+def test_a_params_json_left_empty_by_a_killed_driver_is_read_elsewhere(study_dir, caplog):
+    """SIGKILL while Ray writes `params.json` leaves it empty: the config comes from `params.pkl`,
+    else from Ray's experiment state; a trial folder with neither is no trial Ray knows of."""
+    ray = study_dir / studydir.RAY_DIR
+    (ray / "t_00000" / "params.json").write_text("")
+    with open(ray / "t_00000" / "params.pkl", "wb") as f:
+        pickle.dump({"hidden_units": 10, "transfer": "sigmoid", "step_rate": 0.01}, f)
+    (ray / "t_00001" / "params.json").write_text('{"hidden_units": 2')  # cut short
+    _state(study_dir, {"t_00001": {"hidden_units": 25, "transfer": "rectifier", "step_rate": 1e30}})
+    make_trial(study_dir, "t_00004", {}, [])
+    (ray / "t_00004" / "params.json").write_text("")  # not in the state: a trial Ray never recorded
+    frame = summary.read(summary.write(study_dir).parent)
+    assert frame["trial_id"].tolist() == ["t_00000", "t_00001", "t_00002", "t_00003"]
+    assert frame["config.hidden_units"].tolist() == [10, 25, 50, 100]
+    assert frame["config.step_rate"].tolist() == [0.01, 1e30, 0.001, 0.1]
+    assert frame["status"].tolist() == ["completed", "diverged", "errored", "stopped"]
+    assert [r.message for r in caplog.records if "never recorded" in r.message] == [
+        f"{ray / 't_00004'}: no config in params.json, params.pkl or Ray Tune's experiment state; a trial Ray "
+        "never recorded (its driver was killed as it started), left out"]
+
+
+def test_a_state_cut_short_falls_back_to_the_one_before(tmp_path):
+    ray = tmp_path / "ray"
+    ray.mkdir()
+    trial = [json.dumps({"trial_id": "t_00000", "config": {"a": 1}}), "{}"]
+    (ray / "experiment_state-2026-12-02_10-00-00.json").write_text(json.dumps({"trial_data": [trial]}))
+    (ray / "experiment_state-2026-12-02_10-00-05.json").write_text('{"trial_data": [["{\"trial_id')
+    assert results.state_configs(ray) == {"t_00000": {"a": 1}}
+    assert results.state_configs(tmp_path) == {}
 
 
 def test_summarize_refuses_a_folder_that_is_not_a_study(tmp_path):

@@ -19,16 +19,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
+import pickle
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from seqrep.method import Declaration, is_finite
 
+log = logging.getLogger(__name__)
+
 STATUS_KEY = "seqrep_status"
 MEMBERS_KEY = "members"  # a cohort's result: one entry per member (`seqrep.cohort_session`)
 STATE_FILE, MODEL_FILE, CONFIG_FILE = "state.pt", "model.pt", "config.json"  # checkpoint files
 RESULT_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "params.json", "error.txt"  # Ray Tune's
+PARAMS_PICKLE_FILE, EXPERIMENT_STATE_GLOB = "params.pkl", "experiment_state-*.json"  # Ray Tune's too
 STATUSES = ("completed", "diverged", "errored", "stopped")
 SPLITS = ("valid_", "test_")
 
@@ -153,17 +158,52 @@ def _outcome(trial_id: str, config: dict[str, Any], reports: list[Mapping[str, A
     )
 
 
-def _read(trial_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
-    params = trial_dir / PARAMS_FILE
-    config = json.loads(params.read_text()) if params.exists() else {}
+def _read(trial_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
     error_file = trial_dir / ERROR_FILE
-    return config, list(read_results(trial_dir / RESULT_FILE)), (error_file.read_text() if error_file.exists() else None)
+    return list(read_results(trial_dir / RESULT_FILE)), (error_file.read_text() if error_file.exists() else None)
 
 
-def decode(trial_dir: Path, metric: str, mode: str, declaration: Declaration) -> TrialOutcome:
-    """Read a trial folder (see the module docstring)."""
+def state_configs(ray_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each trial's config as Ray Tune's latest experiment state holds it, by trial id (empty when
+    there is no readable state)."""
+    for path in sorted(Path(ray_dir).glob(EXPERIMENT_STATE_GLOB), reverse=True):
+        try:
+            trials = [json.loads(entry[0]) for entry in json.loads(path.read_text())["trial_data"]]
+            return {str(t["trial_id"]): t["config"] for t in trials if isinstance(t.get("config"), dict)}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue  # a state cut short by a killed driver: the one before it
+    return {}
+
+
+def trial_config(trial_dir: Path, known: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """A trial folder's config: Ray Tune's `params.json`, else its `params.pkl`, else the config of
+    `known` (`state_configs`) under the folder's name (the trial id). A driver killed while Ray
+    writes `params.json` leaves it empty. None: no config anywhere (a trial Ray never recorded)."""
     trial_dir = Path(trial_dir)
-    config, reports, error_text = _read(trial_dir)
+    try:
+        config = json.loads((trial_dir / PARAMS_FILE).read_text())
+        if isinstance(config, dict):
+            return config
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(trial_dir / PARAMS_PICKLE_FILE, "rb") as f:
+            config = pickle.load(f)  # written by this study's own driver
+        if isinstance(config, dict):
+            return config
+    except Exception:  # noqa: BLE001 - missing, empty or cut short: the experiment state next
+        pass
+    config = (known if known is not None else state_configs(trial_dir.parent)).get(trial_dir.name)
+    return dict(config) if config is not None else None
+
+
+def decode(trial_dir: Path, metric: str, mode: str, declaration: Declaration,
+           config: dict[str, Any] | None = None) -> TrialOutcome:
+    """Read a trial folder (see the module docstring); `config`: its config, if already read."""
+    trial_dir = Path(trial_dir)
+    if config is None:
+        config = trial_config(trial_dir) or {}
+    reports, error_text = _read(trial_dir)
     return _outcome(trial_dir.name, config, reports, reports[-1] if reports else {}, error_text, metric, mode,
                     declaration)
 
@@ -175,7 +215,7 @@ def decode_cohort(trial_dir: Path, members: list[dict[str, Any]], metric: str, m
     from seqrep.cohorts import member_id
 
     trial_dir = Path(trial_dir)
-    _, reports, error_text = _read(trial_dir)
+    reports, error_text = _read(trial_dir)
     last = reports[-1] if reports else {}
     outcomes = []
     for k, config in enumerate(members):
@@ -193,11 +233,19 @@ def decode_study(study_dir: Path, record: Mapping[str, Any], declaration: Declar
 
     grouped = cohorts.read(study_dir)
     outcomes: list[TrialOutcome] = []
+    known: dict[str, dict[str, Any]] = {}  # Ray's experiment state, read at the first trial without params
     for trial_dir in studydir.trial_dirs(study_dir):
-        params = json.loads((trial_dir / PARAMS_FILE).read_text())
+        params = trial_config(trial_dir, known)
+        if params is None and not known:
+            known.update(state_configs(trial_dir.parent))
+            params = trial_config(trial_dir, known)
+        if params is None:
+            log.warning("%s: no config in params.json, params.pkl or Ray Tune's experiment state; a trial Ray "
+                        "never recorded (its driver was killed as it started), left out", trial_dir)
+            continue
         if grouped is not None and set(params) == {"cohort"}:
             outcomes += decode_cohort(trial_dir, grouped[int(params["cohort"])], record["metric"], record["mode"],
                                       declaration)
         else:
-            outcomes.append(decode(trial_dir, record["metric"], record["mode"], declaration))
+            outcomes.append(decode(trial_dir, record["metric"], record["mode"], declaration, params))
     return outcomes
