@@ -48,6 +48,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from seqrep.method import SeqrepError
+from trainables.kit import lbfgsb
 
 SPLIT_SEED = 0  # folds and the validation split are the same in every trial, so trials are compared on them
 
@@ -274,10 +275,13 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[np
         w0 = np.zeros((n_classes, n_features + 1), order="F", dtype=x.dtype).ravel(order="F")
         loss = _LossGradient(fast.multinomial(n_classes=n_classes), n_classes)
     l2_reg_strength = 1.0 / (_C * n_samples)
-    result = fast.minimize(loss, w0, method="L-BFGS-B", jac=True, args=(x, target, None, l2_reg_strength, 1),
-                           options={"maxiter": _MAX_ITER, "maxls": 50, "gtol": _TOL,
-                                    "ftol": 64 * np.finfo(float).eps, **fast.iprint_options},
-                           callback=None)
+    args, options = (x, target, None, l2_reg_strength, 1), {"maxiter": _MAX_ITER, "maxls": 50, "gtol": _TOL,
+                                                             "ftol": 64 * np.finfo(float).eps}
+    if lbfgsb.available():  # scipy.optimize.minimize's loop without its wrappers, the same iterates
+        result = lbfgsb.minimize(loss, w0, args, **options)
+    else:
+        result = fast.minimize(loss, w0, method="L-BFGS-B", jac=True, args=args,
+                               options={**options, **fast.iprint_options}, callback=None)
     fast.check_optimize_result("lbfgs", result, _MAX_ITER, extra_warning_msg=fast.convergence_msg)
     w = result.x
     # the path's coefs and fit's split of them into coef_ and intercept_
