@@ -168,6 +168,20 @@ def test_every_member_reports_and_finishes_as_its_solo_run(cbf, tsne, method, ep
     assert len(tsne) == len(configs)
 
 
+def test_the_members_embedded_in_passes_get_the_same_bits(cbf, tsne, monkeypatch):
+    """A member's test embeddings and final metrics are the same whether the stack embeds all
+    members in one pass or one member per pass (EMBED_SEQUENCES 256, one 256-sequence chunk each)."""
+    configs, ctxs = configs_for("osp"), contexts(cbf, 1)
+    whole = run_local_cohort("osp", configs, ctxs)
+    monkeypatch.setattr(reduction_cohort, "EMBED_SEQUENCES", 256)
+    passes = run_local_cohort("osp", configs, ctxs)
+    for member, alone in zip(passes, whole):
+        assert member.final == alone.final and member.history == alone.history
+    assert [len(figures) for figures in tsne.values()] == [2] * len(configs)
+    for figures in tsne.values():
+        assert figures[0].tobytes() == figures[1].tobytes()
+
+
 def test_a_resumed_cohort_equals_an_uninterrupted_one(cbf, tsne):
     configs = configs_for("sf")  # member 1 pools stochastically: its draws resume from the checkpoint too
     whole = run_local_cohort("sf", configs, contexts(cbf, 4))

@@ -57,6 +57,7 @@ from trainables.nn.stacked_rnn import StackedPooledRNN, pool_members
 
 SHARED_CONTEXT = ("dataset", "max_epochs", "metric", "mode", "device")
 EMBED_CHUNK = 256  # sequences per evaluation batch, as `reduction_run.Trial.embed`
+EMBED_SEQUENCES = 1024  # member sequences per evaluation pass (`ReductionCohort.embed`)
 
 
 @dataclasses.dataclass
@@ -190,9 +191,21 @@ class ReductionCohort:
                 for start in range(0, len(sequences), EMBED_CHUNK)]
 
     @torch.no_grad()
-    def embed(self, problem: CohortProblem, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Every member's deterministic embeddings of the padded `chunks`, (K, N, E) float64 on the CPU."""
-        return torch.cat([problem.embed(x, mask, False, None).double().cpu() for x, mask in chunks], dim=1)
+    def embed(self, model: StackedPooledRNN, configs: list[ReductionConfig], chunks: list[tuple[torch.Tensor, torch.Tensor]],
+              problem: CohortProblem | None = None) -> torch.Tensor:
+        """Every member's deterministic embeddings of the padded `chunks`, (K, N, E) float64 on the CPU.
+
+        At most EMBED_SEQUENCES member sequences go through the stack at once (a chunk of the test
+        set for every member at once would not stay in the CPU's caches); each member's numbers are
+        the same either way. `problem`: the cohort's own problem of `model`, used for a single pass."""
+        width = max(1, EMBED_SEQUENCES // max(x.shape[1] for x, _ in chunks))
+        if width >= model.size:
+            passes = [problem or self.make_cohort(model, configs)]
+        else:
+            passes = [self.make_cohort(model.select(range(start, min(start + width, model.size))),
+                                       configs[start:start + width]) for start in range(0, model.size, width)]
+        return torch.cat([torch.cat([p.embed(x, mask, False, None).double().cpu() for x, mask in chunks], dim=1)
+                          for p in passes])
 
     def valid_error(self, e_train: torch.Tensor) -> float:
         if not bool(torch.isfinite(e_train).all()):  # an exploding net: the member diverged
@@ -227,7 +240,7 @@ class ReductionCohort:
         """Initial validation error (`fresh`), the epochs, and every member's finish."""
         train_chunks = self.chunks(self.seqs)
         if fresh:
-            e_train = self.embed(self.problem, train_chunks)
+            e_train = self.embed(self.model, self.configs, train_chunks, self.problem)
             for k, session in enumerate(self.sessions):
                 session.initial = self.valid_error(e_train[k])
         active = list(range(self.model.size))
@@ -235,7 +248,7 @@ class ReductionCohort:
         for epoch in range(self.progress[0].start, ctx.max_epochs + 1):
             losses = self.train_epoch()
             with torch.no_grad(), self.evaluation_point():
-                e_train = self.embed(self.problem, train_chunks)
+                e_train = self.embed(self.model, self.configs, train_chunks, self.problem)
                 valid = {k: prefixed("valid", {"error": self.valid_error(e_train[k])}) for k in active}
                 candidates = {k: self.model.member_state(k) for k in active
                               if is_finite(valid[k].get(ctx.metric))
@@ -254,10 +267,10 @@ class ReductionCohort:
         """Test error at each member's best state, its test embeddings, model file and status (`training.finish`)."""
         best = [k for k in members if self.progress[k].best_state is not None]
         if best:
-            problem = self.make_cohort(self.model.select(best, [self.progress[k].best_state for k in best]),
-                                       [self.configs[k] for k in best])
-            e_train = self.embed(problem, self.chunks(self.seqs))
-            e_test = self.embed(problem, self.chunks(self.test_seqs))
+            stack = self.model.select(best, [self.progress[k].best_state for k in best])
+            configs = [self.configs[k] for k in best]
+            e_train = self.embed(stack, configs, self.chunks(self.seqs))
+            e_test = self.embed(stack, configs, self.chunks(self.test_seqs))
         y_test = np.asarray(self.data.y_test)
         for k in members:
             progress, session = self.progress[k], self.sessions[k]
