@@ -82,31 +82,27 @@ def logreg_cv_error(e: np.ndarray, y: np.ndarray) -> float:
     if k < 2:
         raise SeqrepError(f"a stratified validation needs at least 2 training examples per class, "
                           f"but a class has {k}")
-    folds = _folds(y, k, e)
-    if _fast() is not None and _plain(e, y):
-        try:
-            predicted = np.empty_like(y)
-            for fit_rows, held_out in folds:
-                predicted[held_out] = _fit_predict(e[fit_rows], y[fit_rows], e[held_out])
-            return float((predicted != y).mean())
-        except _Unsupported:
-            pass
     predicted = np.empty_like(y)
-    for fit_rows, held_out in folds:
-        predicted[held_out] = logistic_regression().fit(e[fit_rows], y[fit_rows]).predict(e[held_out])
+    for fit_rows, held_out in _folds(y, k, e):
+        predicted[held_out] = _judge(e[fit_rows], y[fit_rows], e[held_out])
     return float((predicted != y).mean())
 
 
 def logreg_error(e_train: np.ndarray, y_train: np.ndarray, e_test: np.ndarray, y_test: np.ndarray) -> float:
     """Test error of the logistic regression fitted on all of (e_train, y_train)."""
     e_test = np.nan_to_num(e_test, posinf=1e30, neginf=-1e30)  # an exploding test sequence is misjudged, not fatal
-    if _fast() is not None and _plain(e_train, y_train, e_test):
+    return float((_judge(e_train, y_train, e_test) != y_test).mean())
+
+
+def _judge(e_fit: np.ndarray, y_fit: np.ndarray, e_predict: np.ndarray) -> np.ndarray:
+    """`logistic_regression().fit(e_fit, y_fit).predict(e_predict)`: by `_fit_predict` where it
+    takes the input, by the pipeline itself otherwise (the same labels either way)."""
+    if _fast() is not None and _plain(e_fit, y_fit, e_predict):
         try:
-            return float((_fit_predict(e_train, y_train, e_test) != y_test).mean())
+            return _fit_predict(e_fit, y_fit, e_predict)
         except _Unsupported:
             pass
-    model = logistic_regression().fit(e_train, y_train)
-    return float((model.predict(e_test) != y_test).mean())
+    return logistic_regression().fit(e_fit, y_fit).predict(e_predict)
 
 
 def one_nn_error(e_db: np.ndarray, y_db: np.ndarray, e: np.ndarray, y: np.ndarray) -> float:
