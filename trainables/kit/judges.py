@@ -307,19 +307,19 @@ class _LossGradient:
             raw_prediction = x @ np.asarray(weights, dtype=x.dtype).T + np.asarray(intercept, dtype=x.dtype)
         loss, grad_pointwise = self.base_loss.loss_gradient(y_true=y, raw_prediction=raw_prediction,
                                                             sample_weight=sample_weight, n_threads=n_threads)
-        loss = float(np.sum(loss) / n_samples)
+        loss = float(loss.sum() / n_samples)  # np.sum's reduction, without its dispatch
         # LinearModelLoss.l2_penalty (squared_norm: the dot of the K-order ravel)
-        norm2_w = weights @ weights if weights.ndim == 1 else np.dot(np.ravel(weights, order="K"),
-                                                                     np.ravel(weights, order="K"))
+        flat = weights if weights.ndim == 1 else weights.ravel(order="K")
+        norm2_w = flat @ flat if weights.ndim == 1 else np.dot(flat, flat)
         loss += float(0.5 * l2_reg_strength * norm2_w)
         grad_pointwise /= n_samples
         if self.n_classes is None:
             grad = np.empty_like(coef, dtype=weights.dtype)
             grad[:n_features] = x.T @ grad_pointwise + l2_reg_strength * weights
-            grad[-1] = np.sum(grad_pointwise)
+            grad[-1] = grad_pointwise.sum()
         else:
             grad = np.empty((self.n_classes, n_features + 1), dtype=weights.dtype, order="F")
             grad[:, :n_features] = grad_pointwise.T @ x + l2_reg_strength * weights
-            grad[:, -1] = np.sum(grad_pointwise, axis=0)
+            grad[:, -1] = grad_pointwise.sum(axis=0)
             grad = grad.ravel(order="F")
         return loss, grad

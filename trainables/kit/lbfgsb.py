@@ -81,7 +81,7 @@ def minimize(fun: Callable[..., tuple[float, np.ndarray]], x0: np.ndarray, args:
         setulb(m, x, low_bnd, upper_bnd, nbd, f_arg, g, factr, gtol, wa, iwa, task, lsave, isave, dsave, maxls,
                ln_task)
         if task[0] == 3:
-            if not np.array_equal(x, at):  # ScalarFunction.fun_and_grad's cache
+            if not (x == at).all():  # ScalarFunction.fun_and_grad's cache (np.array_equal of equal shapes)
                 at = x.astype(dtype)
                 f, grad = _evaluate(fun, at, args)
                 nfev, ngev = nfev + 1, ngev + 1
