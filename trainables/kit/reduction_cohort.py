@@ -195,11 +195,12 @@ class ReductionCohort:
               problem: CohortProblem | None = None) -> torch.Tensor:
         """Every member's deterministic embeddings of the padded `chunks`, (K, N, E) float64 on the CPU.
 
-        At most EMBED_SEQUENCES member sequences go through the stack at once (a chunk of the test
-        set for every member at once would not stay in the CPU's caches); each member's numbers are
-        the same either way. `problem`: the cohort's own problem of `model`, used for a single pass."""
+        On the CPU at most EMBED_SEQUENCES member sequences go through the stack at once (a chunk
+        of the test set for every member at once would not stay in the caches; a GPU takes them all
+        at once); each member's numbers are the same either way. `problem`: the cohort's own
+        problem of `model`, used for a single pass."""
         width = max(1, EMBED_SEQUENCES // max(x.shape[1] for x, _ in chunks))
-        if width >= model.size:
+        if width >= model.size or chunks[0][0].device.type != "cpu":
             passes = [problem or self.make_cohort(model, configs)]
         else:
             passes = [self.make_cohort(model.select(range(start, min(start + width, model.size))),
