@@ -74,6 +74,11 @@ def test_studies_running_at_once_share_one_line_and_the_estimate():
     assert view.line(with_time=False) == ("study 2/3 b · trials 0 done, 1 running, 3 pending, 0 failed · "
                                           "best valid_error –")
     assert out.getvalue().splitlines()[-1].startswith("seqrep: studies 0 done, 2 running, 1 waiting of 3 · trials 2 done")
+    view.start_study("c", "valid_nll", "min", 100)
+    view.update(progress.Counts(done=1, failed=1, running=1, epochs=30), "c")
+    # the ended study's 2 trials stay counted: the count never goes back
+    assert view.line(with_time=False) == ("studies 1 done, 2 running, 0 waiting of 3 · trials 3 done, 2 running, "
+                                          "3 pending, 1 failed")
 
 
 def test_verbose_gives_ray_tunes_table_and_the_default_seqreps_view(tmp_path):

@@ -67,7 +67,8 @@ class View:
 
     One study running: `study i/N <name> · trials … · best <metric> … · elapsed · left`. Several
     (`seqrep reproduce` runs a table's studies concurrently): `studies d done, r running of N ·
-    trials … · elapsed · left`, the trials summed over the running studies. Thread-safe: each
+    trials … · elapsed · left`, the trials summed over the command's studies (an ended study's
+    stay counted as done or failed, so the count only grows). Thread-safe: each
     study's Ray Tune loop feeds the view from its own thread.
     """
 
@@ -84,6 +85,7 @@ class View:
         self.running: dict[str, _Study] = {}  # in start order
         self.last: _Study | None = None  # the study shown when none runs
         self.budget_done = 0  # epoch budget of the studies already done
+        self.ended_trials = Counts()  # done and failed trials of the studies already done
         self.training_s = 0.0  # time with some study's trials running, up to _busy_since
         self._busy_since: float | None = None
         self._last_plain = ""
@@ -122,6 +124,8 @@ class View:
             del self.running[study.name]
             self.ended += 1
             self.budget_done += study.budget
+            self.ended_trials = dataclasses.replace(self.ended_trials, done=self.ended_trials.done + study.counts.done,
+                                                    failed=self.ended_trials.failed + study.counts.failed)
             self.last = study
             if self._busy_since is not None and not any(s.training for s in self.running.values()):
                 self.training_s += self.clock() - self._busy_since
@@ -153,7 +157,7 @@ class View:
             if len(self.running) <= 1:
                 study = next(iter(self.running.values()), self.last)
                 return self._single(study, with_time) if study is not None else ""
-            counts = [s.counts for s in self.running.values()]
+            counts = [self.ended_trials, *(s.counts for s in self.running.values())]
             summed = Counts(**{f: sum(getattr(c, f) for c in counts)
                                for f in ("done", "running", "pending", "failed", "epochs")})
             waiting = self.studies - self.ended - len(self.running)
