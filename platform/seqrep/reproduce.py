@@ -209,7 +209,8 @@ def _run_at_once(plans: list[StudyPlan], at_once: int, after=None) -> None:
                 p = waiting.get_nowait()
             except queue.Empty:
                 return
-            print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)", flush=True)
+            # one write of line and newline: print's two writes interleave across the study threads
+            print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)\n", end="", flush=True)
             try:
                 run_study(p)
             except BaseException as err:  # noqa: BLE001 - raised in the main thread below
