@@ -124,8 +124,8 @@ class View:
             del self.running[study.name]
             self.ended += 1
             self.budget_done += study.budget
-            self.ended_trials = dataclasses.replace(self.ended_trials, done=self.ended_trials.done + study.counts.done,
-                                                    failed=self.ended_trials.failed + study.counts.failed)
+            ended = self.ended_trials
+            self.ended_trials = Counts(done=ended.done + study.counts.done, failed=ended.failed + study.counts.failed)
             self.last = study
             if self._busy_since is not None and not any(s.training for s in self.running.values()):
                 self.training_s += self.clock() - self._busy_since

@@ -17,13 +17,14 @@ the driver died before it finished).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import pickle
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from seqrep.method import Declaration, is_finite
 
@@ -175,10 +176,11 @@ def state_configs(ray_dir: Path) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def trial_config(trial_dir: Path, known: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
-    """A trial folder's config: Ray Tune's `params.json`, else its `params.pkl`, else the config of
-    `known` (`state_configs`) under the folder's name (the trial id). A driver killed while Ray
-    writes `params.json` leaves it empty. None: no config anywhere (a trial Ray never recorded)."""
+def trial_config(trial_dir: Path, state: Callable[[], Mapping[str, dict[str, Any]]] | None = None) -> dict[str, Any] | None:
+    """A trial folder's config: Ray Tune's `params.json`, else its `params.pkl`, else the config
+    Ray's experiment state holds under the folder's name (the trial id; `state()` gives
+    `state_configs`, by default of the folder's parent). A driver killed while Ray writes
+    `params.json` leaves it empty. None: no config anywhere (a trial Ray never recorded)."""
     trial_dir = Path(trial_dir)
     try:
         config = json.loads((trial_dir / PARAMS_FILE).read_text())
@@ -193,7 +195,7 @@ def trial_config(trial_dir: Path, known: Mapping[str, dict[str, Any]] | None = N
             return config
     except Exception:  # noqa: BLE001 - missing, empty or cut short: the experiment state next
         pass
-    config = (known if known is not None else state_configs(trial_dir.parent)).get(trial_dir.name)
+    config = (state() if state is not None else state_configs(trial_dir.parent)).get(trial_dir.name)
     return dict(config) if config is not None else None
 
 
@@ -233,12 +235,9 @@ def decode_study(study_dir: Path, record: Mapping[str, Any], declaration: Declar
 
     grouped = cohorts.read(study_dir)
     outcomes: list[TrialOutcome] = []
-    known: dict[str, dict[str, Any]] = {}  # Ray's experiment state, read at the first trial without params
+    state = functools.cache(lambda: state_configs(Path(study_dir) / studydir.RAY_DIR))  # read if needed, once
     for trial_dir in studydir.trial_dirs(study_dir):
-        params = trial_config(trial_dir, known)
-        if params is None and not known:
-            known.update(state_configs(trial_dir.parent))
-            params = trial_config(trial_dir, known)
+        params = trial_config(trial_dir, state)
         if params is None:
             log.warning("%s: no config in params.json, params.pkl or Ray Tune's experiment state; a trial Ray "
                         "never recorded (its driver was killed as it started), left out", trial_dir)

@@ -21,7 +21,8 @@ sequence-reduction trials. So both judges run the same computation without those
   minus the mean, divided by the scale, both cast to the data's dtype);
 - the fit: what `LogisticRegression.fit` -> `_logistic_regression_path` does for solver='lbfgs',
   an l2 penalty, no sample or class weights and no warm start: the same targets, the same zero
-  start in the data's dtype, SciPy's L-BFGS-B with the same options on `_LossGradient`, which
+  start in the data's dtype, SciPy's L-BFGS-B with the same options (its own loop without
+  `minimize`'s wrappers, `trainables.kit.lbfgsb`, on a verified SciPy) on `_LossGradient`, which
   computes exactly what `LinearModelLoss.loss_gradient` computes (the same NumPy operations in the
   same dtypes around scikit-learn's own Cython loss), and `_check_optimize_result` (the same
   ConvergenceWarning);
@@ -309,8 +310,11 @@ class _LossGradient:
                                                             sample_weight=sample_weight, n_threads=n_threads)
         loss = float(loss.sum() / n_samples)  # np.sum's reduction, without its dispatch
         # LinearModelLoss.l2_penalty (squared_norm: the dot of the K-order ravel)
-        flat = weights if weights.ndim == 1 else weights.ravel(order="K")
-        norm2_w = flat @ flat if weights.ndim == 1 else np.dot(flat, flat)
+        if weights.ndim == 1:
+            norm2_w = weights @ weights
+        else:
+            flat = weights.ravel(order="K")
+            norm2_w = np.dot(flat, flat)
         loss += float(0.5 * l2_reg_strength * norm2_w)
         grad_pointwise /= n_samples
         if self.n_classes is None:

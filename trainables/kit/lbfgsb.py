@@ -65,7 +65,7 @@ def minimize(fun: Callable[..., tuple[float, np.ndarray]], x0: np.ndarray, args:
     dtype = x0.dtype if np.issubdtype(x0.dtype, np.floating) else np.float64  # ScalarFunction's x dtype
     at = x0.astype(dtype)  # ScalarFunction evaluates at x0 when it is made
     f, grad = _evaluate(fun, at, args)
-    nfev = ngev = 1
+    nfev = 1  # and as many gradients: ScalarFunction's njev is its nfev here
 
     nbd = np.zeros(n, np.int32)
     low_bnd, upper_bnd = np.zeros(n, np.float64), np.zeros(n, np.float64)
@@ -84,7 +84,7 @@ def minimize(fun: Callable[..., tuple[float, np.ndarray]], x0: np.ndarray, args:
             if not (x == at).all():  # ScalarFunction.fun_and_grad's cache (np.array_equal of equal shapes)
                 at = x.astype(dtype)
                 f, grad = _evaluate(fun, at, args)
-                nfev, ngev = nfev + 1, ngev + 1
+                nfev += 1
             f_arg, g = f, grad
         elif task[0] == 1:
             n_iterations += 1
@@ -101,7 +101,7 @@ def minimize(fun: Callable[..., tuple[float, np.ndarray]], x0: np.ndarray, args:
     else:
         warnflag = 2
     msg = status_messages[task[0]] + ": " + task_messages[task[1]]
-    return OptimizeResult(fun=f_arg, jac=g, nfev=nfev, njev=ngev, nit=n_iterations, status=warnflag, message=msg,
+    return OptimizeResult(fun=f_arg, jac=g, nfev=nfev, njev=nfev, nit=n_iterations, status=warnflag, message=msg,
                           x=x, success=(warnflag == 0))
 
 
