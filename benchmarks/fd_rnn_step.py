@@ -22,6 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from seqrep import memory
 from trainables.nn.recurrent import FastDropoutRNN
 
 
@@ -66,8 +67,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (trials run with one)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (trials keep freed memory: seqrep.memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        memory.keep_freed_memory()  # as every trial process does
     print(f"H={args.hidden} B={args.batch} T={args.steps} inputs=88")
     ratio = compare(torch.device("cpu"), args)
     if torch.cuda.is_available():

@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from seqrep import memory
 from seqrep.data import load
 from trainables.nn import variance as vp
 from trainables.nn.optim import RmsProp
@@ -112,8 +113,12 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=10**9, help="leave out batches longer than this")
     parser.add_argument("--baseline", action="store_true", help="also run commit 40d714c's loop, interleaved")
     parser.add_argument("--data-dir", default=os.environ.get("SEQREP_DATA"))
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (trials keep freed memory: seqrep.memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        memory.keep_freed_memory()  # as every trial process does
     print(f"H={args.hidden} threads={args.threads} batch=16 pool=4 seed=0")
     for name in args.datasets:
         run(name, args)

@@ -352,3 +352,20 @@ def test_tanh_backward_is_the_gradient_of_tanh(scale):
     want = torch.autograd.grad((mean_y, var_y), (mean, var), (grad_mean_y, grad_var_y))
     got = vp.tanh_backward(mean.detach(), var.detach(), mean_y.detach(), grad_mean_y, grad_var_y)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_into_gives_tanh_bit_for_bit(dtype):
+    g = torch.Generator().manual_seed(7)
+    mean = 3.0 * torch.randn(64, 600, generator=g, dtype=dtype)
+    var = torch.rand(64, 600, generator=g, dtype=dtype) * torch.logspace(-30, 2, 600, dtype=dtype)
+    var[:5] = 0.0  # deterministic units: exactly (tanh(m), 0)
+    out_mean, out_var = torch.full_like(mean, math.nan), torch.full_like(var, math.nan)
+    got = vp.tanh_into(mean, var, out_mean, out_var)
+    want = vp.tanh(mean, var)
+    assert got[0] is out_mean and got[1] is out_var
+    for a, b in zip(got, want):
+        assert torch.equal(a.view(torch.int64 if dtype == torch.float64 else torch.int32),
+                           b.view(torch.int64 if dtype == torch.float64 else torch.int32))
+    assert torch.equal(out_var[:5], torch.zeros(5, 600, dtype=dtype))
+    assert (out_var[5:] > 0).float().mean() > 0.5  # the masked branch was exercised on both sides

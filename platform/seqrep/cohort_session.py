@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
+from seqrep import memory
 from seqrep.cohorts import member_folder
 from seqrep.method import STATUSES, Session, TrialContext, is_finite
 from seqrep.results import CONFIG_FILE, MEMBERS_KEY, MODEL_FILE, STATE_FILE, STATUS_KEY, trial_seed
@@ -194,6 +195,7 @@ def run_cohort_in_ray(config: dict[str, Any], *, spec: TrialSpec, dataset: Any,
     cfgs = [module.Config.from_dict(dict(c), where=f"config of cohort member {k} of method {spec.method}")
             for k, c in enumerate(members)]
     torch.set_num_threads(max(1, int(spec.cpus_per_trial or 1)))
+    memory.keep_freed_memory()
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     channel = CohortChannel(members, spec.metric, spec.mode, spec.report_interval_s)
     try:

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
+from seqrep import memory
 from seqrep.method import STATUSES, SeqrepError, Session, TrialContext
 from seqrep.results import CONFIG_FILE, MODEL_FILE, STATE_FILE, STATUS_KEY, trial_seed
 
@@ -198,6 +199,7 @@ def run_in_ray(config: dict[str, Any], *, spec: TrialSpec, dataset: Any) -> None
     module = methods.resolve(spec.method)
     cfg = module.Config.from_dict(config, where=f"trial config of method {spec.method}")
     torch.set_num_threads(max(1, int(spec.cpus_per_trial or 1)))
+    memory.keep_freed_memory()
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     context = TrialContext(dataset=spec.dataset, data=dataset, max_epochs=spec.max_epochs,
                            seed=trial_seed(spec.seed, config), metric=spec.metric, mode=spec.mode, device=device)

@@ -231,7 +231,8 @@ class FDTanhRecurrence(torch.autograd.Function):
     """The FD-RNN's tanh recurrence (the loop of `FastDropoutRNN._fd_hidden`) with a hand-written backward.
 
     forward(in_mean, in_var: (T, B, H), w_rec: (H, H), keep: float) -> (h_mean, h_var): (T, B, H).
-    The forward runs the same operations as the autograd loop (the same numbers); the backward is
+    The forward runs the same operations as the autograd loop (the same numbers; `variance.tanh_into`
+    writes each step's moments in place); the backward is
     BPTT through `variance.tanh_backward`, two (B, H) x (H, H) products per step, and W_rec's
     gradient as two (H, T*B) x (T*B, H) products after the loop. Autograd would record ~25 small
     operations per step and keep their outputs; this keeps four (T, B, H) tensors.
@@ -245,13 +246,12 @@ class FDTanhRecurrence(torch.autograd.Function):
         var_ins = torch.empty_like(in_var)  # keep V[h_{t-1}] + keep (1 - keep) E[h_{t-1}]^2, W_rec^2's input
         h_mean = in_mean.new_zeros(in_mean.shape[1:])
         h_var = torch.zeros_like(h_mean)
+        noise = keep * (1.0 - keep)
         for t in range(in_mean.shape[0]):
-            a_mean = torch.add(in_mean[t], keep * (h_mean @ w_rec.T), out=a_means[t])
-            var_in = torch.add(keep * h_var, keep * (1.0 - keep) * h_mean.square(), out=var_ins[t])
+            a_mean = torch.add(in_mean[t], (h_mean @ w_rec.T).mul_(keep), out=a_means[t])
+            var_in = torch.add(torch.mul(h_var, keep), h_mean.square().mul_(noise), out=var_ins[t])
             a_var = torch.add(in_var[t], var_in @ w_rec_sq.T, out=a_vars[t])
-            h_mean, h_var = vp.tanh(a_mean, a_var)
-            means[t], variances[t] = h_mean, h_var
-            h_mean, h_var = means[t], variances[t]
+            h_mean, h_var = vp.tanh_into(a_mean, a_var, means[t], variances[t])
         ctx.keep = keep
         ctx.save_for_backward(a_means, a_vars, means, var_ins, w_rec)
         return means, variances

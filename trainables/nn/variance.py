@@ -202,6 +202,24 @@ def tanh(mean: Tensor, var: Optional[Tensor]) -> Moments:
     return mean_y, torch.where(var > 0, 4.0 * var_sigma_b, torch.zeros_like(var_sigma_b))  # exact at v = 0
 
 
+def tanh_into(mean: Tensor, var: Tensor, out_mean: Tensor, out_var: Tensor) -> Moments:
+    """`tanh(mean, var)` written into `out_mean`, `out_var` (the same numbers, bit for bit: the same
+    operations on the same operands, in place where `tanh` allocates, and the closing
+    `torch.where(var > 0, x, 0)` as x * sign(var), which equals it for a variance (var >= 0) and
+    the finite x >= 0 it masks). For the FD-RNN recurrence (`recurrent.FDTanhRecurrence`), which
+    calls it once per step with no autograd to feed: on (32, 600) blocks a third fewer allocations,
+    and no `torch.where`, whose CPU kernel is not vectorised."""
+    var_b = torch.mul(var, 4.0)
+    scale = torch.mul(var_b, PROBIT_SCALE).add_(1.0).sqrt_()  # sqrt(1 + pi var_b / 8)
+    mean_y = torch.div(mean, scale, out=out_mean).tanh_()
+    mean_sigma_b = torch.add(mean_y, 1.0).mul_(0.5)
+    # _sigmoid_second_moment(2m, 4v): sigma(alpha (2m + beta) / sqrt(1 + pi alpha^2 4v / 8))
+    second = torch.mul(mean, 2.0).add_(BETA).mul_(ALPHA)
+    second.div_(var_b.mul_(ALPHA**2).mul_(PROBIT_SCALE).add_(1.0).sqrt_()).sigmoid_()
+    var_sigma_b = second.sub_(mean_sigma_b.square_()).clamp_min_(0.0)
+    return mean_y, torch.mul(var_sigma_b, 4.0, out=out_var).mul_(torch.sign(var))
+
+
 def tanh_backward(mean: Tensor, var: Tensor, mean_y: Tensor, grad_mean_y: Tensor, grad_var_y: Tensor) -> Moments:
     """The gradient of `tanh` with respect to (mean, var), given its output mean_y and the gradients
     of its outputs: the chain rule through the same formula, written out for the FD-RNN recurrence
