@@ -134,13 +134,16 @@ def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_
     import subprocess
     import sys
 
-    epochs, uri = 2000, f"sqlite:///{tmp_path}/m.db"
+    # a cohort of three trains these 1 x 10 nets at ~1 ms an epoch on a fast core: 6000 epochs leave
+    # seconds after the first checkpoint (at ~1 s) for the kill to land mid-way (2000 epochs and a
+    # kill 3 s after it let the whole study end first on such a machine)
+    epochs, uri = 6000, f"sqlite:///{tmp_path}/m.db"
     space = tmp_path / "nn-one-shape.yaml"
     space.write_text(SPACE.format(epochs=epochs))
     cmd = [sys.executable, "-m", "seqrep.cli", "search", str(space), "--dataset", "toy", "--seed", "3",
            "--cohort-size", "3", "--storage", str(tmp_path / "s"), "--tracking-uri", uri]
     study = tmp_path / "s" / "nn-one-shape-toy"
-    killed_driver(cmd, study, after_s=3)
+    killed_driver(cmd, study, after_s=1)
     grouping = cohorts.read(study)
     assert [len(c) for c in grouping] == [3, 3] and not (study / "trials.parquet").exists()
 
