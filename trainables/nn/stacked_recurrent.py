@@ -152,7 +152,7 @@ def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tupl
         var_in = torch.add(keep[:n] * h_var[:n], keep_var[:n] * h_mean[:n].square(),
                            out=var_ins[:n, t] if save else None)
         a_var = torch.add(in_var[:n, t], torch.bmm(var_in, w_sq_t[:n]), out=a_vars[:n, t] if save else None)
-        means[:n, t], variances[:n, t] = vp.tanh(a_mean, a_var)
+        vp.tanh_into(a_mean, a_var, means[:n, t], variances[:n, t])  # `vp.tanh`'s numbers, written in place
         h_mean, h_var = means[:, t], variances[:, t]
     return (means, variances, a_means, a_vars, var_ins) if save else (means, variances)
 
