@@ -232,10 +232,10 @@ class FDTanhRecurrence(torch.autograd.Function):
 
     forward(in_mean, in_var: (T, B, H), w_rec: (H, H), keep: float) -> (h_mean, h_var): (T, B, H).
     The forward runs the same operations as the autograd loop (the same numbers; `variance.tanh_into`
-    writes each step's moments in place); the backward is
-    BPTT through `variance.tanh_backward`, two (B, H) x (H, H) products per step, and W_rec's
-    gradient as two (H, T*B) x (T*B, H) products after the loop. Autograd would record ~25 small
-    operations per step and keep their outputs; this keeps four (T, B, H) tensors.
+    writes each step's moments in place); the backward is BPTT through `variance.tanh_backward`,
+    two (B, H) x (H, H) products per step, and W_rec's gradient as two (H, T*B) x (T*B, H)
+    products after the loop. Autograd would record ~25 small operations per step and keep their
+    outputs; this keeps four (T, B, H) tensors.
     """
 
     @staticmethod

@@ -206,9 +206,10 @@ def tanh_into(mean: Tensor, var: Tensor, out_mean: Tensor, out_var: Tensor) -> M
     """`tanh(mean, var)` written into `out_mean`, `out_var` (the same numbers, bit for bit: the same
     operations on the same operands, in place where `tanh` allocates, and the closing
     `torch.where(var > 0, x, 0)` as x * sign(var), which equals it for a variance (var >= 0) and
-    the finite x >= 0 it masks). For the FD-RNN recurrence (`recurrent.FDTanhRecurrence`), which
-    calls it once per step with no autograd to feed: on (32, 600) blocks a third fewer allocations,
-    and no `torch.where`, whose CPU kernel is not vectorised."""
+    the finite x >= 0 it masks). For the FD-RNN recurrences, solo (`recurrent.FDTanhRecurrence`)
+    and stacked (`stacked_recurrent.recur`), which call it once per step with no autograd to feed:
+    on (32, 600) blocks a third fewer allocations, and no `torch.where`, whose CPU kernel is not
+    vectorised."""
     var_b = torch.mul(var, 4.0)
     scale = torch.mul(var_b, PROBIT_SCALE).add_(1.0).sqrt_()  # sqrt(1 + pi var_b / 8)
     mean_y = torch.div(mean, scale, out=out_mean).tanh_()
