@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 from seqrep import __version__, paths
 from seqrep.cohorts import DEFAULT_SIZE as DEFAULT_COHORT_SIZE
@@ -266,5 +269,32 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stop_signal()
 
 
+def run() -> NoReturn:
+    """The `seqrep` command (and `python -m seqrep.cli`): `main`, then `exit_now` with its code."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process as Python's own exit would, minus its last step.
+
+    Python ends by joining the threads that are not daemons, running the atexit handlers (Ray's
+    shutdown, logging's flush, `weakref.finalize` clean-ups) and flushing stdout and stderr; all of
+    that happens here. What is skipped is the interpreter's teardown of every module and object
+    left, which once torch, Ray, MLflow and matplotlib are loaded takes 0.9 s (their imports alone)
+    to 1.6 s (at the end of `seqrep reproduce table10`) after every result is written. Nothing of
+    seqrep's is left to that teardown: files are closed where they are written, the MLflow queue
+    is drained when a study closes."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away, a stream already closed
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
