@@ -15,8 +15,10 @@ not better overlap, makes it faster. `slot_s` sums the Ray trials' `wall_s` from
 summaries (a cohort counted once): the time trial slots were taken.
 
 Lines: `run table=… tree=<old|new> commit=… wall_s=… cpu_s=… driver_s=… trials_s=… ray_s=…
-busy=… slot_s=…` per run, then `e2e table=… dataset=… old_s=… new_s=… ratio=<old/new>` per table
-(medians over `--repeats`). The speed issue's goal was a ratio of at least 3 for both tables on
+busy=… slot_s=…` per run; `same table=… repeat=… trials_equal=<k>/<n>` per pair of runs: the
+trials (matched by study and config) whose best epoch and every `valid_*` and `test_*` value the
+two trees report are equal, the studies that differ named; then `e2e table=… dataset=… old_s=…
+new_s=… ratio=<old/new>` per table (medians over `--repeats`). The speed issue's goal was a ratio of at least 3 for both tables on
 2 cores. Linux only (/proc); git must know `--old`. A table whose data set is not in the data
 directory is skipped with the reason.
 
@@ -116,6 +118,28 @@ def slot_seconds(storage: Path) -> float:
     return float(total)
 
 
+def results(storage: Path):
+    """Every trial's config, best epoch and final metrics, in an order both trees share."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(path) for path in sorted(storage.glob("*/trials.parquet"))]
+    frame = pd.concat(frames, ignore_index=True)
+    keep = ["study", "best_epoch"] + [c for c in frame.columns if c.startswith(("config.", "valid_", "test_"))]
+    frame = frame[keep]
+    return frame.sort_values(["study", *sorted(c for c in keep if c.startswith("config."))]).reset_index(drop=True)
+
+
+def same_results(old: Path, new: Path) -> str:
+    """`<equal>/<trials>`: trials whose best epoch and every metric both trees report are equal."""
+    a, b = results(old), results(new)
+    if len(a) != len(b) or list(a["study"]) != list(b["study"]):
+        return f"0/{len(b)} (the trees ran different trials: {len(a)} and {len(b)})"
+    columns = [c for c in a.columns if c in b.columns and c not in ("study",)]
+    equal = [(a.loc[i, columns].fillna(-1.0) == b.loc[i, columns].fillna(-1.0)).all() for i in range(len(a))]
+    differing = sorted({a.loc[i, "study"] for i, same in enumerate(equal) if not same})
+    return f"{sum(equal)}/{len(a)}" + (f" (differing: {', '.join(differing)})" if differing else "")
+
+
 def run(tree: Path, table: str, dataset: str, work: Path) -> dict[str, float]:
     """One `seqrep reproduce` of `table` with the code of `tree`; its wall time, CPU split and slot time."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "platform"), str(tree)]))
@@ -177,14 +201,17 @@ def main() -> None:
                     continue
                 walls = {"old": [], "new": []}
                 for i in range(args.repeats):
+                    works = {name: Path(scratch) / f"{table}-{name}-{i}" for name in walls}
                     for name, tree, label in (("old", old_tree, args.old), ("new", ROOT, commit)):
-                        work = Path(scratch) / f"{table}-{name}-{i}"
-                        work.mkdir()
-                        r = run(tree, table, dataset, work)
+                        works[name].mkdir()
+                        r = run(tree, table, dataset, works[name])
                         walls[name].append(r["wall_s"])
                         print(f"run table={table} dataset={dataset} tree={name} commit={label} "
                               + " ".join(f"{k}={v:.2f}" if k == "busy" else f"{k}={v:.1f}" for k, v in r.items()),
                               flush=True)
+                    print(f"same table={table} dataset={dataset} repeat={i} trials_equal="
+                          f"{same_results(works['old'] / 'studies', works['new'] / 'studies')}", flush=True)
+                    for work in works.values():
                         shutil.rmtree(work, ignore_errors=True)
                 old_s, new_s = statistics.median(walls["old"]), statistics.median(walls["new"])
                 print(f"e2e table={table} dataset={dataset} old_s={old_s:.1f} new_s={new_s:.1f} "
