@@ -280,9 +280,10 @@ def exit_now(code: int) -> NoReturn:
     Python ends by stopping its threads (the threads' exit hooks, which end idle executor workers,
     then a join of every thread that is not a daemon), running the atexit handlers (Ray's shutdown,
     logging's flush, `weakref.finalize` clean-ups) and flushing stdout and stderr; all of that
-    happens here, through the same functions. What is skipped is the interpreter's teardown of every module and object
-    left, which once torch, Ray, MLflow and matplotlib are loaded takes 0.9 s (their imports alone)
-    to 1.6 s (at the end of `seqrep reproduce table10`) after every result is written. Nothing of
+    happens here, through the same functions. What is skipped is the interpreter's teardown of
+    every module and object left, which once torch, Ray, MLflow and matplotlib are loaded takes
+    0.9 s (their imports alone) to 1.6 s (at the end of `seqrep reproduce table10`) after every
+    result is written. Nothing of
     seqrep's is left to that teardown: files are closed where they are written, the MLflow queue
     is drained when a study closes. Where the interpreter lacks `threading._shutdown` or
     `atexit._run_exitfuncs` (CPython has both, not as public names), this is Python's own exit."""
