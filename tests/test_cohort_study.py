@@ -130,7 +130,9 @@ def test_a_cohort_whose_worker_is_killed_resumes_every_member_from_its_checkpoin
 
 def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_path, killed_driver):
     """`--resume` after a SIGKILLed driver: the recorded grouping is kept, every member ends with
-    one row and one FINISHED run holding each of its epochs."""
+    one row and one FINISHED run holding each of its epochs. The kill is made to land while Ray Tune
+    copied its run state into the study (the file cut short, as CI once saw): the resume takes
+    seqrep's kept copy instead of letting Tune start the study over (`seqrep.ray_state`)."""
     import subprocess
     import sys
 
@@ -146,9 +148,13 @@ def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_
     killed_driver(cmd, study, after_s=1)
     grouping = cohorts.read(study)
     assert [len(c) for c in grouping] == [3, 3] and not (study / "trials.parquet").exists()
+    [state] = (study / "ray").glob("experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[:1000])
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (f"seqrep: study nn-one-shape-toy: Ray Tune's run state was cut short when its driver was killed "
+            f"({state.name}); resuming from the copy seqrep kept in ray-state/") in done.stdout
     assert cohorts.read(study) == grouping
     frame = summary.read(study)
     assert len(frame) == 6 and frame["trial_id"].is_unique and set(frame["status"]) == {"completed"}

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seqrep import cluster, cohorts, locks, progress, searchers, studydir, summary, sync, tracking
+from seqrep import cluster, cohorts, locks, progress, ray_state, searchers, studydir, summary, sync, tracking
 from seqrep import data as datasets
 from seqrep.errors import SeqrepError
 from seqrep.interrupts import INTERRUPTED, graceful_stop
@@ -223,7 +223,7 @@ def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list, grouped: list[list
             # folder back over storage, which would revert seqrep's own files if they lived there
             name=studydir.RAY_DIR,
             storage_path=str(p.directory),
-            callbacks=[JsonLoggerCallback(), *callbacks],
+            callbacks=[JsonLoggerCallback(), *callbacks, ray_state.StateKeeper(p.directory)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=o.max_failures),
             progress_reporter=_reporter(p, grouped),
@@ -309,13 +309,22 @@ def _close_study(p: StudyPlan, parent: str, status: str, resumed: bool) -> Path:
     return out
 
 
+def _repair_ray_state(p: StudyPlan) -> None:
+    replaced = ray_state.repair(p.directory)
+    if replaced:
+        print(f"seqrep: study {p.name}: Ray Tune's run state was cut short when its driver was killed "
+              f"({', '.join(replaced)}); resuming from the copy seqrep kept in {ray_state.KEPT_DIR}/", flush=True)
+
+
 def _fit(p: StudyPlan, dataset: Any, previous: dict[str, Any] | None) -> Path:
     cluster.check_resources(p.options.cpus_per_trial, p.options.gpus_per_trial)
+    if previous is not None:  # before anything of the study changes
+        _repair_ray_state(p)
     parent = _open_study(p, previous)
     status = "FAILED"
     try:
         tuner = _tuner(p, dataset, parent, previous)
-        with graceful_stop():
+        with graceful_stop(), ray_state.refuse_restart() if previous is not None else contextlib.nullcontext():
             tuner.fit()
         status = "KILLED" if INTERRUPTED.is_set() else "FINISHED"
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@
     <study>/driver.lock       held by the driver that runs the study (`seqrep.locks`)
     <study>/driver.json       who that driver is: host, pid, start time, command
     <study>/ray/              Ray Tune's experiment: one folder per trial (`results.py` reads them)
+    <study>/ray-state/        seqrep's whole copy of Ray Tune's run state (`seqrep.ray_state`)
 """
 
 from __future__ import annotations

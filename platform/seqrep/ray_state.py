@@ -1,0 +1,145 @@
+"""Ray Tune's run state of a study, kept whole across a killed driver.
+
+Tune writes its run state (`experiment_state-*.json`, the searcher's and the callbacks' state) to a
+staging folder of the driver, complete, and then copies that folder into `<study>/ray/` in a
+background thread, file by file and not atomically. A driver SIGKILLed during that copy leaves a
+truncated file there (the experiment state of a cohort study is ~1 MB: it holds each member's
+latest epochs), and on `--resume` Tune fails to read it, logs "Failed to restore the run state",
+and silently starts the experiment over on top of the old one.
+
+So seqrep keeps a copy of its own: `StateKeeper`, a Tune callback, copies the staging files into
+`<study>/ray-state/` after each save (a new folder swapped in by renames, so the copy is always one
+whole save), and `repair`, run before a resume, puts that copy back when a state file in
+`<study>/ray/` cannot be read. `refuse_restart` turns Tune's silent restart, for any other reason,
+into an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+from ray import tune
+
+from seqrep import studydir
+from seqrep.errors import SeqrepError
+
+KEPT_DIR = "ray-state"  # in the study folder, beside Ray's
+STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl",
+               "search_gen_state-*.pkl", "callback-states-*.pkl")
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            json.load(f) if path.name.startswith("experiment_state-") else pickle.load(f)
+        return True
+    except Exception:  # noqa: BLE001 - whatever a truncated file raises
+        return False
+
+
+def state_files(folder: Path) -> list[Path]:
+    return sorted(f for pattern in STATE_FILES for f in Path(folder).glob(pattern))
+
+
+def unreadable(folder: Path) -> list[Path]:
+    """The run-state files in `folder` that Tune could not read."""
+    return [f for f in state_files(folder) if not _readable(f)]
+
+
+def repair(study: Path) -> list[str]:
+    """Make `<study>/ray/`'s run state readable before Tune restores it: each unreadable file is
+    replaced by the kept copy; the names replaced (none when all were whole). A SeqrepError when
+    there is no whole copy to take."""
+    ray_dir, kept = Path(study) / studydir.RAY_DIR, Path(study) / KEPT_DIR
+    bad = unreadable(ray_dir)
+    if not bad:
+        return []
+    # `keep` swaps folders by renames: between two of them only the previous copy, `.old`, exists
+    whole = [d for d in (kept, _old(kept)) if state_files(d) and not unreadable(d)]
+    if not whole:
+        raise SeqrepError(f"--resume: Ray Tune's run state {bad[0]} is unreadable (its driver was killed while "
+                          f"writing it) and seqrep kept no whole copy in {kept}; start the study again under "
+                          "another --name")
+    for f in bad:
+        f.unlink()
+    for f in state_files(whole[0]):
+        tmp = ray_dir / f".{f.name}.seqrep-tmp"
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, ray_dir / f.name)
+    return sorted(f.name for f in bad)
+
+
+class StateKeeper(tune.Callback):
+    """After each run-state save of Tune, copy the staging folder's state files to
+    `<study>/ray-state/` (module docstring). Costs one `stat` per Tune step and one copy of the
+    state (~1 MB) per save, which Tune makes at most once per report interval."""
+
+    def __init__(self, study: Path):
+        self.study = Path(study)
+        self._staging: Path | None = None
+        self._saved_ns = 0
+
+    def __getstate__(self):  # Tuner pickles its callbacks; the staging folder is this driver's
+        return {"study": self.study}
+
+    def __setstate__(self, state):
+        self.__init__(state["study"])
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._staging is None:
+            if not trials:
+                return
+            self._staging = Path(trials[0].storage.experiment_driver_staging_path)
+        try:
+            saved_ns = max(f.stat().st_mtime_ns for f in self._staging.glob("experiment_state-*.json"))
+        except (ValueError, OSError):  # no save yet
+            return
+        if saved_ns != self._saved_ns:
+            self._saved_ns = saved_ns
+            keep(self._staging, self.study / KEPT_DIR)
+
+
+def keep(staging: Path, kept: Path) -> None:
+    """Copy the state files of `staging` to the folder `kept`, replacing it whole."""
+    new, old = kept.with_name(kept.name + ".new"), _old(kept)
+    for stale in (new, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    new.mkdir(parents=True)
+    for f in state_files(staging):
+        shutil.copyfile(f, new / f.name)
+    if kept.exists():
+        os.replace(kept, old)
+    os.replace(new, kept)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _old(kept: Path) -> Path:
+    return kept.with_name(kept.name + ".old")
+
+
+class _RefuseRestart(logging.Filter):
+    def filter(self, record):
+        if record.getMessage() == "Failed to restore the run state.":
+            cause = record.exc_info[1] if record.exc_info else None
+            raise SeqrepError(f"--resume: Ray Tune could not restore the study's run state ({cause!r}) and "
+                              "would start it over; start the study again under another --name")
+        return True
+
+
+@contextlib.contextmanager
+def refuse_restart():
+    """While a resumed Tuner runs, Tune's "Failed to restore the run state" (after which it would
+    start the experiment over) raises a SeqrepError instead."""
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    guard = _RefuseRestart()
+    logger.addFilter(guard)
+    try:
+        yield
+    finally:
+        logger.removeFilter(guard)
