@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from seqrep.errors import SeqrepError
+from seqrep.logfilters import filtering
 
 
 class _TokenNotice(logging.Filter):
@@ -24,13 +25,8 @@ def _quiet_token_notice():
     """A new local cluster turns token authentication on and says so, a notice that the user of
     the embedded cluster cannot act on: drop that one message (token auth stays on; joining a
     cluster with --address still needs RAY_AUTH_MODE=token and the token)."""
-    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    notice = _TokenNotice()
-    logger.addFilter(notice)
-    try:
+    with filtering("ray._private.authentication.authentication_token_setup", _TokenNotice()):
         yield
-    finally:
-        logger.removeFilter(notice)
 
 
 def connect(address: str | None) -> bool:

@@ -28,6 +28,7 @@ from ray import tune
 
 from seqrep import studydir
 from seqrep.errors import SeqrepError
+from seqrep.logfilters import filtering
 
 KEPT_DIR = "ray-state"  # in the study folder, beside Ray's
 STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl",
@@ -136,10 +137,5 @@ class _RefuseRestart(logging.Filter):
 def refuse_restart():
     """While a resumed Tuner runs, Tune's "Failed to restore the run state" (after which it would
     start the experiment over) raises a SeqrepError instead."""
-    logger = logging.getLogger("ray.tune.execution.tune_controller")
-    guard = _RefuseRestart()
-    logger.addFilter(guard)
-    try:
+    with filtering("ray.tune.execution.tune_controller", _RefuseRestart()):
         yield
-    finally:
-        logger.removeFilter(guard)
