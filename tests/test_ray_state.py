@@ -96,6 +96,20 @@ def test_the_keeper_copies_each_new_save_once(tmp_path):
     assert pickle.loads(pickle.dumps(keeper)).study == study  # Tuner pickles its callbacks
 
 
+def test_a_copy_that_cannot_be_made_is_warned_of_once_and_the_study_goes_on(tmp_path, caplog):
+    staging, study = tmp_path / "staging", tmp_path / "study"
+    save(staging, epoch=1)
+    study.write_text("a file where the study folder should be")
+    keeper = ray_state.StateKeeper(study)
+    trials = [SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))]
+    with caplog.at_level(logging.WARNING, logger="seqrep.ray_state"):
+        keeper.on_step_end(iteration=1, trials=trials)
+        os.utime(staging / EXPERIMENT, ns=(1, 1))
+        keeper.on_step_end(iteration=2, trials=trials)
+    assert [r.getMessage().startswith(f"could not keep a copy of Ray Tune's run state in {study / ray_state.KEPT_DIR}: ")
+            for r in caplog.records] == [True]
+
+
 def test_tunes_silent_restart_becomes_an_error_only_while_refused():
     log = logging.getLogger("ray.tune.execution.tune_controller")
     with ray_state.refuse_restart(), pytest.raises(SeqrepError) as err:

@@ -30,6 +30,8 @@ from seqrep import studydir
 from seqrep.errors import SeqrepError
 from seqrep.logfilters import filtering
 
+log = logging.getLogger(__name__)
+
 KEPT_DIR = "ray-state"  # in the study folder, beside Ray's
 STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl",
                "search_gen_state-*.pkl", "callback-states-*.pkl")
@@ -85,6 +87,7 @@ class StateKeeper(tune.Callback):
         self.study = Path(study)
         self._staging: Path | None = None
         self._saved_ns = 0
+        self._warned = False
 
     def __getstate__(self):  # Tuner pickles its callbacks; the staging folder is this driver's
         return {"study": self.study}
@@ -103,7 +106,12 @@ class StateKeeper(tune.Callback):
             return
         if saved_ns != self._saved_ns:
             self._saved_ns = saved_ns
-            keep(self._staging, self.study / KEPT_DIR)
+            try:
+                keep(self._staging, self.study / KEPT_DIR)
+            except OSError as err:  # a copy that could not be made must not stop the study
+                if not self._warned:
+                    log.warning("could not keep a copy of Ray Tune's run state in %s: %s", self.study / KEPT_DIR, err)
+                    self._warned = True
 
 
 def keep(staging: Path, kept: Path) -> None:
