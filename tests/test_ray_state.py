@@ -17,13 +17,15 @@ from seqrep.errors import SeqrepError
 
 EXPERIMENT = "experiment_state-2026-12-03_10-00-00.json"
 SEARCHER = "basic-variant-state-2026-12-03_10-00-00.json"  # a pickle, despite its name (Ray's)
+OPTUNA = ("search_gen_state-2026-12-03_10-00-00.json", "searcher-state-2026-12-03_10-00-00.pkl")  # --searcher optuna
 
 
 def save(folder, epoch: int) -> None:
     """What Tune's save writes: the experiment state (JSON) and the searcher's (a pickle)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / EXPERIMENT).write_text(json.dumps({"trial_data": [], "runner_data": {"epoch": epoch}}))
-    (folder / SEARCHER).write_bytes(pickle.dumps({"_counter": epoch}))
+    for name in (SEARCHER, *OPTUNA):
+        (folder / name).write_bytes(pickle.dumps({"_counter": epoch}))
 
 
 def cut_short(path) -> None:
@@ -45,13 +47,14 @@ def test_a_whole_state_is_left_as_it_is(study):
     assert {f.name: f.stat().st_mtime_ns for f in (study / "ray").iterdir()} == before
 
 
-@pytest.mark.parametrize("name", [EXPERIMENT, SEARCHER])
+@pytest.mark.parametrize("name", [EXPERIMENT, SEARCHER, *OPTUNA])
 def test_a_state_file_cut_short_is_replaced_by_the_kept_copy(study, name):
     cut_short(study / "ray" / name)
     assert ray_state.unreadable(study / "ray") == [study / "ray" / name]
     assert ray_state.repair(study) == [name]
     assert json.loads((study / "ray" / EXPERIMENT).read_text())["runner_data"] == {"epoch": 7}
-    assert pickle.loads((study / "ray" / SEARCHER).read_bytes()) == {"_counter": 7}
+    for searcher in (SEARCHER, *OPTUNA):
+        assert pickle.loads((study / "ray" / searcher).read_bytes()) == {"_counter": 7}
     assert not list((study / "ray").glob(".*seqrep-tmp"))
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 KEPT_DIR = "ray-state"  # in the study folder, beside Ray's
 STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl",
-               "search_gen_state-*.pkl", "callback-states-*.pkl")
+               "search_gen_state-*.json", "callback-states-*.pkl")
 
 
 def _readable(path: Path) -> bool:
