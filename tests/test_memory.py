@@ -30,10 +30,7 @@ torch.set_num_threads(1)
 if sys.argv[1] == "keep":
     assert memory.keep_freed_memory()
 else:  # glibc's initial thresholds, held fixed (module docstring)
-    import ctypes
-    mallopt = ctypes.CDLL(None).mallopt
-    assert mallopt(memory.M_MMAP_THRESHOLD, 128 * 1024) == 1
-    assert mallopt(memory.M_TRIM_THRESHOLD, 128 * 1024) == 1
+    assert memory.set_thresholds(128 * 1024, 128 * 1024)
 x = (torch.rand(100, 32, 88, generator=torch.Generator().manual_seed(0)) < 0.1).float()
 net = FastDropoutRNN(88, 200, 88, "tanh", p_drop_input=0.2, p_drop_hidden=0.3, p_drop_output=0.5)
 def step():

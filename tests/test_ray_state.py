@@ -55,7 +55,7 @@ def test_a_state_file_cut_short_is_replaced_by_the_kept_copy(study, name):
     assert json.loads((study / "ray" / EXPERIMENT).read_text())["runner_data"] == {"epoch": 7}
     for searcher in (SEARCHER, *OPTUNA):
         assert pickle.loads((study / "ray" / searcher).read_bytes()) == {"_counter": 7}
-    assert not list((study / "ray").glob(".*seqrep-tmp"))
+    assert not list((study / "ray").glob(".*"))  # no temporary file left
 
 
 def test_between_the_renames_of_a_keep_the_previous_copy_is_taken(study):

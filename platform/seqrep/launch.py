@@ -324,7 +324,7 @@ def _fit(p: StudyPlan, dataset: Any, previous: dict[str, Any] | None) -> Path:
     status = "FAILED"
     try:
         tuner = _tuner(p, dataset, parent, previous)
-        with graceful_stop(), ray_state.refuse_restart() if previous is not None else contextlib.nullcontext():
+        with graceful_stop(), ray_state.refuse_restart():
             tuner.fit()
         status = "KILLED" if INTERRUPTED.is_set() else "FINISHED"
     except KeyboardInterrupt:

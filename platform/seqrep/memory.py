@@ -28,9 +28,15 @@ TRIM_THRESHOLD = 2**30
 
 def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds for this process (module docstring); whether it took."""
+    return set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)
+
+
+def set_thresholds(mmap: int, trim: int) -> bool:
+    """Fix glibc's mmap and trim thresholds (bytes) for this process, which also ends glibc's
+    adaptation of them; whether it took (False without glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return mallopt(M_MMAP_THRESHOLD, mmap) == 1 and mallopt(M_TRIM_THRESHOLD, trim) == 1

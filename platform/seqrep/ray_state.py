@@ -17,6 +17,7 @@ into an error.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import os
@@ -25,22 +26,29 @@ import shutil
 from pathlib import Path
 
 from ray import tune
+from ray.tune.callback import CallbackList
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.search_generator import SearchGenerator
+from ray.tune.search.searcher import Searcher
 
 from seqrep import studydir
 from seqrep.errors import SeqrepError
 from seqrep.logfilters import filtering
+from seqrep.paths import atomic_write
 
 log = logging.getLogger(__name__)
 
 KEPT_DIR = "ray-state"  # in the study folder, beside Ray's
-STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl",
-               "search_gen_state-*.json", "callback-states-*.pkl")
+EXPERIMENT_STATE = TuneController.CKPT_FILE_TMPL.format("*")  # JSON; the others are pickles
+STATE_FILES = (EXPERIMENT_STATE, *(owner.CKPT_FILE_TMPL.format("*")
+                                   for owner in (BasicVariantGenerator, Searcher, SearchGenerator, CallbackList)))
 
 
 def _readable(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
-            json.load(f) if path.name.startswith("experiment_state-") else pickle.load(f)
+            json.load(f) if fnmatch.fnmatch(path.name, EXPERIMENT_STATE) else pickle.load(f)
         return True
     except Exception:  # noqa: BLE001 - whatever a truncated file raises
         return False
@@ -72,9 +80,7 @@ def repair(study: Path) -> list[str]:
     for f in bad:
         f.unlink()
     for f in state_files(whole[0]):
-        tmp = ray_dir / f".{f.name}.seqrep-tmp"
-        shutil.copyfile(f, tmp)
-        os.replace(tmp, ray_dir / f.name)
+        atomic_write(ray_dir / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
     return sorted(f.name for f in bad)
 
 
@@ -101,7 +107,7 @@ class StateKeeper(tune.Callback):
                 return
             self._staging = Path(trials[0].storage.experiment_driver_staging_path)
         try:
-            saved_ns = max(f.stat().st_mtime_ns for f in self._staging.glob("experiment_state-*.json"))
+            saved_ns = max(f.stat().st_mtime_ns for f in self._staging.glob(EXPERIMENT_STATE))
         except (ValueError, OSError):  # no save yet
             return
         if saved_ns != self._saved_ns:
@@ -143,7 +149,8 @@ class _RefuseRestart(logging.Filter):
 
 @contextlib.contextmanager
 def refuse_restart():
-    """While a resumed Tuner runs, Tune's "Failed to restore the run state" (after which it would
-    start the experiment over) raises a SeqrepError instead."""
+    """While a Tuner runs, Tune's "Failed to restore the run state" (after which it would start the
+    experiment over) raises a SeqrepError instead. Only a resumed Tuner restores: around a new
+    study's the filter never fires."""
     with filtering("ray.tune.execution.tune_controller", _RefuseRestart()):
         yield
