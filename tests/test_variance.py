@@ -369,3 +369,36 @@ def test_tanh_into_gives_tanh_bit_for_bit(dtype):
                            b.view(torch.int64 if dtype == torch.float64 else torch.int32))
     assert torch.equal(out_var[:5], torch.zeros(5, 600, dtype=dtype))
     assert (out_var[5:] > 0).float().mean() > 0.5  # the masked branch was exercised on both sides
+
+
+@pytest.mark.parametrize("input_variance", [0.0, 0.05])
+def test_rectifier_without_masks_is_the_same_bits(monkeypatch, input_variance):
+    """Where every variance is above the floor, `rectifier` skips its v = 0 masks: a fast-dropout
+    net's moments and every gradient equal, bit for bit, those of the masked computation."""
+    from trainables.nn import variance
+    from trainables.nn.fdnet import FastDropoutNet
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        net = FastDropoutNet(2, 1, 3, 50, "rectifier", 0.2, 0.3, input_variance=input_variance)
+        x = torch.randn(10, 2, generator=torch.Generator().manual_seed(5))
+        mean, var = net(x)
+        (mean.square().mean() + var.mean()).backward()
+        return [mean.detach(), var.detach()] + [p.grad for p in net.parameters()]
+
+    taken = []
+    unmasked = variance._unmasked
+    monkeypatch.setattr(variance, "_unmasked", lambda v, f: taken.append(unmasked(v, f)) or taken[-1])
+    fast = run()
+    assert taken == [True, True, True]  # every hidden layer took the unmasked path
+    monkeypatch.setattr(variance, "_unmasked", lambda v, f: False)
+    masked = run()
+    assert all(torch.equal(a, b) for a, b in zip(fast, masked))
+    assert not torch.equal(fast[2], torch.zeros_like(fast[2]))
+
+
+def test_rectifier_keeps_its_masks_where_a_variance_is_zero():
+    mean = torch.tensor([[-1.0, 0.5, 2.0]])
+    mean_y, var_y = rectifier(mean, torch.tensor([[0.0, 0.25, 1.0]]))
+    assert mean_y[0, 0] == 0.0 and var_y[0, 0] == 0.0  # the rectifier itself at v = 0
+    assert 0.5 < mean_y[0, 1] < 0.7 and var_y[0, 1] > 0

@@ -142,22 +142,41 @@ def rectifier(mean: Tensor, var: Optional[Tensor]) -> Moments:
 
     At v = 0 the result is exactly (max(0, m), 0), with d/dm = 1{m > 0} and d/dv = 0 there (the
     true d/dv diverges at m = v = 0).
+
+    On the CPU, where every variance is at least the floor below (as a rule under fast dropout),
+    the masks that handle v = 0 are skipped: they would select the Gaussian branch everywhere and
+    pass its gradient unchanged, so the values and gradients are the same bits, from about a
+    fifth fewer operations and autograd nodes (FD and IVN rectifier trials 10-15% faster). On
+    another device the check would cost a synchronisation per layer and step, so it is not made.
     """
     if var is None:
         return torch.relu(mean), torch.zeros_like(mean)
+    floor = torch.finfo(var.dtype).tiny ** 0.5
+    if _unmasked(var, floor):
+        return _gaussian_rectifier(mean, var)
     random = var > 0
     # Both branches of torch.where are differentiated: the placeholder 1 keeps the Gaussian branch
     # finite where var == 0, and the floor keeps m / s / s (in the ratio's gradient) finite for
     # subnormal var. The floor moves E[y] by at most phi(0) tiny^(1/4) (1.3e-10 in float32).
-    var_safe = torch.where(random, var, torch.ones_like(var)).clamp_min(torch.finfo(var.dtype).tiny ** 0.5)
-    std = var_safe.sqrt()
+    var_safe = torch.where(random, var, torch.ones_like(var)).clamp_min(floor)
+    mean_y, var_y = _gaussian_rectifier(mean, var_safe)
+    return torch.where(random, mean_y, torch.relu(mean)), torch.where(random, var_y, torch.zeros_like(var_y))
+
+
+def _unmasked(var: Tensor, floor: float) -> bool:
+    """Whether `rectifier` may skip its masks: a CPU tensor with every variance >= floor (NaN: no)."""
+    return var.device.type == "cpu" and var.numel() > 0 and bool(var.min() >= floor)
+
+
+def _gaussian_rectifier(mean: Tensor, var: Tensor) -> Moments:
+    """`rectifier`'s Gaussian branch for variances at or above its floor."""
+    std = var.sqrt()
     ratio = (mean / std).clamp(-RATIO_LIMIT, RATIO_LIMIT)
     cdf = torch.special.ndtr(ratio)
     pdf = torch.exp(-0.5 * ratio.square()) * _INV_SQRT_2PI
     mean_y = cdf * mean + pdf * std
-    second_moment = (mean.square() + var_safe) * cdf + mean * std * pdf
-    var_y = (second_moment - mean_y.square()).clamp_min(0.0)  # cancellation can go just below 0
-    return torch.where(random, mean_y, torch.relu(mean)), torch.where(random, var_y, torch.zeros_like(var_y))
+    second_moment = (mean.square() + var) * cdf + mean * std * pdf
+    return mean_y, (second_moment - mean_y.square()).clamp_min(0.0)  # cancellation can go just below 0
 
 
 def _scaled_sigmoid(mean: Tensor, var: Tensor) -> Tensor:
