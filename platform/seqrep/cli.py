@@ -283,10 +283,10 @@ def exit_now(code: int) -> NoReturn:
     happens here, through the same functions. What is skipped is the interpreter's teardown of
     every module and object left, which once torch, Ray, MLflow and matplotlib are loaded takes
     0.9 s (their imports alone) to 1.6 s (at the end of `seqrep reproduce table10`) after every
-    result is written. Nothing of
-    seqrep's is left to that teardown: files are closed where they are written, the MLflow queue
-    is drained when a study closes. Where the interpreter lacks `threading._shutdown` or
-    `atexit._run_exitfuncs` (CPython has both, not as public names), this is Python's own exit."""
+    result is written. Nothing of seqrep's is left to that teardown: files are closed where they
+    are written, the MLflow queue is drained when a study closes. Where the interpreter lacks
+    `threading._shutdown` or `atexit._run_exitfuncs` (CPython has both, not as public names), this
+    is Python's own exit."""
     stop_threads = getattr(threading, "_shutdown", None)
     run_handlers = getattr(atexit, "_run_exitfuncs", None)
     if stop_threads is None or run_handlers is None:
