@@ -36,13 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqrep.method import SeqrepError, Session
-from trainables.kit import regression_fit
+from trainables.kit import padded_networks, regression_fit
 from trainables.kit.cohort_regression import Forward, Heads, train_regression_cohort
 from trainables.kit.regression_config import RegressionConfig
 from trainables.nn.feedforward import MLP, Transfer, rmsprop
 from trainables.nn.gaussian import VARIANCE_FLOOR, gaussian_nll  # the floor bounds every component's density
 
-COHORT_KEYS = ("hidden_layers", "hidden_units", "batch_size", "components")
+COHORT_KEYS = ("batch_size", "components")  # what the members of a cohort share
+COHORT_PADDED = padded_networks.PADDED_KEYS  # what they may differ in: small nets are padded to one shape
+cohort_group = padded_networks.cohort_group(COHORT_KEYS)  # the engine's grouping of configs into cohorts
 
 
 @dataclasses.dataclass(frozen=True)

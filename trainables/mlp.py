@@ -30,14 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from seqrep.method import Session
-from trainables.kit import regression_fit
+from trainables.kit import padded_networks, regression_fit
 from trainables.kit.cohort_regression import Forward, Heads, train_regression_cohort
 from trainables.kit.regression_config import RegressionConfig
 from trainables.kit.regression_fit import Tensors
 from trainables.nn.feedforward import MLP, rmsprop
 from trainables.nn.gaussian import gaussian_nll
 
-COHORT_KEYS = ("hidden_layers", "hidden_units", "batch_size")
+COHORT_KEYS = ("batch_size",)  # what the members of a cohort share
+COHORT_PADDED = padded_networks.PADDED_KEYS  # what they may differ in: small nets are padded to one shape
+cohort_group = padded_networks.cohort_group(COHORT_KEYS)  # the engine's grouping of configs into cohorts
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,12 @@ A method that can train several trials as one vectorised model (`seqrep.method`:
 scheduler and `--cohort-size` is above 1. The driver then draws the search's configs itself,
 exactly as Ray Tune's `BasicVariantGenerator` with the study's seed would (`searchers.draw`: the same
 `generate_variants` on the same seeded generator, so a study with cohorts and one without run the
-same configs), groups them by the values of the method's `COHORT_KEYS` (`group`: in the order they
-were drawn, each group cut into near-equal cohorts of at most `--cohort-size` members), writes the
-grouping to `<study>/cohorts.json` and runs one Ray trial per cohort (`{"cohort": i}`, a grid).
+same configs), groups them by the values of the method's `COHORT_KEYS`, or by its own
+`cohort_group(config)` where it defines one (`group`: in the order they were drawn, each group cut
+into near-equal cohorts of at most `--cohort-size` members), writes the grouping to
+`<study>/cohorts.json` and runs one Ray trial per cohort (`{"cohort": i}`, a grid). The regression
+methods NN, DN, FD and IVN group small nets of different depths and widths together and pad them to
+one shape (`trainables.kit.padded_networks`).
 
 Each member is still a trial to everything a user sees: its own id (`<cohort trial id>-m<k>`), its
 own seed (`trial_seed` of its config, as a solo trial), Parquet row and MLflow child run with its
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from seqrep import studydir
 
@@ -27,14 +30,17 @@ DEFAULT_SIZE = 16
 MEMBER_SEPARATOR = "-m"
 
 
-def group(configs: Sequence[Mapping[str, Any]], keys: Sequence[str], size: int) -> list[list[int]]:
-    """Indices of `configs` in cohorts: same values of `keys`, at most `size` members each, the
-    members of one group spread evenly over ceil(n / size) cohorts; ordered by first member."""
+def group(configs: Sequence[Mapping[str, Any]], keys: Sequence[str], size: int,
+          group_of: Callable[[Mapping[str, Any]], Hashable] | None = None) -> list[list[int]]:
+    """Indices of `configs` in cohorts: same values of `keys` (or the same `group_of(config)`, the
+    method's own grouping where it has one), at most `size` members each, the members of one group
+    spread evenly over ceil(n / size) cohorts; ordered by first member."""
     if size < 1:
         raise ValueError(f"a cohort holds at least one member, got size={size}")
-    groups: dict[tuple, list[int]] = {}
+    group_of = group_of or (lambda config: tuple(repr(config.get(k)) for k in keys))
+    groups: dict[Hashable, list[int]] = {}
     for index, config in enumerate(configs):
-        groups.setdefault(tuple(repr(config.get(k)) for k in keys), []).append(index)
+        groups.setdefault(group_of(config), []).append(index)
     cohorts = []
     for members in groups.values():
         parts = math.ceil(len(members) / size)
@@ -98,10 +104,14 @@ def read(directory: Path) -> list[list[dict[str, Any]]] | None:
     return studydir.read_json(path)["cohorts"] if path.exists() else None
 
 
-def describe(cohorts: Sequence[Sequence[Any]], keys: Sequence[str]) -> str:
-    """One line for the study log: how the configs were grouped."""
+def describe(cohorts: Sequence[Sequence[Mapping[str, Any]]], keys: Sequence[str], padded: Sequence[str] = ()) -> str:
+    """One line for the study log: how the configs were grouped, and how many cohorts hold members
+    that differ in the keys a method pads to one shape (`padded`, its `COHORT_PADDED`)."""
     sizes = sorted((len(c) for c in cohorts), reverse=True)
     total = sum(sizes)
     shown = ", ".join(str(s) for s in sizes[:12]) + (", ..." if len(sizes) > 12 else "")
-    return (f"{total} configs in {len(cohorts)} cohort(s) of sizes {shown} (members share "
-            f"{', '.join(keys) or 'nothing'})")
+    line = f"{total} configs in {len(cohorts)} cohort(s) of sizes {shown} (members share {', '.join(keys) or 'nothing'}"
+    mixed = sum(any(len({repr(m.get(k)) for m in c}) > 1 for k in padded) for c in cohorts)
+    if mixed:
+        line += f"; {mixed} cohort(s) pad members of different {' and '.join(padded)} to one shape"
+    return line + ")"

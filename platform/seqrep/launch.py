@@ -89,17 +89,18 @@ def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[st
     from seqrep import methods
     from seqrep.session import cohort_keys
 
-    keys = cohort_keys(methods.resolve(p.space.method))
+    module = methods.resolve(p.space.method)
+    keys = cohort_keys(module)
     if keys is None:
         return None
     configs = searchers.draw(searchers.to_tune(p.space), o.seed, p.trials)
-    indices = cohorts.spread(cohorts.group(configs, keys, o.cohort_size),
+    indices = cohorts.spread(cohorts.group(configs, keys, o.cohort_size, getattr(module, "cohort_group", None)),
                              cluster.slots(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent))
     grouped = [[configs[i] for i in members] for members in indices]
     if all(len(members) == 1 for members in grouped):
         return None  # no two configs share a shape: every trial runs alone, as without cohorts
     cohorts.write(p.directory, grouped, keys, o.cohort_size)
-    print(f"seqrep: study {p.name}: {cohorts.describe(grouped, keys)}; see {studydir.COHORTS_FILE}", flush=True)
+    print(f"seqrep: study {p.name}: {cohorts.describe(grouped, keys, getattr(module, 'COHORT_PADDED', ()))}; see {studydir.COHORTS_FILE}", flush=True)
     return grouped
 
 

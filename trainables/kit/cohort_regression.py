@@ -48,6 +48,7 @@ from torch import nn
 from seqrep.method import RegressionData, SeqrepError, Session
 from trainables.kit import regression_fit
 from trainables.kit.cohort import Member, Stateful, check_sessions, restored_states
+from trainables.kit.padded_networks import pad
 from trainables.kit.predictive_plot import plot_predictive
 from trainables.kit.regression_config import RegressionConfig
 from trainables.kit.regression_fit import Tensors, as_tensors
@@ -81,7 +82,9 @@ class StackedModel(Protocol):
     def load_member(self, k: int, row: torch.Tensor) -> None: ...
 
 
-Stack = Callable[[list[nn.Module], torch.device], StackedModel]  # the members' solo networks -> the stacked one
+# the members' networks, of one shape (and, for NN's and DN's padded to it, each member's own
+# hidden layers and units) -> the stacked one
+Stack = Callable[..., StackedModel]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +111,10 @@ def mlp_body(module: nn.Module) -> MLP:
     return body
 
 
-def stack_mlps(networks: list[nn.Module], device: torch.device) -> StackedMLP:
+def stack_mlps(networks: list[nn.Module], device: torch.device,
+               own: Sequence[tuple[int, int]] | None = None) -> StackedMLP:
     """NN's and DN's networks (all their parameters in one MLP) as one `StackedMLP`."""
-    return StackedMLP([mlp_body(network) for network in networks], device)
+    return StackedMLP([mlp_body(network) for network in networks], device, own)
 
 
 class StackedRegression:
@@ -127,10 +131,16 @@ class StackedRegression:
             torch.manual_seed(member.session.context.seed)  # each member's initialisation, as its solo run draws it
             networks.append(build(member.config, n_in, n_out))
         self.names = [name for name, _ in networks[0].named_parameters()]
-        self.model = stack(networks, self.device)
         configs = [member.config for member in members]
+        # members of different depths or widths: each padded to the largest (`trainables.kit.padded_networks`)
+        self.padded = pad(configs, networks, build, n_in, n_out)
+        if self.padded is None:
+            self.model = stack(networks, self.device)
+        else:  # only NN's and DN's networks differ in shape within a cohort (their COHORT_KEYS)
+            self.model = stack(self.padded.networks, self.device, self.padded.own)
+        real = None if self.padded is None else self.padded.real.to(self.device)
         self.optimizer = StackedRmsProp(self.model, [c.step_rate for c in configs],
-                                        [c.decay for c in configs], [c.momentum for c in configs])
+                                        [c.decay for c in configs], [c.momentum for c in configs], real=real)
         self.grad = torch.zeros_like(self.model.storage)  # the flat gradient, laid out as the parameters
         self.grads = self.model.views(self.grad)
         self.generators = [seeded_generator(member.session.context.seed) for member in members]
@@ -191,7 +201,9 @@ class StackedRegression:
         best = member.progress.best_state
         if best is None:
             return None
-        return {"model": dict(zip(self.names, self.model.unflatten(best))), "config": member.config.to_dict()}
+        params = self.model.unflatten(best)
+        model = dict(zip(self.names, params)) if self.padded is None else self.padded.state_dict(member.index, params)
+        return {"model": model, "config": member.config.to_dict()}
 
     def checkpoints(self, members: Sequence[Member], epoch: int) -> list[dict[str, Any]]:
         """Each member's checkpoint (`Progress.checkpoint`, module docstring), each in its own storage."""

@@ -37,6 +37,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from trainables.nn import padding
 from trainables.nn.feedforward import MLP
 
 Members = slice | Sequence[int]
@@ -53,10 +54,13 @@ class StackedMLP:
 
     Built from K constructed MLPs, so that each member keeps the initialisation its solo run
     draws and its own transfer function g_k. `params` are in the order of `MLP.parameters()`,
-    each (K, *shape), views of `storage`.
+    each (K, *shape), views of `storage`. `own`: for members padded to this shape
+    (`trainables.nn.padding`), each member's own (hidden layers, units); its layers beyond its
+    depth pass their input through (default: every member has every layer).
     """
 
-    def __init__(self, members: list[MLP], device: torch.device | str | None = None):
+    def __init__(self, members: list[MLP], device: torch.device | str | None = None,
+                 own: Sequence[tuple[int, int]] | None = None):
         if not members:
             raise ValueError("a cohort needs at least one member")
         shapes = [[tuple(p.shape) for p in m.parameters()] for m in members]
@@ -75,6 +79,16 @@ class StackedMLP:
         mixed = len(set(self.transfers)) > 1
         self.sigmoid = (torch.tensor([t == "sigmoid" for t in self.transfers], device=self.storage.device)
                         .view(-1, 1, 1) if mixed else None)
+        hidden = len(self.shapes) // 2 - 1
+        self.passing = padding.passing([d for d, _ in own] if own else [hidden] * self.size, hidden,
+                                       self.storage.device)
+
+    def _pass(self, layer: int, h: torch.Tensor, out: torch.Tensor, members: Members | None) -> torch.Tensor:
+        """Hidden layer `layer`'s output: `out`, or its input h for the members it passes through."""
+        mask = self.passing[layer]
+        if mask is None:
+            return out
+        return torch.where(mask if members is None else mask[members], h, out)
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """A flat tensor laid out as `storage` as one (K, *shape) view per parameter."""
@@ -110,34 +124,47 @@ class StackedMLP:
         n_layers = len(params) // 2
         for i in range(n_layers):
             weight, bias = params[2 * i], params[2 * i + 1]  # (M, out, in), (M, out)
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))  # (M, n, out)
-            if i < n_layers - 1:
-                h = self._transfer(h, members)
+            out = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))  # (M, n, out)
+            h = self._pass(i, h, self._transfer(out, members), members) if i < n_layers - 1 else out
         return h
 
     @torch.no_grad()
-    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor]]]:
         """All K members on their own inputs x (K, n, in): the output (K, n, out), and what
-        `backward` needs (each layer's input)."""
-        inputs, h = [], x
+        `backward` needs (each layer's input, and each hidden layer's transfer output)."""
+        inputs, outs, h = [], [], x
         n_layers = len(self.params) // 2
         for i in range(n_layers):
             inputs.append(h)
             h = torch.baddbmm(self.params[2 * i + 1].unsqueeze(1), h, self.params[2 * i].transpose(1, 2))
             if i < n_layers - 1:
-                h = self._transfer(h, None)
-        return h, inputs
+                outs.append(self._transfer(h, None))
+                h = self._pass(i, inputs[-1], outs[-1], None)
+        return h, (inputs, outs)
 
     @torch.no_grad()
-    def backward(self, inputs: list[torch.Tensor], grad: torch.Tensor, grads: Sequence[torch.Tensor]) -> None:
+    def backward(self, state: tuple[list[torch.Tensor], list[torch.Tensor]], grad: torch.Tensor,
+                 grads: Sequence[torch.Tensor]) -> None:
         """Write the gradient of the members' losses into `grads` (laid out as `params`, e.g.
         `views` of a flat gradient), given the gradient (K, n, out) at the output of
-        `forward_train` and its `inputs`."""
+        `forward_train` and its `state`. Through a layer that passes a member's input on, the
+        gradient at its output goes to its input unchanged (`torch.where`'s backward)."""
+        inputs, outs = state
+        carried = None  # the gradient passed-through layers hand straight to their input
         for i in reversed(range(len(inputs))):
             torch.bmm(grad.transpose(1, 2), inputs[i], out=grads[2 * i])  # dW = gᵀ h_in, (K, out, in)
             torch.sum(grad, dim=1, out=grads[2 * i + 1])  # db, (K, out)
-            if i > 0:
-                grad = self._transfer_backward(torch.bmm(grad, self.params[2 * i]), inputs[i])
+            if i == 0:
+                break
+            at_input = torch.bmm(grad, self.params[2 * i])
+            if carried is not None:
+                at_input = at_input + carried
+            mask = self.passing[i - 1]  # hidden layer i - 1 produced this layer's input
+            if mask is None:
+                grad, carried = self._transfer_backward(at_input, outs[i - 1]), None
+            else:
+                grad = self._transfer_backward(torch.where(mask, 0.0, at_input), outs[i - 1])
+                carried = torch.where(mask, at_input, 0.0)
 
     def flat(self, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """`params` (default the parameters) as one new (K, P) tensor: member k's parameters in
@@ -174,10 +201,15 @@ class StackedRmsProp:
     gradient is replaced by zeros and their step by zero from then on, so their parameters no
     longer change (whatever non-finite values they hold), and the others go on. `rows(members)` /
     `load_member(k, row)`: a member's state as one flat row, read and written.
+
+    `real` (bool, laid out as `storage`): for members padded to the stack's shape
+    (`trainables.nn.padding`), True at their own entries. The others get a zero gradient, step
+    rate and momentum and a decay of 1, so that they, their step and their squared-gradient
+    average (r = 1) never change: a padded weight stays exactly zero.
     """
 
     def __init__(self, model: StackedMLP, step_rate: list[float], decay: list[float],
-                 momentum: list[float], offset: float = 1e-8):
+                 momentum: list[float], offset: float = 1e-8, real: torch.Tensor | None = None):
         self.model, self.storage = model, model.storage
         k = model.size
         if not len(step_rate) == len(decay) == len(momentum) == k:
@@ -195,6 +227,11 @@ class StackedRmsProp:
         self.last_step = torch.zeros_like(like)  # s_{t-1}
         self.moving_mean_squared = torch.ones_like(like)  # r_0 = 1, as climin
         self.active: torch.Tensor | None = None  # entries of unfrozen members; None: all
+        if real is not None:
+            padded = ~real
+            self.active = real.clone()
+            self.alpha[padded], self.beta[padded] = 0.0, 0.0
+            self.gamma[padded], self.one_minus_gamma[padded] = 1.0, 0.0
         self._step2 = torch.empty_like(like)
         self._scratch = torch.empty_like(like)
 

@@ -1,0 +1,85 @@
+"""A cohort of regression nets of different depths and widths, padded to one shape (NN, DN, FD, IVN).
+
+Which configs may differ in `hidden_layers` and `hidden_units` and still train as one cohort
+(`cohort_group`, the grouping the engine asks the method for), and how their nets become nets of
+one shape (`pad`, with `trainables.nn.padding`): each member's own net is built as its solo run
+builds it (its seed, its initialisation), then copied into a net of the cohort's largest depth and
+width whose other entries are zero, and the optimiser is told which entries are real. Members
+still share their minibatch size: one of 10 takes five steps an epoch of the toy set where one of
+50 takes one, and a padded step for both would cost the small minibatch's number of steps on the
+large minibatch's rows (tried: FD 3 x 100 on minibatches of 10 with FD 1 x 10 on 50 took 158 s,
+the two alone 61 s).
+
+Padding makes every member compute the largest member's products. On one thread a step of these
+small nets costs mostly its number of operations, so a padded cohort costs little more than its
+largest member alone. Past `PADDED_WORK` multiply-adds per hidden layer and minibatch (batch size
+x units^2) the arithmetic starts to count, and padding a small net to a large one would multiply
+it: such configs group only with configs of their own shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from trainables.nn import padding
+
+PADDED_KEYS = ("hidden_layers", "hidden_units")  # what members of one cohort may differ in
+PADDED_WORK = 1_000_000  # batch_size x hidden_units^2 of a config that may be padded (module docstring)
+
+
+def paddable(config: Mapping[str, Any]) -> bool:
+    """Whether `config`'s net is small enough to share a padded cohort (module docstring)."""
+    return int(config["batch_size"]) * int(config["hidden_units"]) ** 2 <= PADDED_WORK
+
+
+def cohort_group(keys: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple]:
+    """The engine's grouping for a method whose members must share `keys`: configs small enough to
+    pad group by `keys` alone, the others also by `PADDED_KEYS`."""
+
+    def group(config: Mapping[str, Any]) -> tuple:
+        shared = tuple(repr(config.get(k)) for k in keys)
+        return shared if paddable(config) else shared + tuple(repr(config.get(k)) for k in PADDED_KEYS)
+
+    return group
+
+
+@dataclasses.dataclass
+class Padded:
+    """The members' nets padded to one shape and how to read each member's own parameters back."""
+
+    networks: list[nn.Module]  # of the largest depth and width, each holding one member's parameters
+    own: list[tuple[int, int]]  # each member's own (hidden layers, units)
+    placements: list[list[padding.Placement]]
+    names: list[list[str]]  # each member's own parameter names (its model file's keys)
+    real: torch.Tensor  # bool, laid out as a stack's flat storage: True at the members' own entries
+
+    def state_dict(self, k: int, params: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Member k's state dict (its own net's names and shapes) from its padded parameters."""
+        return dict(zip(self.names[k], padding.extract(params, self.placements[k])))
+
+
+def pad(configs: Sequence[Any], networks: Sequence[nn.Module],
+        build: Callable[[Any, int, int], nn.Module], n_inputs: int, n_outputs: int) -> Padded | None:
+    """The members' `networks` (built by `build` from `configs`) padded to the largest depth and
+    width among them; None where they already share both. Their parameters, in `parameters()`
+    order, must be [W_0, b_0, ..., W_L, b_L] (an MLP's)."""
+    depths = [int(c.hidden_layers) for c in configs]
+    widths = [int(c.hidden_units) for c in configs]
+    if len(set(depths)) == 1 and len(set(widths)) == 1:
+        return None
+    depth, width = max(depths), max(widths)
+    padded, placements, masks = [], [], []
+    for config, network in zip(configs, networks):
+        large = build(dataclasses.replace(config, hidden_layers=depth, hidden_units=width), n_inputs, n_outputs)
+        own = list(network.parameters())
+        where = padding.placements([p.shape for p in own], config.hidden_layers, depth)
+        masks.append(padding.place(own, list(large.parameters()), where))
+        padded.append(large)
+        placements.append(where)
+    real = torch.cat([torch.stack(per_member).reshape(-1) for per_member in zip(*masks)])
+    names = [[name for name, _ in network.named_parameters()] for network in networks]
+    return Padded(padded, list(zip(depths, widths)), placements, names, real)
