@@ -5,7 +5,11 @@ space, the shape fixed at 2 x 25 units and minibatches of 10 (the method's `COHO
 rest drawn: transfer function (sigmoid or rectifier, per member), step rate log-uniform in
 [1e-4, 0.1], decay uniform in [0.1, 0.99], momentum uniform in [0, 0.99]; 200 epochs, each trial
 with its own seed. Case `fd`: the same for K = 16 FD trials (table7-fd-toy's space), with both
-dropout rates drawn too (0, 0.1, ..., 0.5, as its quniform).
+dropout rates drawn too (0, 0.1, ..., 0.5, as its quniform). Cases `mlp-padded` and
+`mdn-padded`: as `mlp` and `mdn`, but each member also draws its depth (1, 2 or 3 hidden layers)
+and width (10, 25 or 50 units) from the space's choices, so the cohort pads them to 3 x 50
+(`trainables.kit.padded_networks`; the space's 100 units are past its bound on minibatches of 10
+only at 50, so they are left out).
 
 - sequential: the K trials through `seqrep.session.run_local(method, ...)`, one after another;
 - cohort: one `seqrep.session.run_local_cohort(method, ...)` over the same configs and seeds.
@@ -28,7 +32,7 @@ Cases `reduction` and `rnn` live in `benchmarks/cohort_reduction.py` and `benchm
 line. `--smoke` shrinks the run of the regression cases (tests); `--cases` picks cases.
 
     python benchmarks/cohort.py [--epochs 200] [--fawn-epochs 100] [--repeats 3]
-                                [--cases mlp,mdn,fd,fawn,reduction,rnn] [--smoke]
+                                [--cases mlp,mdn,fd,mlp-padded,mdn-padded,fawn,reduction,rnn] [--smoke]
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ from seqrep.method import TrialContext
 from seqrep.session import run_local, run_local_cohort
 
 K = 16
-CASES = ("mlp", "mdn", "fd", "fawn", "reduction", "rnn")
+CASES = ("mlp", "mdn", "fd", "mlp-padded", "mdn-padded", "fawn", "reduction", "rnn")
 # each method's fixed keys (table7-nn-toy, table7-dn-toy, table7-fd-toy)
-REGRESSION = {"mlp": {}, "mdn": {"components": 1}, "fd": {}}
+REGRESSION = {"mlp": {}, "mdn": {"components": 1}, "fd": {}, "mlp-padded": {}, "mdn-padded": {"components": 1}}
+PADDED_LAYERS, PADDED_UNITS = [1, 2, 3], [10, 25, 50]  # the padded cases' shapes
 DROPOUT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # table7-fd-toy's quniform [0, 0.5, 0.1]
 SHAPE = dict(hidden_layers=2, hidden_units=25, batch_size=10)
 FAWN_K = 10  # Table 8's splits
@@ -62,15 +67,18 @@ FAWN = dict(hidden_layers=1, hidden_units=50, transfer="rectifier", step_rate=0.
 HERE = Path(__file__).resolve().parent
 
 
-def draw_configs(method: str, k: int, seed: int = 0) -> list[dict]:
-    """k configs from table7-nn-toy's (table7-dn-toy's, table7-fd-toy's) space, the shape fixed."""
+def draw_configs(case: str, k: int, seed: int = 0) -> list[dict]:
+    """k configs from table7-nn-toy's (table7-dn-toy's, table7-fd-toy's) space, the shape fixed
+    (drawn too for the padded cases)."""
     rng = np.random.default_rng(seed)
     configs = []
     for _ in range(k):
-        config = dict(SHAPE, **REGRESSION[method], transfer=str(rng.choice(["sigmoid", "rectifier"])),
+        config = dict(SHAPE, **REGRESSION[case], transfer=str(rng.choice(["sigmoid", "rectifier"])),
                       step_rate=float(np.exp(rng.uniform(np.log(1e-4), np.log(0.1)))),
                       decay=float(rng.uniform(0.1, 0.99)), momentum=float(rng.uniform(0.0, 0.99)))
-        if method == "fd":
+        if case.endswith("-padded"):
+            config.update(hidden_layers=int(rng.choice(PADDED_LAYERS)), hidden_units=int(rng.choice(PADDED_UNITS)))
+        if case == "fd":
             config.update(p_drop_input=float(rng.choice(DROPOUT_RATES)), p_drop_hidden=float(rng.choice(DROPOUT_RATES)))
         configs.append(config)
     return configs
@@ -93,7 +101,7 @@ def time_regression(method: str, configs: list[dict], contexts: list[TrialContex
     return statistics.median(ratios)
 
 
-def regression_case(method: str, k: int, device: str, epochs: int, repeats: int, plots: bool) -> str:
+def regression_case(case: str, k: int, device: str, epochs: int, repeats: int, plots: bool) -> str:
     data = datasets.load("toy")
     if not plots:
         # y_std = 1: a standardisation that changes no metric (scale 1, log 1 = 0) but marks the
@@ -101,11 +109,11 @@ def regression_case(method: str, k: int, device: str, epochs: int, repeats: int,
         data = dataclasses.replace(data, y_std=np.ones(data.y_train.shape[1]))
     contexts = [TrialContext(dataset="toy", data=data, max_epochs=epochs, seed=seed, metric="valid_nll",
                              mode="min", device=device) for seed in range(k)]
-    configs = draw_configs(method, k)
+    configs, method = draw_configs(case, k), case.removesuffix("-padded")
     warm = [dataclasses.replace(c, max_epochs=1) for c in contexts[:2]]
     time_regression(method, configs[:2], warm, 1)  # warm-up: imports, matplotlib, kernels
     ratio = time_regression(method, configs, contexts, repeats)
-    return f"cohort method={method} K={k} device={device} ratio={ratio:.2f}"
+    return f"cohort method={case} K={k} device={device} ratio={ratio:.2f}"
 
 
 def fawn_case(k: int, device: str, epochs: int, repeats: int) -> str:

@@ -215,10 +215,10 @@ def test_a_member_row_round_trips():
 
 def test_the_benchmark_prints_one_line_per_case_in_smoke_mode():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "cohort.py"
-    result = subprocess.run([sys.executable, str(script), "--smoke", "--cases", "mlp,mdn"],
+    result = subprocess.run([sys.executable, str(script), "--smoke", "--cases", "mlp,mdn,mlp-padded"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 2, lines
-    for method, line in zip(("mlp", "mdn"), lines):
+    assert len(lines) == 3, lines
+    for method, line in zip(("mlp", "mdn", "mlp-padded"), lines):
         assert re.fullmatch(rf"cohort method={method} K=2 device=cpu ratio=\d+\.\d\d", line), lines

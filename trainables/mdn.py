@@ -19,10 +19,11 @@ a common remedy for the numerical unreliability of conditional Gaussian mixtures
 the variance), off by default since the thesis mentions none.
 
 Cohorts (`train_cohort`, `trainables.kit.cohort_regression`): the whole network is one MLP body
-(its output layer carries the mixture's parameters), so trials that agree on `COHORT_KEYS` (layers,
-units, the minibatch size and K, which fixes the output width) train as one stacked network; they
-may differ in the seed, the transfer function, rmsprop's step rate, decay and momentum, and
-`max_grad_norm` (clipped per member, `torch.nn.utils.clip_grad_norm_`'s rule). The mixture's
+(its output layer carries the mixture's parameters), so trials that agree on `COHORT_KEYS` (the
+minibatch size and K, which fixes the output width) train as one stacked network; they may differ
+in the seed, the transfer function, rmsprop's step rate, decay and momentum, `max_grad_norm`
+(clipped per member, `torch.nn.utils.clip_grad_norm_`'s rule) and, where their nets are small, in
+depth and width, padded to the cohort's largest as NN's (`trainables.kit.padded_networks`). The mixture's
 functions below take any leading axes, a member axis included. Each member reports what its solo
 `train` reports, up to the float rounding of batched matmuls (which sum in another order).
 """

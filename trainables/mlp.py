@@ -14,11 +14,13 @@ heteroscedastic toy set this variance is necessarily wrong somewhere: that is th
 comparison with DN (`trainables/mdn.py`) and IVN.
 
 Cohorts (`train_cohort`, `trainables.kit.cohort_regression`): trials of one random search that
-agree on `COHORT_KEYS` (layers and units fix every weight's shape, the minibatch size every
-minibatch's) train as one stacked network; they may differ in the seed, the transfer function and
-rmsprop's step rate, decay and momentum. Each member reports what its solo `train` reports, up to
-the float rounding of batched matmuls (which sum in another order): within 1e-5 relative after 20
-epochs on the toy set (tests/test_cohort.py).
+agree on `COHORT_KEYS` (the minibatch size, which fixes every minibatch's shape) train as one
+stacked network; they may differ in the seed, the transfer function and rmsprop's step rate, decay
+and momentum, and, where their nets are small (`trainables.kit.padded_networks`: `cohort_group`,
+`COHORT_PADDED`), in depth and width, each padded to the cohort's largest. Each member reports what
+its solo `train` reports, up to the float rounding of batched matmuls (which sum in another
+order): within 1e-5 relative after 20 epochs on the toy set (tests/test_cohort.py,
+tests/test_cohort_padded.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ files or reads globals. This module imports neither Ray, nor MLflow, nor torch.
 Cohorts (optional). A method may also train several trials of one random search at once, as one
 vectorised model. It then defines `COHORT_KEYS`, the config keys whose values fix every tensor
 shape (members of a cohort agree on all of them), and `train_cohort(configs, sessions)`: one
-`Config` and one `Session` per member. Each member session is a whole `Session`: its context holds
+`Config` and one `Session` per member. A method whose trainer pads members of different shapes
+to one may also define `cohort_group(config)`, the value by which the engine groups configs (in
+place of their `COHORT_KEYS` values), and `COHORT_PADDED`, the keys its members may then differ
+in (named in the study log). Each member session is a whole `Session`: its context holds
 the member's own seed (and shares data set, epoch budget, selection and device with the others),
 and the trainer calls its `report` every epoch and its `finish` once, with exactly the metrics the
 member's solo `train` would report, so a member is one Parquet row and one MLflow run like any

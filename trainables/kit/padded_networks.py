@@ -12,9 +12,15 @@ the two alone 61 s).
 
 Padding makes every member compute the largest member's products. On one thread a step of these
 small nets costs mostly its number of operations, so a padded cohort costs little more than its
-largest member alone. Past `PADDED_WORK` multiply-adds per hidden layer and minibatch (batch size
-x units^2) the arithmetic starts to count, and padding a small net to a large one would multiply
-it: such configs group only with configs of their own shape.
+largest member alone; but the arithmetic grows with the padded width times the minibatch, and past
+`PADDED_WORK` (minibatch size x units^2) it eats the gain. Measured with `run_local_cohort`
+against the same configs one after another (8 configs of `table7-nn-toy` / `table7-dn-toy`, one
+thread, 200 epochs): up to 50 units, NN 1.47 / 1.19 / 1.12 times faster on minibatches of 10 /
+25 / 50 and DN 2.3 / 1.39 (10 / 50); up to 100 units on minibatches of 10, NN 1.14 and DN 1.45;
+on minibatches of 50 with up to 100 units, NN 0.88 (slower). Configs past the bound group only
+with configs of their own shape. FD's and IVN's cohorts are not padded: their stacked nets get the
+gradient from autograd over elementwise moment rules, whose cost grows with every padded unit,
+and padded cohorts of Table 7's FD and IVN configs took 0.8-1.0 times the members' solo time.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from torch import nn
 from trainables.nn import padding
 
 PADDED_KEYS = ("hidden_layers", "hidden_units")  # what members of one cohort may differ in
-PADDED_WORK = 1_000_000  # batch_size x hidden_units^2 of a config that may be padded (module docstring)
+PADDED_WORK = 125_000  # the largest batch_size x hidden_units^2 of a config that may be padded (module docstring)
 
 
 def paddable(config: Mapping[str, Any]) -> bool:
