@@ -8,9 +8,9 @@ exactly as Ray Tune's `BasicVariantGenerator` with the study's seed would (`sear
 same configs), groups them by the values of the method's `COHORT_KEYS`, or by its own
 `cohort_group(config)` where it defines one (`group`: in the order they were drawn, each group cut
 into near-equal cohorts of at most `--cohort-size` members), writes the grouping to
-`<study>/cohorts.json` and runs one Ray trial per cohort (`{"cohort": i}`, a grid). The regression
-methods NN, DN, FD and IVN group small nets of different depths and widths together and pad them to
-one shape (`trainables.kit.padded_networks`).
+`<study>/cohorts.json` and runs one Ray trial per cohort (`{"cohort": i}`, a grid). NN and DN
+group small nets of different depths and widths together and pad them to one shape
+(`trainables.kit.padded_networks`).
 
 Each member is still a trial to everything a user sees: its own id (`<cohort trial id>-m<k>`), its
 own seed (`trial_seed` of its config, as a solo trial), Parquet row and MLflow child run with its
@@ -104,7 +104,8 @@ def read(directory: Path) -> list[list[dict[str, Any]]] | None:
     return studydir.read_json(path)["cohorts"] if path.exists() else None
 
 
-def describe(cohorts: Sequence[Sequence[Mapping[str, Any]]], keys: Sequence[str], padded: Sequence[str] = ()) -> str:
+def describe(cohorts: Sequence[Sequence[Mapping[str, Any]]], keys: Sequence[str],
+             padded: Sequence[str] = ()) -> str:
     """One line for the study log: how the configs were grouped, and how many cohorts hold members
     that differ in the keys a method pads to one shape (`padded`, its `COHORT_PADDED`)."""
     sizes = sorted((len(c) for c in cohorts), reverse=True)

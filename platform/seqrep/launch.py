@@ -94,13 +94,14 @@ def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[st
     if keys is None:
         return None
     configs = searchers.draw(searchers.to_tune(p.space), o.seed, p.trials)
-    indices = cohorts.spread(cohorts.group(configs, keys, o.cohort_size, getattr(module, "cohort_group", None)),
-                             cluster.slots(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent))
+    grouping = cohorts.group(configs, keys, o.cohort_size, getattr(module, "cohort_group", None))
+    indices = cohorts.spread(grouping, cluster.slots(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent))
     grouped = [[configs[i] for i in members] for members in indices]
     if all(len(members) == 1 for members in grouped):
         return None  # no two configs share a shape: every trial runs alone, as without cohorts
     cohorts.write(p.directory, grouped, keys, o.cohort_size)
-    print(f"seqrep: study {p.name}: {cohorts.describe(grouped, keys, getattr(module, 'COHORT_PADDED', ()))}; see {studydir.COHORTS_FILE}", flush=True)
+    line = cohorts.describe(grouped, keys, getattr(module, "COHORT_PADDED", ()))
+    print(f"seqrep: study {p.name}: {line}; see {studydir.COHORTS_FILE}", flush=True)
     return grouped
 
 

@@ -51,7 +51,8 @@ def placements(shapes: Sequence[torch.Size], depth: int, padded_depth: int) -> l
     """The placements of a member's parameters [W_0, b_0, ..., W_depth, b_depth] (its affine
     layers in order) in a net of `padded_depth` hidden layers laid out the same way."""
     if len(shapes) != 2 * (depth + 1):
-        raise ValueError(f"a net of depth {depth} has {2 * (depth + 1)} parameters to place, but {len(shapes)} were given")
+        raise ValueError(f"a net of depth {depth} has {2 * (depth + 1)} parameters to place, "
+                         f"but {len(shapes)} were given")
     targets = layer_targets(depth, padded_depth)
     return [Placement(2 * targets[j // 2] + j % 2, tuple(slice(0, n) for n in shape)) for j, shape in enumerate(shapes)]
 
