@@ -136,10 +136,14 @@ def test_padded_entries_never_move():
 
 
 def test_small_nets_group_by_batch_size_and_larger_ones_by_shape():
-    group = padded_networks.cohort_group(("batch_size",))
+    group = padded_networks.cohort_group(("batch_size",), mlp.Config)
     shapes = [(3, 50, 10), (1, 100, 10), (2, 10, 25), (2, 50, 50), (2, 51, 50), (3, 300, 64), (3, 300, 64),
               (1, 10, 25), (1, 25, 50)]
     configs = [dict(hidden_layers=l, hidden_units=u, batch_size=b) for l, u, b in shapes]
+    # where a space leaves a key out, the Config's default decides (batch 10, 50 units: padded;
+    # batch 10, 300 units: not)
+    assert group(dict(hidden_layers=2)) == group(dict(hidden_layers=1)) == ("None",)
+    assert group(dict(hidden_units=300)) == ("None", "None", "300")
     # 50 x 50^2 = PADDED_WORK pads; 50 x 51^2 and 64 x 300^2 exceed it and need their own shape
     assert padded_networks.PADDED_WORK == 50 * 50 ** 2
     assert cohorts.group(configs, ["batch_size"], 16, group) == [[0, 1], [2, 7], [3, 8], [4], [5, 6]]

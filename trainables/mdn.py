@@ -45,7 +45,6 @@ from trainables.nn.gaussian import VARIANCE_FLOOR, gaussian_nll  # the floor bou
 
 COHORT_KEYS = ("batch_size", "components")  # what the members of a cohort share
 COHORT_PADDED = padded_networks.PADDED_KEYS  # what they may differ in: small nets are padded to one shape
-cohort_group = padded_networks.cohort_group(COHORT_KEYS)  # the engine's grouping of configs into cohorts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +62,9 @@ class Config(RegressionConfig):
             raise SeqrepError(
                 f"{__name__}.Config: max_grad_norm must be null or > 0, but got max_grad_norm={self.max_grad_norm!r}"
             )
+
+
+cohort_group = padded_networks.cohort_group(COHORT_KEYS, Config)  # the engine's grouping into cohorts
 
 
 def mixture_parameters(

@@ -41,12 +41,14 @@ from trainables.nn.gaussian import gaussian_nll
 
 COHORT_KEYS = ("batch_size",)  # what the members of a cohort share
 COHORT_PADDED = padded_networks.PADDED_KEYS  # what they may differ in: small nets are padded to one shape
-cohort_group = padded_networks.cohort_group(COHORT_KEYS)  # the engine's grouping of configs into cohorts
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(RegressionConfig):
     """The shared regression fields (`trainables.kit.regression_config`), nothing more."""
+
+
+cohort_group = padded_networks.cohort_group(COHORT_KEYS, Config)  # the engine's grouping into cohorts
 
 
 def residual_variance(prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -169,6 +169,9 @@ class MemberSession(Session):
         self._channel.report(self._k, metrics, checkpoint)
 
     def finish(self, metrics, model, status):
+        # what a solo trial's checkpoint holds beside its model (`seqrep.session.RaySession`)
+        (self._artifacts / CONFIG_FILE).write_text(json.dumps(
+            {"config": self._channel.configs[self._k], "context": self.context.describe()}, indent=2, default=str))
         self._channel.finish(self._k, metrics, model, status, self._artifacts)
         shutil.rmtree(self._artifacts, ignore_errors=True)
 

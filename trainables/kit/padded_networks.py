@@ -37,18 +37,24 @@ PADDED_KEYS = ("hidden_layers", "hidden_units")  # what members of one cohort ma
 PADDED_WORK = 125_000  # the largest batch_size x hidden_units^2 of a config that may be padded (module docstring)
 
 
-def paddable(config: Mapping[str, Any]) -> bool:
-    """Whether `config`'s net is small enough to share a padded cohort (module docstring)."""
-    return int(config["batch_size"]) * int(config["hidden_units"]) ** 2 <= PADDED_WORK
+def paddable(batch_size: int, hidden_units: int) -> bool:
+    """Whether a net of `hidden_units` on minibatches of `batch_size` is small enough to share a
+    padded cohort (module docstring)."""
+    return batch_size * hidden_units ** 2 <= PADDED_WORK
 
 
-def cohort_group(keys: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple]:
-    """The engine's grouping for a method whose members must share `keys`: configs small enough to
-    pad group by `keys` alone, the others also by `PADDED_KEYS`."""
+def cohort_group(keys: Sequence[str], config_type: type) -> Callable[[Mapping[str, Any]], tuple]:
+    """The engine's grouping for a method whose members must share `keys` and whose `Config` is
+    `config_type`: configs small enough to pad group by `keys` alone, the others also by
+    `PADDED_KEYS`. A key a config leaves out has the `Config`'s default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_type)}
 
     def group(config: Mapping[str, Any]) -> tuple:
         shared = tuple(repr(config.get(k)) for k in keys)
-        return shared if paddable(config) else shared + tuple(repr(config.get(k)) for k in PADDED_KEYS)
+        value = {k: config.get(k, defaults.get(k)) for k in ("batch_size", "hidden_units")}
+        if paddable(int(value["batch_size"]), int(value["hidden_units"])):
+            return shared
+        return shared + tuple(repr(config.get(k)) for k in PADDED_KEYS)
 
     return group
 
