@@ -1,7 +1,8 @@
 """The cohort trainer of the feed-forward regression methods NN, DN/MDN, FD and IVN (Table 7).
 
 `train_regression_cohort(configs, sessions, ...)` trains K trials whose networks share every
-tensor shape as one stacked network and gives each member's session what
+tensor shape (NN's and DN's: or are padded to one, `trainables.kit.padded_networks`, the model file
+still the member's own net) as one stacked network and gives each member's session what
 `trainables.kit.regression_fit.fit_regression` gives a solo trial's: per epoch the report
 (`train_loss` and the `valid_*` metrics) with a checkpoint, then one `finish` with the final
 metrics (best epoch, best `valid_*`, `test_*` at the best state), the model `{"model": state dict
