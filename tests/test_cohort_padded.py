@@ -92,7 +92,7 @@ def test_a_padded_member_computes_its_own_nets_function_and_gradient():
     configs = [mlp.Config(hidden_layers=n.net.__len__() // 2, hidden_units=n.net[0].out_features,
                           transfer=t) for n, t in zip(own, ("sigmoid", "rectifier", "sigmoid"))]
     padded = padded_networks.pad(configs, own, mlp.build, 3, 2)
-    model = StackedMLP(padded.networks, own=padded.own)
+    model = StackedMLP(padded.networks, depths=padded.depths)
     x, y = torch.randn(3, 7, 3), torch.randn(3, 7, 2)
     out, state = model.forward_train(x)
     grads = model.views(torch.empty_like(model.storage))
@@ -117,7 +117,7 @@ def test_padded_entries_never_move():
     configs = [mlp.Config(hidden_layers=1, hidden_units=3, transfer="sigmoid"),
                mlp.Config(hidden_layers=2, hidden_units=5, transfer="sigmoid")]
     padded = padded_networks.pad(configs, own, mlp.build, 1, 1)
-    model = StackedMLP(padded.networks, own=padded.own)
+    model = StackedMLP(padded.networks, depths=padded.depths)
     optimizer = StackedRmsProp(model, [0.1, 0.1], [0.9, 0.9], [0.9, 0.9], real=padded.real)
     x, y = torch.randn(2, 4, 1), torch.randn(2, 4, 1)
     grad = torch.empty_like(model.storage)

@@ -84,7 +84,7 @@ class StackedModel(Protocol):
 
 
 # the members' networks, of one shape (and, for NN's and DN's padded to it, each member's own
-# hidden layers and units) -> the stacked one
+# number of hidden layers) -> the stacked one
 Stack = Callable[..., StackedModel]
 
 
@@ -113,9 +113,9 @@ def mlp_body(module: nn.Module) -> MLP:
 
 
 def stack_mlps(networks: list[nn.Module], device: torch.device,
-               own: Sequence[tuple[int, int]] | None = None) -> StackedMLP:
+               depths: Sequence[int] | None = None) -> StackedMLP:
     """NN's and DN's networks (all their parameters in one MLP) as one `StackedMLP`."""
-    return StackedMLP([mlp_body(network) for network in networks], device, own)
+    return StackedMLP([mlp_body(network) for network in networks], device, depths)
 
 
 class StackedRegression:
@@ -135,11 +135,12 @@ class StackedRegression:
         configs = [member.config for member in members]
         # members of different depths or widths: each padded to the largest (`trainables.kit.padded_networks`)
         self.padded = pad(configs, networks, build, n_in, n_out)
+        real = None
         if self.padded is None:
             self.model = stack(networks, self.device)
         else:  # only NN's and DN's networks differ in shape within a cohort (their COHORT_KEYS)
-            self.model = stack(self.padded.networks, self.device, self.padded.own)
-        real = None if self.padded is None else self.padded.real.to(self.device)
+            self.model = stack(self.padded.networks, self.device, self.padded.depths)
+            real = self.padded.real.to(self.device)
         self.optimizer = StackedRmsProp(self.model, [c.step_rate for c in configs],
                                         [c.decay for c in configs], [c.momentum for c in configs], real=real)
         self.grad = torch.zeros_like(self.model.storage)  # the flat gradient, laid out as the parameters

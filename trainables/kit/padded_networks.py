@@ -1,4 +1,4 @@
-"""A cohort of regression nets of different depths and widths, padded to one shape (NN, DN, FD, IVN).
+"""A cohort of NN or DN nets of different depths and widths, padded to one shape.
 
 Which configs may differ in `hidden_layers` and `hidden_units` and still train as one cohort
 (`cohort_group`, the grouping the engine asks the method for), and how their nets become nets of
@@ -64,7 +64,7 @@ class Padded:
     """The members' nets padded to one shape and how to read each member's own parameters back."""
 
     networks: list[nn.Module]  # of the largest depth and width, each holding one member's parameters
-    own: list[tuple[int, int]]  # each member's own (hidden layers, units)
+    depths: list[int]  # each member's own number of hidden layers
     placements: list[list[padding.Placement]]
     names: list[list[str]]  # each member's own parameter names (its model file's keys)
     real: torch.Tensor  # bool, laid out as a stack's flat storage: True at the members' own entries
@@ -94,4 +94,4 @@ def pad(configs: Sequence[Any], networks: Sequence[nn.Module],
         placements.append(where)
     real = torch.cat([torch.stack(per_member).reshape(-1) for per_member in zip(*masks)])
     names = [[name for name, _ in network.named_parameters()] for network in networks]
-    return Padded(padded, list(zip(depths, widths)), placements, names, real)
+    return Padded(padded, depths, placements, names, real)

@@ -54,13 +54,13 @@ class StackedMLP:
 
     Built from K constructed MLPs, so that each member keeps the initialisation its solo run
     draws and its own transfer function g_k. `params` are in the order of `MLP.parameters()`,
-    each (K, *shape), views of `storage`. `own`: for members padded to this shape
-    (`trainables.nn.padding`), each member's own (hidden layers, units); its layers beyond its
-    depth pass their input through (default: every member has every layer).
+    each (K, *shape), views of `storage`. `depths`: for members padded to this shape
+    (`trainables.nn.padding`), each member's own number of hidden layers; its layers beyond it
+    pass their input through (default: every member has every layer).
     """
 
     def __init__(self, members: list[MLP], device: torch.device | str | None = None,
-                 own: Sequence[tuple[int, int]] | None = None):
+                 depths: Sequence[int] | None = None):
         if not members:
             raise ValueError("a cohort needs at least one member")
         shapes = [[tuple(p.shape) for p in m.parameters()] for m in members]
@@ -80,8 +80,7 @@ class StackedMLP:
         self.sigmoid = (torch.tensor([t == "sigmoid" for t in self.transfers], device=self.storage.device)
                         .view(-1, 1, 1) if mixed else None)
         hidden = len(self.shapes) // 2 - 1
-        self.passing = padding.passing([d for d, _ in own] if own else [hidden] * self.size, hidden,
-                                       self.storage.device)
+        self.passing = padding.passing(depths or [hidden] * self.size, hidden, self.storage.device)
 
     def _pass(self, layer: int, h: torch.Tensor, out: torch.Tensor, members: Members | None) -> torch.Tensor:
         """Hidden layer `layer`'s output: `out`, or its input h for the members it passes through."""
@@ -203,9 +202,9 @@ class StackedRmsProp:
     `load_member(k, row)`: a member's state as one flat row, read and written.
 
     `real` (bool, laid out as `storage`): for members padded to the stack's shape
-    (`trainables.nn.padding`), True at their own entries. The others get a zero gradient, step
-    rate and momentum and a decay of 1, so that they, their step and their squared-gradient
-    average (r = 1) never change: a padded weight stays exactly zero.
+    (`trainables.nn.padding`), True at their own entries. The others get a zero gradient and a
+    decay of 1, so that they, their step and their squared-gradient average (r = 1) never change:
+    a padded weight stays exactly zero.
     """
 
     def __init__(self, model: StackedMLP, step_rate: list[float], decay: list[float],
@@ -230,7 +229,6 @@ class StackedRmsProp:
         if real is not None:
             padded = ~real
             self.active = real.clone()
-            self.alpha[padded], self.beta[padded] = 0.0, 0.0
             self.gamma[padded], self.one_minus_gamma[padded] = 1.0, 0.0
         self._step2 = torch.empty_like(like)
         self._scratch = torch.empty_like(like)
