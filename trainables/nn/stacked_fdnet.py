@@ -22,18 +22,27 @@ Layout: as `trainables.nn.stacked.StackedMLP` (whose layout methods this class b
 parameters in one flat `storage`, parameter by parameter in `FastDropoutNet.named_parameters()`
 order, each block (K, *shape) contiguous; a member's row of P numbers is its solo net's parameters
 flattened (`rows`, `unflatten`, `load_member`). The network's output is one tensor (K, n, 2d),
-[E[y] | V[y]] on the last axis, which is what a cohort trainer's loss receives. The gradient is
-autograd's (`forward_train`, `backward`): the moment rules have no written-out backward here.
+[E[y] | V[y]] on the last axis, which is what a cohort trainer's loss receives.
+
+Training (`forward_train`, `backward`) runs without autograd: the forward keeps each layer's
+inputs and its transfer's partial derivatives (`trainables.nn.moment_jacobians`, the same values
+as the `variance` rules), and the backward is the chain rule written out, about a dozen batched
+operations a layer where autograd recorded and replayed some forty. Its gradient equals autograd's
+up to float rounding (the closed-form derivatives are not the operation-by-operation chain rule).
+Forward and backward of one minibatch of 10, one thread: K = 16 nets of 3 x 50 rectifiers took
+2.5 ms with autograd and 1.4 ms written out; K = 4 of 3 x 100, 1.95 and 1.13 ms (one solo net 1.1).
+Evaluation (`forward`, `moments`) is `FastDropoutNet.forward` member by member, as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from trainables.nn import variance
+from trainables.nn import moment_jacobians, variance
 from trainables.nn.fdnet import TRANSFER_MOMENTS, FastDropoutNet
 from trainables.nn.stacked import Members, StackedMLP
 
@@ -127,16 +136,78 @@ class StackedFastDropoutNet:
 
     __call__ = forward
 
-    def forward_train(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, list[Tensor]]]:
-        """All K members on their own inputs x (K, n, in): the output (K, n, 2d), detached, and
-        what `backward` needs (the attached output and the leaves it was computed from)."""
-        leaves = [p.detach().requires_grad_(True) for p in self.params]
-        with torch.enable_grad():
-            out = self.forward(x, leaves)
-        return out.detach(), (out, leaves)
+    def forward_train(self, x: Tensor) -> tuple[Tensor, list[_Layer]]:
+        """All K members on their own inputs x (K, n, in): the output (K, n, 2d), as `forward`
+        computes it, and what `backward` needs of every layer. No autograd: the moment rules come
+        with their partial derivatives (`trainables.nn.moment_jacobians`)."""
+        p = dict(zip(self.names, self.params))
+        mean, var = x, None if self.input_variance is None else self.input_variance.view(-1, 1, 1).expand_as(x)
+        betas = None if self.beta_min is None else self.beta_min.unsqueeze(1) + F.softplus(p["rho"])  # (K, L+1)
+        saved = []
+        for i in range(self.layers):
+            weight, bias = p[f"layers.{i}.weight"], p[f"layers.{i}.bias"]
+            k, noise = self.keep[:, i].view(-1, 1, 1), self.noise[:, i].view(-1, 1, 1)
+            var_in = noise * mean.square()
+            if var is not None:
+                var_in = var_in + k * var
+            kept_mean = k * mean
+            squared = weight.square()
+            layer = _Layer(mean, kept_mean, var_in, squared, None, None)
+            mean = torch.baddbmm(bias.unsqueeze(1), kept_mean, weight.transpose(1, 2))
+            var = torch.bmm(var_in, squared.transpose(1, 2))
+            if i < self.layers - 1:
+                mean, var, layer.jacobian = self._transfer_jacobian(mean, var)
+            if betas is not None:
+                layer.unscaled = var
+                var = betas[:, i].view(-1, 1, 1) * var
+            saved.append(layer)
+        return torch.cat([mean, var], dim=-1), saved
 
-    def backward(self, state: tuple[Tensor, list[Tensor]], grad: Tensor, grads: Sequence[Tensor]) -> None:
+    def _transfer_jacobian(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, moment_jacobians.Jacobian]:
+        if self.sigmoid is None:
+            return moment_jacobians.RULES[self.transfers[0]](mean, var)
+        (mean_s, var_s, jac_s), (mean_r, var_r, jac_r) = moment_jacobians.sigmoid(mean, var), moment_jacobians.rectifier(mean, var)
+        pick = self.sigmoid
+        return (torch.where(pick, mean_s, mean_r), torch.where(pick, var_s, var_r),
+                moment_jacobians.Jacobian(*(torch.where(pick, s, r) for s, r in zip(jac_s, jac_r))))
+
+    def backward(self, state: list[_Layer], grad: Tensor, grads: Sequence[Tensor]) -> None:
         """Write the gradient of the members' losses into `grads` (laid out as `params`), given
-        the gradient (K, n, 2d) at the output of `forward_train` and its `state`."""
-        out, leaves = state
-        torch._foreach_copy_(list(grads), list(torch.autograd.grad(out, leaves, grad)))
+        the gradient (K, n, 2d) at the output of `forward_train` and its `state`: the chain rule
+        layer by layer, written out (fd_affine's products, the rules' Jacobians, IVN's betas)."""
+        p = dict(zip(self.names, self.params))
+        g = dict(zip(self.names, grads))
+        grad_mean, grad_var = grad.chunk(2, dim=-1)
+        betas = None if self.beta_min is None else self.beta_min.unsqueeze(1) + F.softplus(p["rho"])
+        for i in reversed(range(self.layers)):
+            layer, weight = state[i], p[f"layers.{i}.weight"]
+            if betas is not None:  # var = beta_i * unscaled
+                g["rho"][:, i] = (grad_var * layer.unscaled).sum(dim=(1, 2))
+                grad_var = betas[:, i].view(-1, 1, 1) * grad_var
+            if layer.jacobian is not None:
+                grad_mean, grad_var = moment_jacobians.chain(layer.jacobian, grad_mean, grad_var)
+            # mean = kept_mean W^T + b, var = var_in (W^2)^T
+            torch.sum(grad_mean, dim=1, out=g[f"layers.{i}.bias"])
+            grad_weight = torch.bmm(grad_mean.transpose(1, 2), layer.kept_mean, out=g[f"layers.{i}.weight"])
+            grad_weight.addcmul_(weight, torch.bmm(grad_var.transpose(1, 2), layer.var_in), value=2.0)
+            if i == 0:
+                break
+            k, noise = self.keep[:, i].view(-1, 1, 1), self.noise[:, i].view(-1, 1, 1)
+            through_var = torch.bmm(grad_var, layer.squared)  # dL/d var_in
+            # var_in = noise mean^2 + k var, kept_mean = k mean
+            grad_mean = torch.bmm(grad_mean, weight).mul_(k).addcmul_(through_var, layer.mean * (2.0 * noise))
+            grad_var = through_var.mul_(k)
+        if betas is not None:  # beta = beta_min + softplus(rho)
+            g["rho"].mul_(torch.sigmoid(p["rho"]))
+
+
+@dataclasses.dataclass
+class _Layer:
+    """What `StackedFastDropoutNet.backward` needs of one layer of `forward_train`."""
+
+    mean: Tensor  # the layer's input mean (K, n, in)
+    kept_mean: Tensor  # keep * mean
+    var_in: Tensor  # the variance after dropout: keep (1 - keep) mean^2 + keep var
+    squared: Tensor  # W^2 (K, out, in)
+    jacobian: moment_jacobians.Jacobian | None  # the transfer's (hidden layers)
+    unscaled: Tensor | None  # IVN: the variance before the layer's beta
