@@ -9,7 +9,8 @@ dropout rates drawn too (0, 0.1, ..., 0.5, as its quniform). Cases `mlp-padded` 
 `mdn-padded`: as `mlp` and `mdn`, but each member also draws its depth (1, 2 or 3 hidden layers)
 and width (10, 25 or 50 units) from the space's choices, so the cohort pads them to 3 x 50
 (`trainables.kit.padded_networks`; the space's 100 units are past its bound on minibatches of 10
-only at 50, so they are left out).
+only at 50, so they are left out). Case `fd-padded`: as `fd`, depths and widths drawn as in
+`mlp-padded`.
 
 - sequential: the K trials through `seqrep.session.run_local(method, ...)`, one after another;
 - cohort: one `seqrep.session.run_local_cohort(method, ...)` over the same configs and seeds.
@@ -32,7 +33,8 @@ Cases `reduction` and `rnn` live in `benchmarks/cohort_reduction.py` and `benchm
 line. `--smoke` shrinks the run of the regression cases (tests); `--cases` picks cases.
 
     python benchmarks/cohort.py [--epochs 200] [--fawn-epochs 100] [--repeats 3]
-                                [--cases mlp,mdn,fd,mlp-padded,mdn-padded,fawn,reduction,rnn] [--smoke]
+                                [--cases mlp,mdn,fd,mlp-padded,mdn-padded,fd-padded,fawn,reduction,rnn]
+                                [--smoke]
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ from seqrep.method import TrialContext
 from seqrep.session import run_local, run_local_cohort
 
 K = 16
-CASES = ("mlp", "mdn", "fd", "mlp-padded", "mdn-padded", "fawn", "reduction", "rnn")
+CASES = ("mlp", "mdn", "fd", "mlp-padded", "mdn-padded", "fd-padded", "fawn", "reduction", "rnn")
 # each method's fixed keys (table7-nn-toy, table7-dn-toy, table7-fd-toy)
-REGRESSION = {"mlp": {}, "mdn": {"components": 1}, "fd": {}, "mlp-padded": {}, "mdn-padded": {"components": 1}}
+REGRESSION = {"mlp": {}, "mdn": {"components": 1}, "fd": {}, "mlp-padded": {}, "mdn-padded": {"components": 1},
+              "fd-padded": {}}
 PADDED_LAYERS, PADDED_UNITS = [1, 2, 3], [10, 25, 50]  # the padded cases' shapes
 DROPOUT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # table7-fd-toy's quniform [0, 0.5, 0.1]
 SHAPE = dict(hidden_layers=2, hidden_units=25, batch_size=10)
@@ -78,7 +81,7 @@ def draw_configs(case: str, k: int, seed: int = 0) -> list[dict]:
                       decay=float(rng.uniform(0.1, 0.99)), momentum=float(rng.uniform(0.0, 0.99)))
         if case.endswith("-padded"):
             config.update(hidden_layers=int(rng.choice(PADDED_LAYERS)), hidden_units=int(rng.choice(PADDED_UNITS)))
-        if case == "fd":
+        if case.startswith("fd"):
             config.update(p_drop_input=float(rng.choice(DROPOUT_RATES)), p_drop_hidden=float(rng.choice(DROPOUT_RATES)))
         configs.append(config)
     return configs

@@ -1,5 +1,5 @@
-"""Cohorts of NN and DN nets of different depths and widths, padded to one shape (`trainables.nn.padding`,
-`trainables.kit.padded_networks`): each member still equals its solo run.
+"""Cohorts of NN, DN, FD and IVN nets of different depths and widths, padded to one shape
+(`trainables.nn.padding`, `trainables.kit.padded_networks`): each member still equals its solo run.
 
 A member padded to the cohort's largest depth and width computes its own net's numbers: its own
 parameters sit in the first entries of the larger layers, zeros elsewhere, its extra hidden layers
@@ -23,18 +23,21 @@ from trainables.kit import padded_networks
 from trainables.nn import padding
 from trainables.nn.feedforward import MLP
 from trainables.nn.stacked import StackedMLP, StackedRmsProp
+from trainables.nn.stacked_fdnet import StackedFastDropoutNet
 
 from cohort_checks import assert_members_trained_apart, assert_resume_at_3_equals_the_whole, compare_with_solo
 
 REL = 1e-5
 EPOCHS = 20
-METHODS = {"mlp": mlp, "mdn": mdn}
+METHODS = {"mlp": mlp, "mdn": mdn, "fd": fd, "ivn": ivn}
 SEEDS = [3, 7, 11]
 # three depths, two widths, both transfer functions; the widest member is not the deepest
 SHAPES = [dict(hidden_layers=3, hidden_units=25, transfer="sigmoid", step_rate=1e-3, decay=0.9, momentum=0.9),
           dict(hidden_layers=1, hidden_units=10, transfer="rectifier", step_rate=3e-3, decay=0.5, momentum=0.0),
           dict(hidden_layers=2, hidden_units=25, transfer="sigmoid", step_rate=1e-2, decay=0.99, momentum=0.5)]
-EXTRA = {"mlp": {}, "mdn": dict(components=1)}
+DROPOUT = dict(p_drop_input=0.1, p_drop_hidden=0.2)
+EXTRA = {"mlp": {}, "mdn": dict(components=1), "fd": DROPOUT, "ivn": dict(DROPOUT, input_variance=0.01, beta_min=0.01)}
+METRICS = {"mlp": "valid_nll", "mdn": "valid_nll", "fd": "valid_mse", "ivn": "valid_nll"}  # as the table7 spaces
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def toy():
 
 
 def context(data, method: str, seed: int, epochs: int = EPOCHS) -> TrialContext:
-    return TrialContext(dataset="toy", data=data, max_epochs=epochs, seed=seed, metric="valid_nll", mode="min")
+    return TrialContext(dataset="toy", data=data, max_epochs=epochs, seed=seed, metric=METRICS[method], mode="min")
 
 
 def members(method: str) -> list[dict]:
@@ -153,9 +156,49 @@ def test_small_nets_group_by_batch_size_and_larger_ones_by_shape():
         "of different hidden_layers and hidden_units to one shape)")
 
 
-@pytest.mark.parametrize("module", [fd, ivn])
-def test_fast_dropout_cohorts_keep_one_shape(module):
-    """FD's and IVN's stacked nets get their gradient from autograd over elementwise moment rules,
-    whose cost grows with the padded units: padding did not pay for them (README, Cohorts)."""
-    assert module.COHORT_KEYS == ("hidden_layers", "hidden_units", "batch_size")
-    assert not hasattr(module, "cohort_group")
+@pytest.mark.parametrize("module", [mlp, mdn, fd, ivn])
+def test_every_feed_forward_method_pads_its_small_nets(module):
+    assert module.COHORT_PADDED == padded_networks.PADDED_KEYS == ("hidden_layers", "hidden_units")
+    assert module.COHORT_KEYS == (("batch_size", "components") if module is mdn else ("batch_size",))
+
+
+def test_padded_units_are_those_beyond_a_members_width_or_depth():
+    masks = padding.padded_units([1, 3, 2], [2, 4, 3], padded_depth=3, padded_width=4)
+    assert [m.squeeze(1).int().tolist() for m in masks] == [
+        [[0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 1]],
+        [[1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 1]],
+        [[1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]]]
+    assert padding.padded_units([2, 2], [5, 5], 2, 5) == [None, None]
+
+
+@pytest.mark.parametrize("beta_min", [None, 0.01])
+def test_a_padded_fast_dropout_member_computes_its_own_nets_moments_and_gradient(beta_min):
+    """Members of depths 1-3 and widths 4-6 (IVN: betas away from 1, its per-layer `rho` placed by
+    layer), one without any noise (its variances exactly 0: the rectifier's masked branch)."""
+    torch.manual_seed(0)
+    shapes = [(1, 4, "sigmoid", 0.1, 0.3, 0.0), (3, 6, "rectifier", 0.2, 0.1, 0.05), (2, 5, "rectifier", 0.0, 0.0, 0.0)]
+    module = fd if beta_min is None else ivn
+    configs = [module.Config(hidden_layers=d, hidden_units=w, transfer=t, p_drop_input=p_in, p_drop_hidden=p_hid,
+                             **({} if beta_min is None else dict(input_variance=iv, beta_min=beta_min)))
+               for d, w, t, p_in, p_hid, iv in shapes]
+    own = [module.build(config, 3, 2) for config in configs]
+    if beta_min is not None:
+        with torch.no_grad():
+            for k, net in enumerate(own):
+                net.rho.add_(torch.linspace(-0.5, 0.5, net.rho.numel()) * (k + 1))
+    padded = padded_networks.pad(configs, own, module.build, 3, 2, StackedFastDropoutNet.PER_LAYER)
+    model = StackedFastDropoutNet(padded.networks, depths=padded.depths, widths=padded.widths)
+    x, y = torch.randn(3, 7, 3), torch.randn(3, 7, 4)
+    out, state = model.forward_train(x)
+    grads = model.views(torch.empty_like(model.storage))
+    model.backward(state, 2 * (out - y), grads)
+    assert torch.equal(model(x), out)  # evaluation computes the same numbers
+    for k, net in enumerate(own):
+        value = torch.cat(net(x[k]), dim=-1)
+        ((value - y[k]) ** 2).sum().backward()
+        torch.testing.assert_close(out[k], value.detach(), rtol=1e-6, atol=1e-7)
+        mine = dict(zip(padded.names[k], padding.extract([g[k] for g in grads], padded.placements[k])))
+        assert list(mine) == [name for name, _ in net.named_parameters()]
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(mine[name], p.grad, rtol=1e-5, atol=1e-6, msg=f"member {k}, {name}")
+    assert torch.equal(out[2, :, 2:], torch.zeros(7, 2))  # no noise anywhere: V[y] = 0 exactly, as solo

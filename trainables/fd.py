@@ -8,13 +8,16 @@ Table 7 (43486.7 on toy). A floor of 1e-6 on V[y] keeps the NLL finite where no 
 reaches the output (all rates 0; `trainables.kit.fast_dropout.predictive`).
 
 Cohorts (`train_cohort`, `trainables.kit.fast_dropout`): trials of one random search that agree on
-`COHORT_KEYS` (layers and units fix every weight's shape, the minibatch size every minibatch's)
-train as one stacked fast-dropout net (`trainables.nn.stacked_fdnet`); they may differ in the seed,
-the transfer function, both dropout rates and rmsprop's step rate, decay and momentum. The
+`COHORT_KEYS` (the minibatch size, which fixes every minibatch's shape) train as one stacked
+fast-dropout net (`trainables.nn.stacked_fdnet`); they may differ in the seed, the transfer
+function, both dropout rates and rmsprop's step rate, decay and momentum, and, where their nets are
+small (`trainables.kit.padded_networks`: `cohort_group`, `COHORT_PADDED`), in depth and width,
+each padded to the cohort's largest. The
 transfer is not a cohort key: its moment rules are elementwise, so a mixed cohort computes both
-and picks each member's, which costs less than splitting the cohort in two (the stacked net's
+and picks each member's, which costs no more than splitting the cohort in two (the stacked net's
 docstring). Each member reports what its solo `train` reports, up to the float rounding of batched
-matmuls: within 1e-5 relative after 20 epochs on the toy set (tests/test_cohort_fd.py).
+matmuls and of the written-out gradient: within 1e-5 relative after 20 epochs on the toy set
+(tests/test_cohort_fd.py, tests/test_cohort_padded.py).
 """
 
 from __future__ import annotations
@@ -25,19 +28,23 @@ import torch
 import torch.nn.functional as F
 
 from seqrep.method import Session
-from trainables.kit import fast_dropout, regression_fit
+from trainables.kit import fast_dropout, padded_networks, regression_fit
 from trainables.kit.fast_dropout import FastDropoutConfig, predictive
 from trainables.nn.fdnet import FastDropoutNet
 from trainables.nn.feedforward import rmsprop
 from trainables.nn.gaussian import gaussian_nll
 
-COHORT_KEYS = ("hidden_layers", "hidden_units", "batch_size")
+COHORT_KEYS = ("batch_size",)  # what the members of a cohort share
+COHORT_PADDED = padded_networks.PADDED_KEYS  # what they may differ in: small nets are padded to one shape
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(FastDropoutConfig):
     """The shared regression fields and fast dropout's rates (`trainables.kit.fast_dropout`)."""
 
+
+
+cohort_group = padded_networks.cohort_group(COHORT_KEYS, Config)  # the engine's grouping into cohorts
 
 def build(config: Config, n_inputs: int, n_outputs: int) -> FastDropoutNet:
     """The network `train` trains (and each `train_cohort` member, right after its seed is set)."""

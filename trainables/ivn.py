@@ -10,11 +10,12 @@ the input's variance are hyper-parameters of the random search (Section 2.6.3). 
 V[y] guards the loss where no noise reaches the output (all rates and the input variance 0).
 
 Cohorts (`train_cohort`, `trainables.kit.fast_dropout`): as FD's (`trainables.fd`, the same
-`COHORT_KEYS`: layers, units, minibatch size), and each member also keeps its input variance and
+`COHORT_KEYS`, the minibatch size, and small nets padded), and each member also keeps its input variance and
 beta_min (tensors with one entry per member in the stacked net, `trainables.nn.stacked_fdnet`,
 whose betas are each member's rows of the stacked `rho`). Each member reports what its solo
-`train` reports, up to the float rounding of batched matmuls: within 1e-5 relative after 20
-epochs on the toy set (tests/test_cohort_fd.py).
+`train` reports, up to the float rounding of batched matmuls and of the written-out gradient:
+within 1e-5 relative after 20 epochs on the toy set (tests/test_cohort_fd.py,
+tests/test_cohort_padded.py).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import dataclasses
 import torch
 
 from seqrep.method import Session
-from trainables.kit import fast_dropout, regression_fit
+from trainables.kit import fast_dropout, padded_networks, regression_fit
 from trainables.kit.fast_dropout import FastDropoutConfig, predictive
 from trainables.nn.fdnet import FastDropoutNet
 from trainables.nn.feedforward import rmsprop
 from trainables.nn.gaussian import gaussian_nll
 
-COHORT_KEYS = ("hidden_layers", "hidden_units", "batch_size")
+COHORT_KEYS = ("batch_size",)  # what the members of a cohort share
+COHORT_PADDED = padded_networks.PADDED_KEYS  # what they may differ in: small nets are padded to one shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Config(FastDropoutConfig):
         self.check([("input_variance", "input_variance >= 0", self.input_variance >= 0),
                     ("beta_min", "beta_min >= 0", self.beta_min >= 0)])
 
+
+
+cohort_group = padded_networks.cohort_group(COHORT_KEYS, Config)  # the engine's grouping into cohorts
 
 def build(config: Config, n_inputs: int, n_outputs: int) -> FastDropoutNet:
     """The network `train` trains (and each `train_cohort` member, right after its seed is set)."""

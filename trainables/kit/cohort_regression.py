@@ -1,7 +1,7 @@
 """The cohort trainer of the feed-forward regression methods NN, DN/MDN, FD and IVN (Table 7).
 
 `train_regression_cohort(configs, sessions, ...)` trains K trials whose networks share every
-tensor shape (NN's and DN's: or are padded to one, `trainables.kit.padded_networks`, the model file
+tensor shape (or are padded to one, `trainables.kit.padded_networks`, the model file
 still the member's own net) as one stacked network and gives each member's session what
 `trainables.kit.regression_fit.fit_regression` gives a solo trial's: per epoch the report
 (`train_loss` and the `valid_*` metrics) with a checkpoint, then one `finish` with the final
@@ -83,7 +83,7 @@ class StackedModel(Protocol):
     def load_member(self, k: int, row: torch.Tensor) -> None: ...
 
 
-# the members' networks, of one shape (and, for NN's and DN's padded to it, each member's own
+# the members' networks, of one shape (and, for members padded to it, each member's own
 # number of hidden layers) -> the stacked one
 Stack = Callable[..., StackedModel]
 
@@ -113,8 +113,9 @@ def mlp_body(module: nn.Module) -> MLP:
 
 
 def stack_mlps(networks: list[nn.Module], device: torch.device,
-               depths: Sequence[int] | None = None) -> StackedMLP:
-    """NN's and DN's networks (all their parameters in one MLP) as one `StackedMLP`."""
+               depths: Sequence[int] | None = None, widths: Sequence[int] | None = None) -> StackedMLP:
+    """NN's and DN's networks (all their parameters in one MLP) as one `StackedMLP` (whose padded
+    units need no care, so `widths` goes unused)."""
     return StackedMLP([mlp_body(network) for network in networks], device, depths)
 
 
@@ -134,12 +135,13 @@ class StackedRegression:
         self.names = [name for name, _ in networks[0].named_parameters()]
         configs = [member.config for member in members]
         # members of different depths or widths: each padded to the largest (`trainables.kit.padded_networks`)
-        self.padded = pad(configs, networks, build, n_in, n_out)
+        # (a stack names the parameters with one entry per layer, which pad by layer: IVN's `rho`)
+        self.padded = pad(configs, networks, build, n_in, n_out, getattr(stack, "PER_LAYER", ()))
         real = None
         if self.padded is None:
             self.model = stack(networks, self.device)
-        else:  # only NN's and DN's networks differ in shape within a cohort (their COHORT_KEYS)
-            self.model = stack(self.padded.networks, self.device, self.padded.depths)
+        else:
+            self.model = stack(self.padded.networks, self.device, self.padded.depths, self.padded.widths)
             real = self.padded.real.to(self.device)
         self.optimizer = StackedRmsProp(self.model, [c.step_rate for c in configs],
                                         [c.decay for c in configs], [c.momentum for c in configs], real=real)

@@ -18,8 +18,8 @@ the masks) and leaves the others alone. The sums of the padded matrix products t
 member's own only in the order a kernel adds the same nonzero terms (float rounding).
 
 `placements` says where each of a member's parameters goes in the padded net (the first entries of
-each axis of its layer); `place` copies them there and `extract` reads them back (the member's
-model file holds its own net's shapes).
+each axis of its layer; `per_layer` for a parameter with one entry per layer); `place` copies them
+there and `extract` reads them back (the member's model file holds its own net's shapes).
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ def placements(shapes: Sequence[torch.Size], depth: int, padded_depth: int) -> l
     return [Placement(2 * targets[j // 2] + j % 2, tuple(slice(0, n) for n in shape)) for j, shape in enumerate(shapes)]
 
 
+def per_layer(target: int, depth: int, padded_depth: int) -> Placement:
+    """The placement of a parameter with one entry per affine layer (IVN's beta parameters), padded
+    parameter `target`: its entries go to their layers' places (`layer_targets`)."""
+    return Placement(target, (layer_targets(depth, padded_depth),))
+
+
 @torch.no_grad()
 def place(params: Sequence[Tensor], padded: Sequence[Tensor], where: Sequence[Placement]) -> list[Tensor]:
     """Overwrite `padded` with zeros and the member's `params` at their placements; the masks of
@@ -86,3 +92,15 @@ def passing(depths: Sequence[int], padded_depth: int, device: torch.device | str
             else torch.tensor([d <= layer for d in depths], device=device).view(-1, 1, 1)
             for layer in range(padded_depth)]
 
+
+def padded_units(depths: Sequence[int], widths: Sequence[int], padded_depth: int, padded_width: int,
+                 device: torch.device | str | None = None) -> list[Tensor | None]:
+    """Per hidden layer l of the padded net, (K, 1, padded_width) True at the units that are not
+    member k's own (beyond its width, or the whole layer beyond its depth); None where there are none."""
+    units = torch.arange(padded_width, device=device)
+    out = []
+    for layer in range(padded_depth):
+        own = torch.tensor([w if layer < d else 0 for d, w in zip(depths, widths)], device=device)
+        mask = (units >= own.view(-1, 1)).view(len(depths), 1, padded_width)
+        out.append(mask if bool(mask.any()) else None)
+    return out
