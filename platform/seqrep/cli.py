@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each study with seeds SEED .. SEED+R-1 and show mean ± std (default 1)")
     p.add_argument("--studies-at-once", type=_flag("--studies-at-once"), default=0,
                    help="run up to N of the table's studies at the same time, their trials sharing the "
-                        "cluster's slots (default 0: all; 1: one after another)")
+                        "cluster's slots (default 0: all, each started once those before it train; "
+                        "1: one after another)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="an HTML and a Markdown page for a study folder or a rebuilt table")

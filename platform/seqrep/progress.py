@@ -131,6 +131,12 @@ class View:
                 self.training_s += self.clock() - self._busy_since
                 self._busy_since = None
 
+    def training(self, name: str) -> bool:
+        """Whether study `name` has started in the view and one of its trials has run."""
+        with self._lock:
+            study = self.running.get(name)
+            return study is not None and study.training
+
     def _study(self, name: str | None) -> _Study | None:
         if name is not None:
             return self.running.get(name)

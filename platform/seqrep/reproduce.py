@@ -126,7 +126,7 @@ def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) ->
     of them at the same time (0: all), one after another when 1; `after(plan)` once a study has
     finished, in a thread of its own while the others go on (one call at a time, all done when
     this returns)."""
-    from seqrep import tune_threads
+    from seqrep import cluster, tune_threads
 
     to_run = []
     for p in plans:
@@ -148,7 +148,11 @@ def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) ->
         view = progress.View(len(to_run), [runs(p) * p.max_epochs for p in to_run])
         with progress.showing(view) if not verbose and to_run else contextlib.nullcontext():
             if at_once != 1 and len(to_run) > 1 and tune_threads.enable():
-                _run_at_once(to_run, at_once or len(to_run), then)
+                o = to_run[0].options
+                turns = (_Turns([p.name for p in to_run], progress.active(),
+                                cluster.slots(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent))
+                         if at_once == 0 else None)
+                _run_at_once(to_run, at_once or len(to_run), then, turns)
             else:
                 _run_in_turn(to_run, then)
 
@@ -185,9 +189,45 @@ def _run_in_turn(plans: list[StudyPlan], after=None) -> None:
             after(p)
 
 
-def _run_at_once(plans: list[StudyPlan], at_once: int, after=None) -> None:
+class _Turns:
+    """When `_run_at_once` starts each of a table's studies if all may run at once: in plan order,
+    the first as many as the cluster has trial slots at once, each later one once every running
+    study has had a trial running (as the progress view last heard from Ray Tune). So at most one
+    study waits for a slot beyond those that hold one, set up already (its Tuner, its MLflow
+    parent), and takes the next slot freed; the table ends with its last studies rather than with
+    whichever trial Ray happened to start last. With every study asking for slots at once Ray
+    handed them out in an order of its own: Table 7 on the toy set (2 cores, 2026-12-03) took
+    139.9-146.3 s (three runs) against 131.3-133.9 s started in turn (131.8 and 133.4 s with this
+    rule; Table 10 on UCR CBF, whose studies are seconds long, 22.0 and 23.8 s against 21.8-24.6 s
+    all at once; waiting until a study had all its trials started cost Table 10 3 s)."""
+
+    def __init__(self, names: list[str], view: progress.View | None, slots: int):
+        self.order, self.view, self.slots = list(names), view, slots
+        self.released: list[str] = []
+        self.ended: set[str] = set()
+        self.lock = threading.Lock()
+
+    def wait(self, name: str, stop: threading.Event) -> bool:
+        """Block until study `name` may start (True), or `stop` is set (False)."""
+        while not stop.is_set():
+            with self.lock:
+                head = self.order[len(self.released)]
+                going = [n for n in self.released if n not in self.ended]
+                if head == name and (self.view is None or len(going) < self.slots
+                                     or all(self.view.training(n) for n in going)):
+                    self.released.append(name)
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def end(self, name: str) -> None:
+        with self.lock:
+            self.ended.add(name)
+
+
+def _run_at_once(plans: list[StudyPlan], at_once: int, after=None, turns: _Turns | None = None) -> None:
     """Run the studies in `at_once` threads (each a Ray Tune run of its own, on one Ray cluster),
-    starting them in plan order. Ray places every study's trials on the free slots, so no slot
+    starting them in plan order (with `turns`, each when `_Turns` says). Ray places every study's trials on the free slots, so no slot
     idles at a study's end while another study has trials waiting, and the studies' start-up and
     closing overlap. A study that fails does not stop the others; the first failure (in plan
     order) is raised once all have ended. Ctrl+C stops every running study resumably and starts
@@ -209,6 +249,8 @@ def _run_at_once(plans: list[StudyPlan], at_once: int, after=None) -> None:
                 p = waiting.get_nowait()
             except queue.Empty:
                 return
+            if turns is not None and not turns.wait(p.name, INTERRUPTED):
+                return
             # one write of line and newline: print's two writes interleave across the study threads
             print(f"seqrep: running study {p.name} ({p.trials} trials, {p.max_epochs} epochs)\n", end="", flush=True)
             try:
@@ -218,6 +260,9 @@ def _run_at_once(plans: list[StudyPlan], at_once: int, after=None) -> None:
                 if not isinstance(err, KeyboardInterrupt):
                     print(f"seqrep: study {p.name} failed: {err}", file=sys.stderr, flush=True)
                 continue
+            finally:
+                if turns is not None:
+                    turns.end(p.name)
             if after is not None:
                 after(p)
 
