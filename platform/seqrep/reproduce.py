@@ -123,7 +123,7 @@ class _EarlySections:
 
 def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) -> None:
     """Run every study that cannot be reused, under one progress view of them all: up to `at_once`
-    of them at the same time (0: all), one after another when 1; `after(plan)` once a study has
+    of them at the same time (0: all, started in turn as `_Turns` says), one after another when 1; `after(plan)` once a study has
     finished, in a thread of its own while the others go on (one call at a time, all done when
     this returns)."""
     from seqrep import cluster, tune_threads
@@ -314,7 +314,8 @@ def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out
 
     `splits`: for spaces with a grid over UCI splits (Table 8), run splits 0 .. splits-1.
     `repeats`: run each study with seeds seed .. seed + repeats - 1; the table shows mean ± std.
-    `at_once`: how many of the studies run at the same time (0: all; 1: one after another)."""
+    `at_once`: how many of the studies run at the same time (0: all, started in turn; 1: one
+    after another)."""
     options.validate()
     if flag_violation("--repeats", repeats):
         raise SeqrepError(f"--repeats {flag_violation('--repeats', repeats)}, got {repeats!r}")
