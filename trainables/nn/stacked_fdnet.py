@@ -165,9 +165,9 @@ class StackedFastDropoutNet:
                 out_mean, out_var, jacobian = self._transfer(out_mean, out_var, members, saved is not None)
             if betas is not None:
                 unscaled, out_var = out_var, betas[:, i].view(-1, 1, 1) * out_var
-            passes = self.passing[i] if i < self.layers - 1 else None
             if saved is not None:
-                saved.append(_Layer(mean, kept_mean, var_in, squared, jacobian, unscaled, passes))
+                saved.append(_Layer(mean, kept_mean, var_in, squared, jacobian, unscaled))
+            passes = self.passing[i] if i < self.layers - 1 else None
             if passes is not None:
                 passes = pick(passes)
                 out_mean, out_var = torch.where(passes, mean, out_mean), torch.where(passes, var, out_var)
@@ -199,10 +199,10 @@ class StackedFastDropoutNet:
         betas = None if self.beta_min is None else self.beta_min.unsqueeze(1) + F.softplus(p["rho"])
         for i in reversed(range(self.layers)):
             layer, weight = state[i], p[f"layers.{i}.weight"]
-            passed = None
-            if layer.passes is not None:  # a passing member's gradient skips the layer
-                passed = torch.where(layer.passes, grad_mean, 0.0), torch.where(layer.passes, grad_var, 0.0)
-                grad_mean, grad_var = torch.where(layer.passes, 0.0, grad_mean), torch.where(layer.passes, 0.0, grad_var)
+            passed, passes = None, self.passing[i] if i < self.layers - 1 else None
+            if passes is not None:  # a passing member's gradient skips the layer
+                passed = torch.where(passes, grad_mean, 0.0), torch.where(passes, grad_var, 0.0)
+                grad_mean, grad_var = torch.where(passes, 0.0, grad_mean), torch.where(passes, 0.0, grad_var)
             if betas is not None:  # var = beta_i * unscaled
                 g["rho"][:, i] = (grad_var * layer.unscaled).sum(dim=(1, 2))
                 grad_var = betas[:, i].view(-1, 1, 1) * grad_var
@@ -235,4 +235,3 @@ class _Layer:
     squared: Tensor  # W^2 (K, out, in)
     jacobian: moment_jacobians.Jacobian | None  # the transfer's (hidden layers)
     unscaled: Tensor | None  # IVN: the variance before the layer's beta
-    passes: Tensor | None  # (K, 1, 1): True for the members whose moments this layer passes through
