@@ -52,7 +52,7 @@ class RecordingSession(LocalSession):
         super().report(metrics, checkpoint)
         if checkpoint is not None:
             buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
+            torch.save(dict(checkpoint), buffer)  # as the sessions save it (a cohort's may be a `Deferred`)
             self.checkpoint_bytes[metrics["epoch"]] = buffer.tell()
             buffer.seek(0)
             self.checkpoints[metrics["epoch"]] = torch.load(buffer, weights_only=True)

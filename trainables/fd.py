@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from seqrep.method import Session
 from trainables.kit import fast_dropout, padded_networks, regression_fit
 from trainables.kit.fast_dropout import FastDropoutConfig, predictive
+from trainables.nn import loss_gradients
 from trainables.nn.fdnet import FastDropoutNet
 from trainables.nn.feedforward import rmsprop
 from trainables.nn.gaussian import gaussian_nll
@@ -78,4 +79,5 @@ def squared_error(y: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -
 
 def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
     """Train same-shape trials as one stacked network (module docstring); one session per member."""
-    fast_dropout.train_cohort(configs, sessions, build=build, objective=squared_error, title="FD")
+    fast_dropout.train_cohort(configs, sessions, build=build, objective=squared_error, title="FD",
+                              gradient=loss_gradients.moments_squared_error)

@@ -27,9 +27,10 @@ import torch
 from seqrep.method import Session
 from trainables.kit import fast_dropout, padded_networks, regression_fit
 from trainables.kit.fast_dropout import FastDropoutConfig, predictive
+from trainables.nn import loss_gradients
 from trainables.nn.fdnet import FastDropoutNet
 from trainables.nn.feedforward import rmsprop
-from trainables.nn.gaussian import gaussian_nll
+from trainables.nn.gaussian import VARIANCE_FLOOR, gaussian_nll
 
 COHORT_KEYS = ("batch_size",)  # what the members of a cohort share
 COHORT_PADDED = padded_networks.PADDED_KEYS  # what they may differ in: small nets are padded to one shape
@@ -85,4 +86,5 @@ def mean_nll(y: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> tor
 
 def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
     """Train same-shape trials as one stacked network (module docstring); one session per member."""
-    fast_dropout.train_cohort(configs, sessions, build=build, objective=mean_nll, title="IVN")
+    fast_dropout.train_cohort(configs, sessions, build=build, objective=mean_nll, title="IVN",
+                              gradient=lambda raw, y: loss_gradients.moments_gaussian_nll(raw, y, VARIANCE_FLOOR))

@@ -40,6 +40,7 @@ from seqrep.method import SeqrepError, Session
 from trainables.kit import padded_networks, regression_fit
 from trainables.kit.cohort_regression import Forward, Heads, train_regression_cohort
 from trainables.kit.regression_config import RegressionConfig
+from trainables.nn import loss_gradients
 from trainables.nn.feedforward import MLP, Transfer, rmsprop
 from trainables.nn.gaussian import VARIANCE_FLOOR, gaussian_nll  # the floor bounds every component's density
 
@@ -165,7 +166,8 @@ def cohort_heads(components: int, n_outputs: int) -> Heads:
         return nll.mean(dim=-1), mixture_moments(log_pi, mu, variance)[0], nll
 
     return Heads(loss=lambda raw, y: mixture_nll(y, *mixture_parameters(raw, components, n_outputs)).mean(dim=-1),
-                 score=score, predict=lambda forward, x: mixture_moments(*mixture(forward, x)))
+                 score=score, predict=lambda forward, x: mixture_moments(*mixture(forward, x)),
+                 gradient=lambda raw, y: loss_gradients.mixture_nll(raw, y, components, VARIANCE_FLOOR))
 
 
 def train_cohort(configs: list[Config], sessions: list[Session]) -> None:

@@ -36,6 +36,7 @@ from trainables.kit import padded_networks, regression_fit
 from trainables.kit.cohort_regression import Forward, Heads, train_regression_cohort
 from trainables.kit.regression_config import RegressionConfig
 from trainables.kit.regression_fit import Tensors
+from trainables.nn import loss_gradients
 from trainables.nn.feedforward import MLP, rmsprop
 from trainables.nn.gaussian import gaussian_nll
 
@@ -107,7 +108,7 @@ def cohort_heads(tensors: Tensors) -> Heads:
         mean, variance = predict(forward, x)
         return squared_error(mean, y), mean, gaussian_nll(y, mean, variance)
 
-    return Heads(loss=squared_error, score=score, predict=predict)
+    return Heads(loss=squared_error, score=score, predict=predict, gradient=loss_gradients.mean_squared_error)
 
 
 def train_cohort(configs: list[Config], sessions: list[Session]) -> None:

@@ -12,7 +12,10 @@ for one trial: it buffers every member's per-epoch metrics and sends them at mos
 with one checkpoint folder holding `m<k>/state.pt` (the latest state of every unfinished member),
 `m<k>/model.pt` and the method's files (plots) of every finished member, and `finished.json` (the
 finished members' final results). It sends only when every unfinished member has reported the same
-number of epochs, so the members' states in a checkpoint belong to one epoch. A restarted cohort
+number of epochs, so the members' states in a checkpoint belong to one epoch, and not while a member
+that reported its last epoch without a state (it diverged) has yet to finish. A state may be built
+only when the channel reads it (`trainables.kit.cohort.Deferred`), which it does within the
+report or finish call that sends it. A restarted cohort
 reads that folder back: finished members keep their result and are not trained again; the others
 `restore()` their own state.
 """
@@ -51,6 +54,7 @@ class CohortChannel:
         self.latest: list[dict[str, float]] = [{} for _ in range(size)]
         self.counts = [0] * size
         self.states: list[Mapping[str, Any] | None] = [None] * size
+        self.stale: set[int] = set()  # open members whose last report came without the state they had
         self.finals: dict[int, dict[str, Any]] = {}
         self.unsent: set[int] = set()
         self.kept = Path(tempfile.mkdtemp(prefix="seqrep-cohort-"))  # finished members' files
@@ -91,10 +95,16 @@ class CohortChannel:
         self.counts[k] += 1
         if checkpoint is not None:
             self.states[k] = checkpoint
+            self.stale.discard(k)
+        elif self.states[k] is not None:
+            # a member that checkpoints reports without a state only as it diverges, right before its
+            # `finish`: its older state must not go into a checkpoint beside the others' newer ones
+            self.states[k] = None
+            self.stale.add(k)
         value = metrics.get(self.metric)
         if is_finite(value) and (self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
             self.best = float(value)
-        if self._at_boundary() and time.monotonic() - self.last_flush >= self.interval:
+        if self._at_boundary() and not self.stale and time.monotonic() - self.last_flush >= self.interval:
             self.flush()
 
     def finish(self, k: int, metrics: Mapping[str, float], model: Mapping[str, Any] | None, status: str,
@@ -105,6 +115,7 @@ class CohortChannel:
         final.update(metrics)
         final[STATUS_KEY] = status
         self.finals[k], self.states[k] = final, None
+        self.stale.discard(k)
         self.unsent.add(k)
         folder = self.kept / member_folder(k)
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +123,8 @@ class CohortChannel:
         for path in Path(artifacts).iterdir():
             if path.is_file():
                 shutil.copy2(path, folder / path.name)
-        if not self._open() or (self._at_boundary() and time.monotonic() - self.last_flush >= self.interval):
+        if not self._open() or (self._at_boundary() and not self.stale
+                                and time.monotonic() - self.last_flush >= self.interval):
             self.flush()
 
     def _entries(self) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ divergence, the final metrics), all as `trainables.kit.training.fit` does them f
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from seqrep.method import MethodConfig, SeqrepError, Session, is_finite
 from trainables.kit.training import Progress, prefixed
@@ -63,6 +63,48 @@ class Stateful:
 
     def load_state_dict(self, state: Any) -> None:
         self._load(state)
+
+
+class Deferred(Mapping):
+    """A member's checkpoint, built only if its session reads it, and only during its epoch.
+
+    A cohort's sessions in a Ray trial (`seqrep.cohort_session`) persist a checkpoint at most once
+    per report interval, so building every member's every epoch (copies of its rows of the stacked
+    network and optimiser) would be mostly wasted: a tenth of an NN cohort's time on the toy set.
+    The session reads the checkpoint (as a `Mapping`) when it persists it, which a session does
+    within the report or finish calls of that epoch; `expire()`, called by the trainer before the
+    next training step, makes any later read an error rather than a checkpoint whose fields belong
+    to different epochs.
+    """
+
+    def __init__(self, build: Callable[[], Mapping[str, Any]]):
+        self._build: Callable[[], Mapping[str, Any]] | None = build
+        self._value: Mapping[str, Any] | None = None
+        self._expired = False
+
+    def _get(self) -> Mapping[str, Any]:
+        if self._value is None:
+            if self._expired:
+                raise RuntimeError("a cohort member's checkpoint was read after its epoch ended; a session must "
+                                   "read (persist or copy) a checkpoint before the next training step")
+            self._value, self._build = self._build(), None
+        return self._value
+
+    def expire(self) -> None:
+        """No first read from now on (one already made keeps its value)."""
+        self._expired = True
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __reduce__(self):  # saved (`torch.save`, pickle) as the dict it stands for
+        return dict, (dict(self._get()),)
 
 
 @dataclasses.dataclass

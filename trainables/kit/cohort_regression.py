@@ -48,7 +48,7 @@ from torch import nn
 
 from seqrep.method import RegressionData, SeqrepError, Session
 from trainables.kit import regression_fit
-from trainables.kit.cohort import Member, Stateful, check_sessions, restored_states
+from trainables.kit.cohort import Deferred, Member, Stateful, check_sessions, restored_states
 from trainables.kit.padded_networks import pad
 from trainables.kit.predictive_plot import plot_predictive
 from trainables.kit.regression_config import RegressionConfig
@@ -95,12 +95,15 @@ class Heads:
     `loss(raw, y)`: each member's minibatch objective (M,), from the network's output on its own
     minibatch (M, b, width) and targets y (M, b, d). `score(forward, x, y)`: (loss (M,),
     predictive mean (M, n, d), per-point NLL (M, n)) of a whole split, x (n, in) and y (n, d)
-    shared. `predict(forward, x)`: predictive mean and variance, (M, n, d) each.
+    shared. `predict(forward, x)`: predictive mean and variance, (M, n, d) each. `gradient(raw, y)`,
+    where the method has one: the loss and its gradient at `raw` in closed form, the same bits as
+    autograd's (`trainables.nn.loss_gradients`), which the trainer then need not ask for.
     """
 
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     score: Callable[[Forward, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     predict: Callable[[Forward, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    gradient: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def mlp_body(module: nn.Module) -> MLP:
@@ -164,9 +167,13 @@ class StackedRegression:
         total = torch.zeros(self.model.size, device=self.device)
         for x, y in zip(x_train[order].split(self.batch_size, dim=1), y_train[order].split(self.batch_size, dim=1)):
             raw, inputs = self.model.forward_train(x)
-            raw.requires_grad_(True)
-            loss = self.heads.loss(raw, y)  # (K,): members share no parameter, each gets its own loss's gradient
-            (grad,) = torch.autograd.grad(loss.sum(), raw)
+            # (K,): members share no parameter, each gets its own loss's gradient
+            if self.heads.gradient is not None:
+                loss, grad = self.heads.gradient(raw, y)
+            else:
+                raw.requires_grad_(True)
+                loss = self.heads.loss(raw, y)
+                (grad,) = torch.autograd.grad(loss.sum(), raw)
             self.model.backward(inputs, grad, self.grads)
             if self.clip is not None:
                 clip_member_grad_norms(self.grads, *self.clip)
@@ -209,12 +216,20 @@ class StackedRegression:
         model = dict(zip(self.names, params)) if self.padded is None else self.padded.state_dict(member.index, params)
         return {"model": model, "config": member.config.to_dict()}
 
-    def checkpoints(self, members: Sequence[Member], epoch: int) -> list[dict[str, Any]]:
-        """Each member's checkpoint (`Progress.checkpoint`, module docstring), each in its own storage."""
-        models = self.model.rows()
-        optimizers = self.optimizer.rows([m.index for m in members])
-        return [m.progress.checkpoint(epoch, Stateful(models[m.index]), Stateful(optimizer), self.generators[m.index])
-                for m, optimizer in zip(members, optimizers)]
+    def checkpoints(self, members: Sequence[Member], epoch: int) -> list[Deferred]:
+        """Each member's checkpoint (`Progress.checkpoint`, module docstring), each in its own
+        storage, built when its session first reads it (`Deferred`: all members' rows at once)."""
+        rows: dict[str, list[torch.Tensor]] = {}
+
+        def build(m: Member) -> dict[str, Any]:
+            if not rows:
+                rows["model"] = self.model.rows()
+                rows["optimizer"] = self.optimizer.rows([m.index for m in members])
+            j = next(j for j, other in enumerate(members) if other is m)
+            return m.progress.checkpoint(epoch, Stateful(rows["model"][m.index]), Stateful(rows["optimizer"][j]),
+                                         self.generators[m.index])
+
+        return [Deferred(lambda m=m: build(m)) for m in members]
 
     def restore(self, member: Member, state: Mapping[str, Any]) -> Progress:
         """Load member k's network, optimiser and generator from its checkpoint; its progress."""
@@ -255,9 +270,10 @@ def _finish(cohort: StackedRegression, members: Sequence[Member], status: str, t
         member.finish(test, cohort.model_file(member), status)
 
 
-def _epoch(cohort: StackedRegression, members: Sequence[Member], epoch: int, title: str) -> None:
+def _epoch(cohort: StackedRegression, members: Sequence[Member], epoch: int, title: str) -> list[Deferred]:
     """One epoch of every unfinished member: train, evaluate, keep the best, report; the members
-    that diverged are finished and frozen."""
+    that diverged are finished and frozen. Returns the checkpoints reported, to be expired before
+    the next epoch trains (`Deferred`)."""
     train_loss = cohort.train_epoch()
     params = cohort.optimizer.evaluation_point()
     valid = cohort.evaluate("valid", params)
@@ -273,13 +289,15 @@ def _epoch(cohort: StackedRegression, members: Sequence[Member], epoch: int, tit
         k = member.index
         outcome = member.record(epoch, train_loss[k], valid[k], lambda: best_state(k))
         (diverged if outcome == "diverged" else going).append(member)
-    for member, checkpoint in zip(going, cohort.checkpoints(going, epoch)):
+    checkpoints = cohort.checkpoints(going, epoch)
+    for member, checkpoint in zip(going, checkpoints):
         member.session.report(member.latest, checkpoint=checkpoint)
     for member in diverged:
         member.session.report(member.latest)
-    if diverged:
+    if diverged:  # (freezing leaves the going members' rows, which a flush in `finish` may read, as they are)
         cohort.optimizer.freeze([m.index for m in diverged])
         _finish(cohort, diverged, "diverged", title)
+    return checkpoints
 
 
 def train_regression_cohort(configs: Sequence[RegressionConfig], sessions: Sequence[Session], *,
@@ -303,9 +321,12 @@ def train_regression_cohort(configs: Sequence[RegressionConfig], sessions: Seque
         for member, state in zip(members, states):
             member.progress = cohort.restore(member, state)
         start = members[0].progress.start
+    reported: list[Deferred] = []
     for epoch in range(start, sessions[0].context.max_epochs + 1):
         active = [m for m in members if not m.finished]
         if not active:
             break
-        _epoch(cohort, active, epoch, title)
+        for checkpoint in reported:  # the last epoch's stay readable while the members finish
+            checkpoint.expire()
+        reported = _epoch(cohort, active, epoch, title)
     _finish(cohort, [m for m in members if not m.finished], "completed", title)

@@ -30,6 +30,8 @@ from trainables.nn.stacked_fdnet import StackedFastDropoutNet
 
 # (y, E[y], floored V[y]) -> each member's objective (M,), from (M, n, d) each
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (raw output [E[y] | V[y]], y) -> (each member's objective (M,), its gradient at the raw output)
+Gradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +59,10 @@ def output_moments(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var.clamp_min(VARIANCE_FLOOR)
 
 
-def cohort_heads(objective: Objective) -> Heads:
+def cohort_heads(objective: Objective, gradient: Gradient | None = None) -> Heads:
     """The loss (`objective`), predictive distribution and scores (loss, E[y], Gaussian NLL per
-    point) of a solo `train`, for a leading member axis."""
+    point) of a solo `train`, for a leading member axis; `gradient`: the objective's closed form
+    (`Heads.gradient`), if the method has one."""
 
     def predict(forward: Forward, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return output_moments(forward(x))
@@ -68,12 +71,15 @@ def cohort_heads(objective: Objective) -> Heads:
         mean, variance = predict(forward, x)
         return objective(y, mean, variance), mean, gaussian_nll(y, mean, variance)
 
-    return Heads(loss=lambda raw, y: objective(y, *output_moments(raw)), score=score, predict=predict)
+    return Heads(loss=lambda raw, y: objective(y, *output_moments(raw)), score=score, predict=predict,
+                 gradient=gradient)
 
 
 def train_cohort(configs: Sequence[FastDropoutConfig], sessions: Sequence[Session], *,
-                 build: Callable[[Any, int, int], nn.Module], objective: Objective, title: str) -> None:
+                 build: Callable[[Any, int, int], nn.Module], objective: Objective, title: str,
+                 gradient: Gradient | None = None) -> None:
     """Train same-shape FD (or IVN) trials as one stacked net (module docstring), member k
-    reporting through `sessions[k]`; `build` is the method's, `objective` its minibatch loss."""
-    train_regression_cohort(configs, sessions, build=build, heads=lambda tensors: cohort_heads(objective),
+    reporting through `sessions[k]`; `build` is the method's, `objective` its minibatch loss and
+    `gradient` that loss with its gradient at the raw output in closed form (`Heads.gradient`)."""
+    train_regression_cohort(configs, sessions, build=build, heads=lambda tensors: cohort_heads(objective, gradient),
                             title=title, stack=StackedFastDropoutNet)
