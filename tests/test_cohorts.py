@@ -122,3 +122,23 @@ def test_members_a_failed_cohort_left_unfinished_are_errored_with_its_error(tmp_
     assert [o.error for o in outcomes] == [None, "RuntimeError: out of memory", "RuntimeError: out of memory"]
     # an unfinished member's best so far: epoch 1 of its history
     assert outcomes[1].best_epoch == 1 and outcomes[1].metrics == {"valid_nll": 8.0}
+
+
+def test_a_config_alone_is_a_cohort_of_one_only_where_the_method_says_its_cohort_trainer_is_faster(tmp_path, monkeypatch):
+    """`COHORT_OF_ONE`: Table 7's FAWN-VB (one fixed config) trains as a cohort of one; NN's single
+    trial, whose method does not declare it, runs alone as without cohorts."""
+    from seqrep import cluster, launch, studies
+    from trainables import fawn_vb, mlp
+
+    monkeypatch.setattr(cluster, "slots", lambda cpus, gpus, max_concurrent: 2)
+    assert fawn_vb.COHORT_OF_ONE is True and not hasattr(mlp, "COHORT_OF_ONE")
+    options = studies.StudyOptions(storage=str(tmp_path / "s"), seed=0, trials=1)
+    fawn = studies.plan("table7-fawn-vb-toy", "toy", options)
+    fawn.directory.mkdir(parents=True)  # (`launch.run_study` opens the study folder first)
+    grouped = launch._cohorts(fawn, None)
+    assert grouped == [[searchers.draw(searchers.to_tune(fawn.space), 0, 1)[0]]]
+    assert grouped[0][0]["hidden_units"] == 100 and grouped[0][0]["batch_size"] == 50
+    assert cohorts.read(fawn.directory) == grouped
+    nn = studies.plan("table7-nn-toy", "toy", options)
+    nn.directory.mkdir(parents=True)
+    assert launch._cohorts(nn, None) is None and cohorts.read(nn.directory) is None

@@ -34,6 +34,7 @@ def train(config: Config, session: Session) -> None:
 
 
 COHORT_KEYS = fawn_cohort.COHORT_KEYS
+COHORT_OF_ONE = True  # its cohort trainer is faster even for one config (README, "Cohorts")
 
 
 def train_cohort(configs: list[Config], sessions: list[Session]) -> None:

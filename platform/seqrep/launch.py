@@ -97,7 +97,7 @@ def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[st
     grouping = cohorts.group(configs, keys, o.cohort_size, getattr(module, "cohort_group", None))
     indices = cohorts.spread(grouping, cluster.slots(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent))
     grouped = [[configs[i] for i in members] for members in indices]
-    if all(len(members) == 1 for members in grouped):
+    if all(len(members) == 1 for members in grouped) and not getattr(module, "COHORT_OF_ONE", False):
         return None  # no two configs share a shape: every trial runs alone, as without cohorts
     cohorts.write(p.directory, grouped, keys, o.cohort_size)
     line = cohorts.describe(grouped, keys, getattr(module, "COHORT_PADDED", ()))
