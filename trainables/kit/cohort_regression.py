@@ -44,6 +44,7 @@ FD and IVN pass `stack=trainables.nn.stacked_fdnet.StackedFastDropoutNet`. Eithe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -225,16 +226,17 @@ class StackedRegression:
         """Each member's checkpoint (`Progress.checkpoint`, module docstring), each in its own
         storage, built when its session first reads it (`Deferred`: all members' rows at once)."""
         rows: dict[str, list[torch.Tensor]] = {}
+        position = {m.index: j for j, m in enumerate(members)}  # a member's row of the optimiser's rows
 
-        def build(m: Member) -> dict[str, Any]:
+        def build(member: Member) -> dict[str, Any]:
             if not rows:
                 rows["model"] = self.model.rows()
                 rows["optimizer"] = self.optimizer.rows([m.index for m in members])
-            j = next(j for j, other in enumerate(members) if other is m)
-            return m.progress.checkpoint(epoch, Stateful(rows["model"][m.index]), Stateful(rows["optimizer"][j]),
-                                         self.generators[m.index])
+            k = member.index
+            return member.progress.checkpoint(epoch, Stateful(rows["model"][k]), Stateful(rows["optimizer"][position[k]]),
+                                              self.generators[k])
 
-        return [Deferred(lambda m=m: build(m)) for m in members]
+        return [Deferred(functools.partial(build, m)) for m in members]
 
     def restore(self, member: Member, state: Mapping[str, Any]) -> Progress:
         """Load member k's network, optimiser and generator from its checkpoint; its progress."""
