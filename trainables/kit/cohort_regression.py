@@ -64,6 +64,8 @@ from trainables.nn.feedforward import MLP, seeded_generator
 from trainables.nn.stacked import StackedMLP, StackedRmsProp, clip_member_grad_norms
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # x -> the members' raw network outputs (M, n, width)
+# (raw output (M, b, width), y) -> (each member's loss (M,), its gradient at the raw output)
+Gradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class StackedModel(Protocol):
@@ -109,7 +111,7 @@ class Heads:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     score: Callable[[Forward, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     predict: Callable[[Forward, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    gradient: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    gradient: Gradient | None = None
 
 
 def mlp_body(module: nn.Module) -> MLP:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from seqrep.method import Session
-from trainables.kit.cohort_regression import Forward, Heads, train_regression_cohort
+from trainables.kit.cohort_regression import Forward, Gradient, Heads, train_regression_cohort
 from trainables.kit.regression_config import RegressionConfig
 from trainables.nn.fdnet import FastDropoutNet
 from trainables.nn.gaussian import VARIANCE_FLOOR, gaussian_nll
@@ -30,8 +30,6 @@ from trainables.nn.stacked_fdnet import StackedFastDropoutNet
 
 # (y, E[y], floored V[y]) -> each member's objective (M,), from (M, n, d) each
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# (raw output [E[y] | V[y]], y) -> (each member's objective (M,), its gradient at the raw output)
-Gradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
