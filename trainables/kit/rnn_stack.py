@@ -25,7 +25,7 @@ from trainables.kit.sequence_models import climin_optimizer
 from trainables.kit.training import clone_state
 from trainables.nn.sequences import batches, pad, shift
 from trainables.nn.stacked_climin import StackedClimin
-from trainables.nn.stacked_recurrent import NAMES, Rates, StackedFDRNN
+from trainables.nn.stacked_recurrent import NAMES, Rates, StackedFDRNN, chunks
 
 Splits = dict[str, list[torch.Tensor]]
 Metrics = dict[str, float]
@@ -40,8 +40,11 @@ def evaluate_stacked(model: StackedFDRNN, params: list[torch.Tensor] | None, seq
     for start in range(0, len(order), batch_size):
         x, mask = pad([sequences[i] for i in order[start:start + batch_size]])
         x, mask = x.to(device), mask.to(device)
-        logits = model.forward_shared(shift(x), params)  # (K, T, B, D)
-        nll = frame_nll(logits, x.expand_as(logits), mask)  # (K, T, B)
+        mean, var = model.hidden_shared(shift(x), params)  # (K, T, B, H)
+        nll = mean.new_empty(mean.shape[:3])  # (K, T, B), from a few steps' logits at a time
+        for t0, t1 in chunks(x.shape[0], x.shape[1]):
+            logits = model.logits_shared(mean[:, t0:t1], None if var is None else var[:, t0:t1], params)
+            nll[:, t0:t1] = frame_nll(logits, x[t0:t1].expand_as(logits), mask[t0:t1])
         seq_total, seq_frames = nll.sum(1), mask.sum(0)
         for k, (total, ratios) in enumerate(zip(seq_total.sum(1).tolist(), (seq_total / seq_frames).tolist())):
             totals[k] += total
@@ -127,6 +130,7 @@ class Stacked:
     def test(self, states: list[dict], ids: list[int]) -> list[Metrics]:
         """Test metrics of members `ids` at the given states (their solo state dicts)."""
         net = StackedFDRNN(states, [self.rates[k] for k in ids], self.device)
+        net.eval_space = self.net.eval_space  # the validation's buffers, already in memory
         return evaluate_stacked(net, None, self.splits["test"], self.device)
 
     def model(self, k: int) -> _MemberModel:

@@ -264,8 +264,8 @@ class FDTanhRecurrence(torch.autograd.Function):
         grad_a_means, grad_a_vars = torch.empty_like(a_means), torch.empty_like(a_vars)
         grad_h_mean, grad_h_var = grad_means[-1], grad_variances[-1]
         for t in range(a_means.shape[0] - 1, -1, -1):
-            grad_a_mean, grad_a_var = vp.tanh_backward(a_means[t], a_vars[t], means[t], grad_h_mean, grad_h_var)
-            grad_a_means[t], grad_a_vars[t] = grad_a_mean, grad_a_var
+            grad_a_mean, grad_a_var = vp.tanh_backward_into(a_means[t], a_vars[t], means[t], grad_h_mean, grad_h_var,
+                                                            grad_a_means[t], grad_a_vars[t])
             if t == 0:
                 break
             grad_var_in = grad_a_var @ w_rec_sq  # gradient of keep h_var + keep (1 - keep) h_mean^2, (B, H)

@@ -17,7 +17,11 @@ alongside zero columns, which its numbers never meet). Its backward is
 sequences as the solo run sums it. The packed buffers stay allocated from one minibatch to the
 next (`Workspace`).
 
-Evaluation (`forward_shared`): every member reads the same minibatch; the whole net runs stacked.
+Evaluation (`hidden_shared`, `logits_shared`, or both as `forward_shared`): every member reads the
+same minibatch; the whole net runs stacked, its input and output layers a few steps (`EVAL_ROWS`
+rows) at a time into buffers kept between minibatches (`Workspace`): 16 members' whole-minibatch
+temporaries were tens of MB each, fresh pages on every minibatch, and made a cohort's evaluation no
+faster than its members' solo evaluations (the same numbers either way, bit for bit).
 
 The recurrence has two modes. FD: the mean and variance recurrence of Algorithm 2, with per-member
 keep probabilities as (K, 1, 1) columns. Plain: when no member drops inputs or hidden units, every
@@ -60,6 +64,15 @@ class Rates:
     def output_fd(self) -> bool:
         """Whether the output layer propagates the variance (else z = W_out E[h] + b_y)."""
         return self.fd_final_layer and not self.deterministic
+
+
+EVAL_ROWS = 256  # rows (steps x sequences) per chunk of the evaluation's input and output layers
+
+
+def chunks(steps: int, batch: int) -> list[tuple[int, int]]:
+    """Step ranges [t0, t1) of about EVAL_ROWS rows each (at least one step)."""
+    step = max(1, EVAL_ROWS // max(batch, 1))
+    return [(t0, min(t0 + step, steps)) for t0 in range(0, steps, step)]
 
 
 def column(values: list[float], like: Tensor) -> Tensor:
@@ -130,7 +143,7 @@ def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tupl
     (default: fresh)."""
     alloc = alloc or fresh
     size, steps, batch, hidden = in_mean.shape
-    w_t = w_rec.transpose(1, 2)
+    w_t = w_rec.transpose(1, 2).contiguous()  # bmm reads a transposed view a third slower, the same bits
     means = alloc("means", in_mean)  # written where read: steps past a member's end never are
     h_mean = in_mean.new_zeros(size, batch, hidden)
     if in_var is None:
@@ -140,16 +153,17 @@ def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tupl
             h_mean = means[:, t]
         return (means,)
     keep, keep_var = plan_keep
-    w_sq_t = w_rec.square().transpose(1, 2)
+    w_sq_t = w_rec.square().transpose(1, 2).contiguous()
     variances = alloc("variances", in_var)
     a_means, a_vars, var_ins = (alloc(name, in_mean) for name in ("a_means", "a_vars", "var_ins")) if save else (
         None, None, None)
     h_var = torch.zeros_like(h_mean)
     for t in range(steps):
         n = counts[t]
-        a_mean = torch.add(in_mean[:n, t], keep[:n] * torch.bmm(h_mean[:n], w_t[:n]),
+        # the operations of `FDTanhRecurrence.forward`, products scaled in place
+        a_mean = torch.add(in_mean[:n, t], torch.bmm(h_mean[:n], w_t[:n]).mul_(keep[:n]),
                            out=a_means[:n, t] if save else None)
-        var_in = torch.add(keep[:n] * h_var[:n], keep_var[:n] * h_mean[:n].square(),
+        var_in = torch.add(torch.mul(h_var[:n], keep[:n]), h_mean[:n].square().mul_(keep_var[:n]),
                            out=var_ins[:n, t] if save else None)
         a_var = torch.add(in_var[:n, t], torch.bmm(var_in, w_sq_t[:n]), out=a_vars[:n, t] if save else None)
         vp.tanh_into(a_mean, a_var, means[:n, t], variances[:n, t])  # `vp.tanh`'s numbers, written in place
@@ -186,13 +200,15 @@ def recur_backward(grad_means: Tensor, grad_vars: Tensor | None, saved: tuple[Te
     g_var = torch.zeros_like(g_mean)
     for t in range(means.shape[1] - 1, -1, -1):
         n = _start((g_mean, g_var), (grad_means, grad_vars), t, plan.counts)
-        grad_a_mean, grad_a_var = vp.tanh_backward(a_means[:n, t], a_vars[:n, t], means[:n, t], g_mean[:n], g_var[:n])
-        grad_a_means[:n, t], grad_a_vars[:n, t] = grad_a_mean, grad_a_var
+        grad_a_mean, grad_a_var = vp.tanh_backward_into(a_means[:n, t], a_vars[:n, t], means[:n, t], g_mean[:n],
+                                                        g_var[:n], grad_a_means[:n, t], grad_a_vars[:n, t])
         if t:
+            # g_mean = grad_means[t-1] + keep (grad_a_mean W) + keep_var2 grad_var_in E[h_{t-1}] and
+            # g_var = grad_vars[t-1] + keep grad_var_in, summed in that order, in place
             grad_var_in = torch.bmm(grad_a_var, w_sq[:n])
-            g_mean[:n] = (grad_means[:n, t - 1] + keep[:n] * torch.bmm(grad_a_mean, w_rec[:n])
-                          + keep_var2[:n] * grad_var_in * means[:n, t - 1])
-            g_var[:n] = grad_vars[:n, t - 1] + keep[:n] * grad_var_in
+            torch.add(grad_means[:n, t - 1], torch.bmm(grad_a_mean, w_rec[:n]).mul_(keep[:n]), out=g_mean[:n])
+            g_mean[:n].add_(torch.mul(grad_var_in, keep_var2[:n]).mul_(means[:n, t - 1]))
+            torch.add(grad_vars[:n, t - 1], grad_var_in.mul_(keep[:n]), out=g_var[:n])
     return grad_a_means, grad_a_vars
 
 
@@ -326,23 +342,46 @@ class StackedFDRNN:
     @torch.no_grad()
     def forward_shared(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
         """Every member reads x (T, B, n_in); returns the effective logits (K, T, B, n_out)."""
-        w_ih, w_hh, b_ih, b_hh, w_out, b_out = params or [p.detach() for p in self.params]
+        params = params or [p.detach() for p in self.params]
+        mean, var = self.hidden_shared(x, params)
+        return self.logits_shared(mean, var, params)
+
+    @torch.no_grad()
+    def hidden_shared(self, x: Tensor, params: list[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """Every member reads x (T, B, n_in); returns its hidden means and variances (None in the
+        plain mode), (K, T, B, H) each, in `eval_space` (valid until the next evaluation)."""
+        w_ih, w_hh, b_ih, b_hh = (params or [p.detach() for p in self.params])[:4]
         size, (steps, batch, n_in) = w_ih.shape[0], x.shape
-        rows = x.reshape(1, steps * batch, n_in)
+        shape = (size, steps, batch, w_hh.shape[-1])
+        like = x.new_empty(1, 1, 1, 1).expand(shape)
+        in_mean = self.eval_space.take("in_mean", like)
+        in_var = self.eval_space.take("in_var", like) if self.fd else None
         keep_in = [r.keep_input for r in self.rates]
-        in_mean = torch.baddbmm((b_ih + b_hh).unsqueeze(1), column(keep_in, x) * rows, w_ih.transpose(1, 2))
-        packed = lambda v: v.view(size, steps, batch, -1)  # noqa: E731
-        in_var = None
-        if self.fd:
-            var_rows = column([k * (1.0 - k) for k in keep_in], x) * rows.square()
-            in_var = packed(torch.bmm(var_rows, w_ih.square().transpose(1, 2)))
+        bias, w_t, keep = (b_ih + b_hh).unsqueeze(1), w_ih.transpose(1, 2), column(keep_in, x)
+        w_sq_t, noise = w_ih.square().transpose(1, 2), column([k * (1.0 - k) for k in keep_in], x)
+        # the input layer a few steps at a time, into the reused buffers: for 16 members the whole
+        # minibatch's (K, T*B, H) temporaries are tens of MB, fresh pages on every minibatch
+        for t0, t1 in chunks(steps, batch):
+            rows = x[t0:t1].reshape(1, -1, n_in)
+            in_mean[:, t0:t1] = torch.baddbmm(bias, keep * rows, w_t).view(size, t1 - t0, batch, -1)
+            if in_var is not None:
+                in_var[:, t0:t1] = torch.bmm(noise * rows.square(), w_sq_t).view(size, t1 - t0, batch, -1)
         keeps = [r.keep_hidden for r in self.rates]
-        hidden = recur(packed(in_mean), in_var, w_hh, (column(keeps, x), column([k * (1.0 - k) for k in keeps], x)),
+        hidden = recur(in_mean, in_var, w_hh, (column(keeps, x), column([k * (1.0 - k) for k in keeps], x)),
                        [size] * steps, alloc=self.eval_space.take)
-        hidden = hidden if self.fd else (hidden[0], None)
-        mean, var = (h if h is None else h.view(size, steps * batch, -1) for h in hidden)
-        logits = self._output_shared(mean, var, w_out, b_out)
-        return logits.view(size, steps, batch, -1)
+        return hidden if self.fd else (hidden[0], None)
+
+    @torch.no_grad()
+    def logits_shared(self, mean: Tensor, var: Tensor | None, params: list[Tensor] | None = None) -> Tensor:
+        """The effective logits (K, T, B, n_out) of hidden moments (K, T, B, H) (`hidden_shared`)."""
+        w_out, b_out = (params or [p.detach() for p in self.params])[4:]
+        size, steps, batch, hidden = mean.shape
+        rows = lambda v, t0, t1: v[:, t0:t1].reshape(size, -1, hidden)  # noqa: E731 (a view)
+        logits = mean.new_empty(size, steps, batch, w_out.shape[1])
+        for t0, t1 in chunks(steps, batch):
+            out = self._output_shared(rows(mean, t0, t1), None if var is None else rows(var, t0, t1), w_out, b_out)
+            logits[:, t0:t1] = out.view(size, t1 - t0, batch, -1)
+        return logits
 
     def _output_shared(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor) -> Tensor:
         """`_output` for all members at once: members without output FD get keep 1 and no variance."""
