@@ -354,6 +354,21 @@ def test_tanh_backward_is_the_gradient_of_tanh(scale):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_tanh_backward_into_writes_tanh_backward_bit_for_bit_into_strided_buffers():
+    g = torch.Generator().manual_seed(5)
+    mean, var = 2.0 * torch.randn(3, 16, 40, generator=g), torch.rand(3, 16, 40, generator=g)
+    var[:, :2] = 0.0
+    mean_y = vp.tanh(mean, var)[0]
+    grad_mean_y, grad_var_y = torch.randn(3, 16, 40, generator=g), torch.randn(3, 16, 40, generator=g)
+    buffers = torch.full((2, 3, 5, 16, 40), math.nan)  # (mean, var) x members x steps: step 2's slices
+    got = vp.tanh_backward_into(mean, var, mean_y, grad_mean_y, grad_var_y, buffers[0, :, 2], buffers[1, :, 2])
+    want = vp.tanh_backward(mean, var, mean_y, grad_mean_y, grad_var_y)
+    assert got[0].data_ptr() == buffers[0, :, 2].data_ptr() and got[1].data_ptr() == buffers[1, :, 2].data_ptr()
+    for a, b in zip(got, want):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert torch.isnan(buffers[:, :, [0, 1, 3, 4]]).all()  # nothing written outside the slices
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tanh_into_gives_tanh_bit_for_bit(dtype):
     g = torch.Generator().manual_seed(7)
