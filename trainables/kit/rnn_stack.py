@@ -25,7 +25,7 @@ from trainables.kit.sequence_models import climin_optimizer
 from trainables.kit.training import clone_state
 from trainables.nn.sequences import batches, pad, shift
 from trainables.nn.stacked_climin import StackedClimin
-from trainables.nn.stacked_recurrent import NAMES, Rates, StackedFDRNN, chunks
+from trainables.nn.stacked_recurrent import NAMES, Rates, StackedFDRNN
 
 Splits = dict[str, list[torch.Tensor]]
 Metrics = dict[str, float]
@@ -42,8 +42,7 @@ def evaluate_stacked(model: StackedFDRNN, params: list[torch.Tensor] | None, seq
         x, mask = x.to(device), mask.to(device)
         mean, var = model.hidden_shared(shift(x), params)  # (K, T, B, H)
         nll = mean.new_empty(mean.shape[:3])  # (K, T, B), from a few steps' logits at a time
-        for t0, t1 in chunks(x.shape[0], x.shape[1]):
-            logits = model.logits_shared(mean[:, t0:t1], None if var is None else var[:, t0:t1], params)
+        for t0, t1, logits in model.logit_chunks(mean, var, params):
             nll[:, t0:t1] = frame_nll(logits, x[t0:t1].expand_as(logits), mask[t0:t1])
         seq_total, seq_frames = nll.sum(1), mask.sum(0)
         for k, (total, ratios) in enumerate(zip(seq_total.sum(1).tolist(), (seq_total / seq_frames).tolist())):

@@ -17,7 +17,7 @@ alongside zero columns, which its numbers never meet). Its backward is
 sequences as the solo run sums it. The packed buffers stay allocated from one minibatch to the
 next (`Workspace`).
 
-Evaluation (`hidden_shared`, `logits_shared`, or both as `forward_shared`): every member reads the
+Evaluation (`hidden_shared`, then `logit_chunks`, or both as `forward_shared`): every member reads the
 same minibatch; the whole net runs stacked, its input and output layers a few steps (`EVAL_ROWS`
 rows) at a time into buffers kept between minibatches (`Workspace`): 16 members' whole-minibatch
 temporaries were tens of MB each, fresh pages on every minibatch, and made a cohort's evaluation no
@@ -344,7 +344,10 @@ class StackedFDRNN:
         """Every member reads x (T, B, n_in); returns the effective logits (K, T, B, n_out)."""
         params = params or [p.detach() for p in self.params]
         mean, var = self.hidden_shared(x, params)
-        return self.logits_shared(mean, var, params)
+        logits = mean.new_empty(*mean.shape[:3], params[4].shape[1])
+        for t0, t1, chunk in self.logit_chunks(mean, var, params):
+            logits[:, t0:t1] = chunk
+        return logits
 
     @torch.no_grad()
     def hidden_shared(self, x: Tensor, params: list[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
@@ -372,16 +375,15 @@ class StackedFDRNN:
         return hidden if self.fd else (hidden[0], None)
 
     @torch.no_grad()
-    def logits_shared(self, mean: Tensor, var: Tensor | None, params: list[Tensor] | None = None) -> Tensor:
-        """The effective logits (K, T, B, n_out) of hidden moments (K, T, B, H) (`hidden_shared`)."""
+    def logit_chunks(self, mean: Tensor, var: Tensor | None, params: list[Tensor] | None = None):
+        """The effective logits of hidden moments (K, T, B, H) (`hidden_shared`) a few steps at a time
+        (`chunks`): yields (t0, t1, logits of steps t0..t1-1, (K, t1 - t0, B, n_out))."""
         w_out, b_out = (params or [p.detach() for p in self.params])[4:]
         size, steps, batch, hidden = mean.shape
         rows = lambda v, t0, t1: v[:, t0:t1].reshape(size, -1, hidden)  # noqa: E731 (a view)
-        logits = mean.new_empty(size, steps, batch, w_out.shape[1])
         for t0, t1 in chunks(steps, batch):
             out = self._output_shared(rows(mean, t0, t1), None if var is None else rows(var, t0, t1), w_out, b_out)
-            logits[:, t0:t1] = out.view(size, t1 - t0, batch, -1)
-        return logits
+            yield t0, t1, out.view(size, t1 - t0, batch, -1)
 
     def _output_shared(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor) -> Tensor:
         """`_output` for all members at once: members without output FD get keep 1 and no variance."""
