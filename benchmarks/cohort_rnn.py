@@ -1,8 +1,9 @@
 """Cohort of the `rnn` method: K FD-RNN trials trained as one stacked model against the same K run one by one.
 
 K configurations drawn from table1-fd-rnn's space (dropout rates, fd_final_layer, rmsprop's step
-rate, momentum and decay, σ², σ²_in, ρ, ν) with the shape fixed at 200 tanh units and minibatches
-of 16 sequences, each trial with its own seed, on JSB Chorales (`$SEQREP_DATA` or the cache):
+rate, momentum and decay, σ², σ²_in, ρ, ν) with the shape fixed at `--hidden` tanh units (200) and
+minibatches of 16 sequences, each trial with its own seed, on JSB Chorales (`$SEQREP_DATA` or the
+cache):
 
 - sequential: the K trials through `seqrep.session.run_local("rnn", ...)`, one after another;
 - cohort: one `seqrep.session.run_local_cohort("rnn", ...)` over the same configs and seeds.
@@ -18,7 +19,9 @@ too), of wall time (synchronised) on a GPU. Last line:
 `cohort method=rnn K=<k> device=<cpu|cuda> ratio=<sequential/cohort>`, or
 `cohort method=rnn skipped: <reason>`.
 
-    python benchmarks/cohort_rnn.py [--k 16] [--device cpu] [--epochs 1] [--sequences N] [--repeats 3]
+    python benchmarks/cohort_rnn.py [--k 16] [--hidden 200] [--device cpu] [--epochs 1] [--sequences N] [--repeats 3]
+
+The speed issue's GPU case is `--device cuda --k 8 --hidden 600` (`benchmarks/gpu_check.sh`).
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ SPACE = {  # table1-fd-rnn's choices, hidden_units fixed
 FIXED = dict(cell="tanh", optimizer="rmsprop", b_h=0.0, b_y=-0.8, grad_norm=None, hidden_units=200, batch_size=16)
 
 
-def draw_configs(k: int, seed: int = 0) -> list[dict]:
+def draw_configs(k: int, seed: int = 0, hidden: int = 200) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [dict(FIXED, **{key: values[rng.integers(len(values))] for key, values in SPACE.items()}) for _ in range(k)]
+    return [dict(FIXED, hidden_units=hidden, **{key: values[rng.integers(len(values))] for key, values in SPACE.items()})
+            for _ in range(k)]
 
 
 def clock(device: str) -> float:
@@ -70,7 +74,7 @@ def once(configs: list[dict], contexts: list[TrialContext], device: str) -> tupl
 
 
 def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | None = None, repeats: int = 3,
-         data_dir: str | None = None) -> str:
+         data_dir: str | None = None, hidden: int = 200) -> str:
     """Run the comparison and return its summary line (module docstring)."""
     if device == "cuda" and not torch.cuda.is_available():
         return "cohort method=rnn skipped: no CUDA device"
@@ -83,7 +87,7 @@ def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | Non
         jsb = dataclasses.replace(jsb, train=jsb.train[:sequences])
     contexts = [TrialContext(dataset="jsb", data=jsb, max_epochs=epochs, seed=seed, metric="valid_nll", mode="min",
                              device=device) for seed in range(k)]
-    configs = draw_configs(k)
+    configs = draw_configs(k, hidden=hidden)
     small = SequenceData("jsb", jsb.train[:16], jsb.valid[:8], jsb.test[:8])
     once(configs[:2], [dataclasses.replace(c, data=small, max_epochs=1) for c in contexts[:2]], device)  # warm-up
     times = [once(configs, contexts, device) for _ in range(repeats)]
@@ -92,17 +96,18 @@ def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | Non
               f"wall: sequential {sequential_wall:.1f} s, cohort {cohort_wall:.1f} s")
     ratio = statistics.median(s / c for s, c, _, _ in times)
     wall_ratio = statistics.median(s / c for _, _, s, c in times)
-    print(f"wall-time ratio={wall_ratio:.2f}")
+    print(f"hidden_units={hidden} wall-time ratio={wall_ratio:.2f}")
     return f"cohort method=rnn K={k} device={device} ratio={ratio:.2f}"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=16, help="members (FD-RNN trials)")
+    parser.add_argument("--hidden", type=int, default=200, help="hidden units of every member")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--sequences", type=int, default=None, help="train on the first N sequences only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    print(main(args.k, args.device, args.epochs, args.sequences, args.repeats, args.data_dir))
+    print(main(args.k, args.device, args.epochs, args.sequences, args.repeats, args.data_dir, args.hidden))

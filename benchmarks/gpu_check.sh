@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The speed issue's GPU figures in one prepared run, for a machine with a CUDA GPU, torch and numpy
+# (neither Ray nor MLflow is needed, nor an installed seqrep: the sources are put on PYTHONPATH):
+#
+#   benchmarks/fd_rnn_step.py                                  FD-RNN / cuDNN nn.RNN, H=600 B=32 T=100 (goal <= 2)
+#   benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600   8 FD-RNN trials, cohort / one by one (goal >= 4)
+#
+# JSB Chorales comes from $SEQREP_DATA, else from `.device-data/` at the project root (git-ignored),
+# which then holds polyphonic/JSB_Chorales.pickle. Each benchmark's output is also written to
+# OUT_DIR (default $OUT, else /tmp). About 3 minutes on one H200.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="platform:.${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export SEQREP_DATA="${SEQREP_DATA:-.device-data}"
+out="${1:-${OUT:-/tmp}}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+status=0
+python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step.txt" || status=1
+python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --repeats 3 2>&1 | tee "$out/cohort_rnn.txt" || status=1
+exit $status
