@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OLD = "d84d0b7"  # the commit before the speed issue (README, "End to end")
+OLD = "d84d0b7"  # the commit before the speed issue (benchmarks/README.md)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
