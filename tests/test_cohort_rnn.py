@@ -13,9 +13,12 @@ The other cases run fewer epochs.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import math
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +30,7 @@ from seqrep.method import TrialContext
 from seqrep.session import LocalSession, run_local, run_local_cohort
 from trainables import rnn
 
+ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 20
 RTOL = 1e-5
 BASE = dict(hidden_units=16, batch_size=8)
@@ -181,3 +185,32 @@ def test_other_cohorts_equal_their_solo_runs(jsb, case):
         alone = run_local("rnn", config, context)
         assert_same_record(member, alone, rtol=0.0 if case == "lstm" else RTOL)  # lockstep: the solo numbers
         assert_same_layout(member.checkpoint, alone.checkpoint)
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("cohort_rnn_benchmark", ROOT / "benchmarks" / "cohort_rnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_draws_the_same_hyperparameters_at_every_width():
+    """`--hidden 600` (the GPU case) changes the width of every member and nothing else it draws."""
+    draw = _benchmark().draw_configs
+    narrow, wide = draw(8), draw(8, hidden=600)
+    assert [c["hidden_units"] for c in narrow] == [200] * 8 and [c["hidden_units"] for c in wide] == [600] * 8
+    assert [dict(c, hidden_units=0) for c in narrow] == [dict(c, hidden_units=0) for c in wide]
+    assert len({tuple(sorted(c.items())) for c in narrow}) == 8  # eight different configs
+
+
+def test_the_benchmark_returns_its_line(tmp_path):
+    main = _benchmark().main
+    assert main(2, "cpu", data_dir=str(tmp_path)).startswith(
+        "cohort method=rnn skipped: JSB Chorales not available (")
+    if not torch.cuda.is_available():
+        assert main(2, "cuda") == "cohort method=rnn skipped: no CUDA device"
+    root = os.environ.get("SEQREP_DATA")
+    if not root or datasets.missing_files("jsb", root):
+        pytest.skip("SEQREP_DATA does not hold JSB Chorales: the benchmark's own run is not tried")
+    line = main(2, "cpu", sequences=4, repeats=1, data_dir=root, hidden=8)
+    assert re.fullmatch(r"cohort method=rnn K=2 device=cpu ratio=\d+\.\d\d", line), line
