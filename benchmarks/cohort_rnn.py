@@ -90,10 +90,12 @@ def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | Non
     configs = draw_configs(k, hidden=hidden)
     small = SequenceData("jsb", jsb.train[:16], jsb.valid[:8], jsb.test[:8])
     once(configs[:2], [dataclasses.replace(c, data=small, max_epochs=1) for c in contexts[:2]], device)  # warm-up
-    times = [once(configs, contexts, device) for _ in range(repeats)]
-    for sequential, cohort, sequential_wall, cohort_wall in times:
+    times = []
+    for _ in range(repeats):  # each repeat's line as it ends
+        times.append(once(configs, contexts, device))
+        sequential, cohort, sequential_wall, cohort_wall = times[-1]
         print(f"sequential {sequential:.1f} s, cohort {cohort:.1f} s ({'cpu' if device == 'cpu' else 'wall'}); "
-              f"wall: sequential {sequential_wall:.1f} s, cohort {cohort_wall:.1f} s")
+              f"wall: sequential {sequential_wall:.1f} s, cohort {cohort_wall:.1f} s", flush=True)
     ratio = statistics.median(s / c for s, c, _, _ in times)
     wall_ratio = statistics.median(s / c for _, _, s, c in times)
     print(f"hidden_units={hidden} wall-time ratio={wall_ratio:.2f}")

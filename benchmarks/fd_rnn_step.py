@@ -6,7 +6,11 @@ The two nets alternate, `--repeats`
 pairs after `--warmup` pairs; the ratio is the median of the pairs' ratios, the times the medians.
 The CPU runs with `--threads` threads (default 1, as trials run).
 
-Last line: `ratio=<fd_rnn / rnn>` (the CPU ratio, or the GPU ratio when a GPU ran).
+On a GPU it also measures both nets with forward and backward captured as CUDA graphs
+(`torch.cuda.make_graphed_callables`: one replay instead of a kernel launch per operation, for a
+fixed input shape), against eager cuDNN and against graphed cuDNN; trials run eagerly.
+
+Last line: `ratio=<fd_rnn / rnn>` (the CPU ratio, or the eager GPU ratio when a GPU ran).
 Goal: <= 2.5 on the CPU with one thread (two recurrent products per step put the floor near 2),
 <= 2.0 against cuDNN on a GPU.
 
@@ -38,14 +42,20 @@ def step_time(model, x, device) -> float:
     return time.perf_counter() - start
 
 
-def compare(device, args) -> float:
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(args.steps, args.batch, 88, generator=g) < 0.1).float().to(device)
-    plain = FastDropoutRNN(88, args.hidden, 88, "tanh").to(device)
-    fd = FastDropoutRNN(88, args.hidden, 88, "tanh", p_drop_input=0.2, p_drop_hidden=0.3, p_drop_output=0.5).to(device)
+def nets(device, hidden: int) -> tuple[FastDropoutRNN, FastDropoutRNN]:
+    """The plain net (torch's nn.RNN inside) and the FD-RNN, initialised on the CPU (its generator), then moved."""
+    plain = FastDropoutRNN(88, hidden, 88, "tanh")
+    fd = FastDropoutRNN(88, hidden, 88, "tanh", p_drop_input=0.2, p_drop_hidden=0.3, p_drop_output=0.5)
     for m in (plain, fd):
         m.initialise(0.01, 0.01, 1.1, generator=torch.Generator().manual_seed(1))
-        m.to(device)
+    return plain.to(device), fd.to(device)
+
+
+def compare(device, args, plain=None, fd=None, label: str = "") -> float:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(args.steps, args.batch, 88, generator=g) < 0.1).float().to(device)
+    if plain is None:
+        plain, fd = nets(device, args.hidden)
     t_plain, t_fd = [], []
     for i in range(args.warmup + args.repeats):  # interleaved, so that other load on the machine hits both alike
         pair = (step_time(plain, x, device), step_time(fd, x, device))
@@ -54,9 +64,23 @@ def compare(device, args) -> float:
             t_fd.append(pair[1])
     ratio = statistics.median(f / p for f, p in zip(t_fd, t_plain))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"{device.type}: {name}: rnn_s={statistics.median(t_plain):.4f} fd_rnn_s={statistics.median(t_fd):.4f} "
+    print(f"{device.type}{label}: {name}: rnn_s={statistics.median(t_plain):.4f} fd_rnn_s={statistics.median(t_fd):.4f} "
           f"ratio={ratio:.3f}")
     return ratio
+
+
+def graphed(args) -> None:
+    """The GPU comparison with CUDA-graphed nets: FD graphed vs cuDNN eager, and both graphed."""
+    device = torch.device("cuda")
+    x = torch.zeros(args.steps, args.batch, 88, device=device)
+    plain = nets(device, args.hidden)[0]
+    try:
+        fd_graphed = torch.cuda.make_graphed_callables(nets(device, args.hidden)[1], (x,))
+        compare(device, args, plain, fd_graphed, " (FD-RNN cuda-graphed, nn.RNN eager)")
+        plain_graphed = torch.cuda.make_graphed_callables(nets(device, args.hidden)[0], (x,))
+        compare(device, args, plain_graphed, fd_graphed, " (both cuda-graphed)")
+    except Exception as err:  # a measurement beside the figure: say why it is missing, keep the figure
+        print(f"cuda-graphed: not measured: {type(err).__name__}: {err}")
 
 
 def main() -> None:
@@ -77,6 +101,7 @@ def main() -> None:
     ratio = compare(torch.device("cpu"), args)
     if torch.cuda.is_available():
         ratio = compare(torch.device("cuda"), args)
+        graphed(args)
     print(f"ratio={ratio:.3f}")
 
 

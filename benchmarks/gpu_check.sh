@@ -7,7 +7,8 @@
 #
 # JSB Chorales comes from $SEQREP_DATA, else from `.device-data/` at the project root (git-ignored),
 # which then holds polyphonic/JSB_Chorales.pickle. Each benchmark's output is also written to
-# OUT_DIR (default $OUT, else /tmp). About 3 minutes on one H200.
+# OUT_DIR (default $OUT, else /tmp); each benchmark is cut off after 3 and 5 minutes, so that a hang
+# cannot take the other's figure. About 3 minutes on one H200 (estimated: not yet run there).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 set -uo pipefail
@@ -19,6 +20,6 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 status=0
-python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step.txt" || status=1
-python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --repeats 3 2>&1 | tee "$out/cohort_rnn.txt" || status=1
+timeout 180 python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step.txt" || status=1
+timeout 300 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --repeats 3 2>&1 | tee "$out/cohort_rnn.txt" || status=1
 exit $status
