@@ -2,13 +2,15 @@
 # The speed issue's GPU figures in one prepared run, for a machine with a CUDA GPU, torch and numpy
 # (neither Ray nor MLflow is needed, nor an installed seqrep: the sources are put on PYTHONPATH):
 #
+#   benchmarks/fused_agreement.py                              the fused recurrence against the eager one
 #   benchmarks/fd_rnn_step.py                                  FD-RNN / cuDNN nn.RNN, H=600 B=32 T=100 (goal <= 2)
-#   benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600   8 FD-RNN trials, cohort / one by one (goal >= 4)
+#   benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600   8 FD-RNN trials, cohort / one by one (goal >= 4),
+#                                                              one epoch (3 repeats) and five epochs (once)
 #
 # JSB Chorales comes from $SEQREP_DATA, else from `.device-data/` at the project root (git-ignored),
 # which then holds polyphonic/JSB_Chorales.pickle. Each benchmark's output is also written to
-# OUT_DIR (default $OUT, else /tmp); each benchmark is cut off after 3 and 5 minutes, so that a hang
-# cannot take the other's figure. About 3 minutes on one H200 (estimated: not yet run there).
+# OUT_DIR (default $OUT, else /tmp); each benchmark is cut off (100, 120, 200, 150 s), so that a hang
+# cannot take the other's figure. About 2 1/2 minutes on one H200.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 set -uo pipefail
@@ -20,6 +22,8 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 status=0
-timeout 180 python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step.txt" || status=1
-timeout 300 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --repeats 3 2>&1 | tee "$out/cohort_rnn.txt" || status=1
+timeout 100 python3 benchmarks/fused_agreement.py 2>&1 | tee "$out/fused_agreement.txt" || status=1
+timeout 120 python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step.txt" || status=1
+timeout 200 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --repeats 3 2>&1 | tee "$out/cohort_rnn.txt" || status=1
+timeout 150 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --epochs 5 --repeats 1 2>&1 | tee "$out/cohort_rnn_5.txt" || status=1
 exit $status

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.nn import lstm_cells
+from trainables.nn import fused_tanh, lstm_cells
 from trainables.nn import variance as vp
 from trainables.nn.initialise import set_spectral_radius, sparsify_columns
 
@@ -240,6 +240,11 @@ class FDTanhRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float) -> tuple[Tensor, Tensor]:
+        ctx.keep = keep
+        if fused_tanh.enabled(in_mean):  # a GPU: one fused kernel per step (`fused_tanh`)
+            a_means, a_vars, means, variances, var_ins = fused_tanh.solo_forward(in_mean, in_var, w_rec, keep)
+            ctx.save_for_backward(a_means, a_vars, means, var_ins, w_rec)
+            return means, variances
         w_rec_sq = w_rec.square()
         a_means, a_vars = torch.empty_like(in_mean), torch.empty_like(in_var)  # (T, B, H) each
         means, variances = torch.empty_like(in_mean), torch.empty_like(in_var)
@@ -252,7 +257,6 @@ class FDTanhRecurrence(torch.autograd.Function):
             var_in = torch.add(torch.mul(h_var, keep), h_mean.square().mul_(noise), out=var_ins[t])
             a_var = torch.add(in_var[t], var_in @ w_rec_sq.T, out=a_vars[t])
             h_mean, h_var = vp.tanh_into(a_mean, a_var, means[t], variances[t])
-        ctx.keep = keep
         ctx.save_for_backward(a_means, a_vars, means, var_ins, w_rec)
         return means, variances
 
@@ -260,6 +264,10 @@ class FDTanhRecurrence(torch.autograd.Function):
     def backward(ctx, grad_means: Tensor, grad_variances: Tensor):
         a_means, a_vars, means, var_ins, w_rec = ctx.saved_tensors
         keep = ctx.keep
+        if fused_tanh.enabled(a_means):
+            grad_a_means, grad_a_vars = fused_tanh.solo_backward(grad_means, grad_variances, a_means, a_vars, means,
+                                                                 w_rec, keep)
+            return grad_a_means, grad_a_vars, _grad_w(grad_a_means, grad_a_vars, means, var_ins, w_rec, keep), None
         w_rec_sq = w_rec.square()
         grad_a_means, grad_a_vars = torch.empty_like(a_means), torch.empty_like(a_vars)
         grad_h_mean, grad_h_var = grad_means[-1], grad_variances[-1]
@@ -272,11 +280,16 @@ class FDTanhRecurrence(torch.autograd.Function):
             grad_h_mean = (grad_means[t - 1] + keep * (grad_a_mean @ w_rec)
                            + (2.0 * keep * (1.0 - keep)) * grad_var_in * means[t - 1])
             grad_h_var = grad_variances[t - 1] + keep * grad_var_in
-        hidden = w_rec.shape[0]
-        # steps t = 1..T-1, (T-1)*B rows each; h_0 = 0 adds nothing
-        grad_w = keep * (grad_a_means[1:].reshape(-1, hidden).T @ means[:-1].reshape(-1, hidden))
-        grad_w += 2.0 * w_rec * (grad_a_vars[1:].reshape(-1, hidden).T @ var_ins[1:].reshape(-1, hidden))
-        return grad_a_means, grad_a_vars, grad_w, None
+        return grad_a_means, grad_a_vars, _grad_w(grad_a_means, grad_a_vars, means, var_ins, w_rec, keep), None
+
+
+def _grad_w(grad_a_means: Tensor, grad_a_vars: Tensor, means: Tensor, var_ins: Tensor, w_rec: Tensor,
+            keep: float) -> Tensor:
+    """W_rec's gradient: two (H, T*B) x (T*B, H) products over steps t = 1..T-1 (h_0 = 0 adds nothing)."""
+    hidden = w_rec.shape[0]
+    grad_w = keep * (grad_a_means[1:].reshape(-1, hidden).T @ means[:-1].reshape(-1, hidden))
+    grad_w += 2.0 * w_rec * (grad_a_vars[1:].reshape(-1, hidden).T @ var_ins[1:].reshape(-1, hidden))
+    return grad_w
 
 
 def reverse_padded(x: Tensor, mask: Tensor) -> Tensor:

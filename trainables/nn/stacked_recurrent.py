@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainables.nn import fused_tanh
 from trainables.nn import variance as vp
 
 # the parameters in the order and under the names of a tanh `FastDropoutRNN`'s state dict
@@ -142,6 +143,8 @@ def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tupl
     returns (means,). Steps past a member's end are left unset. `alloc(name, like)`: the buffers
     (default: fresh)."""
     alloc = alloc or fresh
+    if in_var is not None and fused_tanh.enabled(in_mean):  # a GPU: one fused kernel per step (`fused_tanh`)
+        return fused_tanh.stacked_forward(in_mean, in_var, w_rec, *plan_keep, counts, save, alloc)
     size, steps, batch, hidden = in_mean.shape
     w_t = w_rec.transpose(1, 2).contiguous()  # bmm reads a transposed view a third slower, the same bits
     means = alloc("means", in_mean)  # written where read: steps past a member's end never are
@@ -195,6 +198,9 @@ def recur_backward(grad_means: Tensor, grad_vars: Tensor | None, saved: tuple[Te
                 g_mean[:n] = grad_means[:n, t - 1] + torch.bmm(grad_a, w_rec[:n])
         return grad_a_means, None
     _, a_means, a_vars, _ = saved[1:]
+    if fused_tanh.enabled(means):
+        return fused_tanh.stacked_backward(grad_means, grad_vars, a_means, a_vars, means, w_rec, plan.keep,
+                                           plan.keep_var2, plan.counts, alloc)
     keep, keep_var2, w_sq = plan.keep, plan.keep_var2, w_rec.square()
     grad_a_vars = alloc("grad_a_vars", means)
     g_var = torch.zeros_like(g_mean)
