@@ -162,7 +162,7 @@ def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor
         a_means, a_vars = [torch.empty_like(block)] * steps, [torch.empty_like(block)] * steps
         var_ins = [block, torch.empty_like(block)] * (steps // 2 + 1)
     in_means, in_vars, mean_steps, var_steps = (x.unbind(1) for x in (in_mean, in_var, means, variances))
-    w_t, w_sq_t = w_rec.transpose(1, 2), w_rec.square().transpose(1, 2)
+    w_t, w_sq_t = w_rec.transpose(1, 2).contiguous(), w_rec.square().transpose(1, 2).contiguous()  # as `recur`
     for t in range(steps):
         head = _head(counts[t], size)
         if t:

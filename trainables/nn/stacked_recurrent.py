@@ -14,21 +14,18 @@ running (a prefix of the member axis), so a member's short batch costs no more s
 solo run and no padding enters its numbers (a member with fewer sequences than another runs
 alongside zero columns, which its numbers never meet). Its backward is
 `recurrent.FDTanhRecurrence`'s, with W_rec's gradient summed over each member's own steps and
-sequences as the solo run sums it. The packed buffers stay allocated from one minibatch to the
-next (`Workspace`).
+sequences as the solo run sums it. The packed buffers are kept between minibatches (`Workspace`).
 
 Evaluation (`hidden_shared`, then `logit_chunks`, or both as `forward_shared`): every member reads the
-same minibatch; the whole net runs stacked, its input and output layers a few steps (`EVAL_ROWS`
-rows) at a time into buffers kept between minibatches (`Workspace`): 16 members' whole-minibatch
-temporaries were tens of MB each, fresh pages on every minibatch, and made a cohort's evaluation no
-faster than its members' solo evaluations (the same numbers either way, bit for bit).
+same minibatch; the whole net runs stacked, its input and output layers `EVAL_ROWS` rows at a time
+into buffers kept between minibatches (`Workspace`; fresh whole-minibatch temporaries made it slow).
 
 The recurrence has two modes. FD: the mean and variance recurrence of Algorithm 2, with per-member
 keep probabilities as (K, 1, 1) columns. Plain: when no member drops inputs or hidden units, every
 variance in the recurrence is exactly zero, and only h_t = tanh(a_t) runs (one product per step); a
 member with output dropout alone still gets its output layer's variance from E[h_t]. A
 deterministic member (every rate 0) runs the same rules with keep = 1, which equal its solo run's
-`nn.RNN` up to the order of float rounding.
+`nn.RNN` up to the order of float rounding. On a GPU the FD recurrence runs `fused_tanh`'s loops.
 """
 
 from __future__ import annotations
@@ -90,10 +87,8 @@ Alloc = Callable[[str, Tensor], Tensor]
 
 
 class Workspace:
-    """The packed buffers, kept from one minibatch to the next: fresh memory for a (K, T, B, H)
-    tensor costs a page fault per 4 KiB at its first touch, which for 16 members of 200 units was
-    a tenth of a training step. `busy` from a forward (whose outputs and saved tensors live here)
-    until its backward is done; a forward that finds it busy allocates afresh."""
+    """The packed buffers, kept between minibatches (fresh pages cost 16 members of 200 units a tenth
+    of a step). `busy` from a forward until its backward is done; a busy one means fresh buffers."""
 
     def __init__(self):
         self._store: dict[str, Tensor] = {}
