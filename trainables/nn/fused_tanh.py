@@ -107,6 +107,7 @@ def _head(n: int, size: int):
 def solo_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float) -> tuple[Tensor, ...]:
     """`FDTanhRecurrence.forward`'s loop, fused: (a_means, a_vars, means, variances, var_ins), (T, B, H) each."""
     step = kernels()[0]
+    in_mean, in_var = in_mean.contiguous(), in_var.contiguous()  # the kernels read contiguous (B, H) blocks
     buffers = [torch.empty_like(in_mean) for _ in range(5)]  # a_means, a_vars, means, variances, var_ins
     buffers[4][0].zero_()  # h_0 = 0
     product_mean, product_var = torch.zeros_like(in_mean[0]), torch.zeros_like(in_mean[0])
