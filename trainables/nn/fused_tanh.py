@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from trainables.nn.variance import ALPHA, BETA, PROBIT_SCALE
+from trainables.nn import variance as vp
 
 Tensor = torch.Tensor
 
@@ -42,18 +42,10 @@ Tensor = torch.Tensor
 def forward_step(in_mean: Tensor, product_mean: Tensor, in_var: Tensor, product_var: Tensor, keep: Tensor,
                  noise: Tensor, a_mean: Tensor, a_var: Tensor, mean: Tensor, var: Tensor, var_in_next: Tensor) -> None:
     """One FD tanh step from its two recurrent products (module docstring), written into the last five."""
-    am = in_mean + product_mean * keep
-    av = in_var + product_var
-    var_b = av * 4.0
-    mean_y = torch.tanh(am / torch.sqrt(var_b * PROBIT_SCALE + 1.0))
-    mean_sigma_b = (mean_y + 1.0) * 0.5
-    second = torch.sigmoid((am * 2.0 + BETA) * ALPHA / torch.sqrt(var_b * ALPHA**2 * PROBIT_SCALE + 1.0))
-    var_y = torch.clamp_min(second - mean_sigma_b * mean_sigma_b, 0.0) * 4.0 * torch.sign(av)
-    a_mean.copy_(am)
-    a_var.copy_(av)
-    mean.copy_(mean_y)
-    var.copy_(var_y)
-    var_in_next.copy_(var_y * keep + mean_y * mean_y * noise)
+    torch.add(in_mean, product_mean * keep, out=a_mean)
+    torch.add(in_var, product_var, out=a_var)
+    vp.tanh_into(a_mean, a_var, mean, var)
+    torch.add(var * keep, mean.square() * noise, out=var_in_next)
 
 
 def backward_step(grad_mean: Tensor, grad_var: Tensor, product_mean: Tensor, product_var: Tensor, mean_y: Tensor,
@@ -62,17 +54,7 @@ def backward_step(grad_mean: Tensor, grad_var: Tensor, product_mean: Tensor, pro
     """One step of BPTT (module docstring); `noise2` = 2 keep (1 - keep). Writes the last two."""
     g_mean = grad_mean + product_mean * keep + product_var * noise2 * mean_y
     g_var = grad_var + product_var * keep
-    inv_s1 = torch.rsqrt(a_var * (4.0 * PROBIT_SCALE) + 1.0)
-    inv_s2 = torch.rsqrt(a_var * (4.0 * PROBIT_SCALE * ALPHA**2) + 1.0)
-    z = (a_mean * (2.0 * ALPHA) + ALPHA * BETA) * inv_s2
-    q = torch.sigmoid(z)
-    mean_sigma_b = (mean_y + 1.0) * 0.5
-    passes = (a_var > 0) & (q >= mean_sigma_b * mean_sigma_b)
-    grad_r = torch.where(passes, g_var, 0.0) * 4.0
-    t1 = (g_mean - grad_r * mean_sigma_b) * (1.0 - mean_y * mean_y) * inv_s1
-    t2 = grad_r * q * (1.0 - q) * inv_s2
-    grad_a_mean.copy_(t1 + t2 * (2.0 * ALPHA))
-    grad_a_var.copy_((t1 * a_mean * (inv_s1 * inv_s1) + t2 * z * inv_s2 * ALPHA**2) * (-2.0 * PROBIT_SCALE))
+    vp.tanh_backward_into(a_mean, a_var, mean_y, g_mean, g_var, grad_a_mean, grad_a_var)
 
 
 def enabled(x: Tensor) -> bool:
