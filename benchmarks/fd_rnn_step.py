@@ -6,9 +6,10 @@ The two nets alternate, `--repeats`
 pairs after `--warmup` pairs; the ratio is the median of the pairs' ratios, the times the medians.
 The CPU runs with `--threads` threads (default 1, as trials run).
 
-On a GPU it also measures both nets with forward and backward captured as CUDA graphs
-(`torch.cuda.make_graphed_callables`: one replay instead of a kernel launch per operation, for a
-fixed input shape), against eager cuDNN and against graphed cuDNN; trials run eagerly.
+On a GPU the FD-RNN runs as trials run it: its recurrence's chunks of steps replayed as CUDA graphs
+(`trainables.nn.step_graphs`; SEQREP_GRAPHS=0: every kernel launched by the host). It also measures
+both whole nets, forward and backward, captured as CUDA graphs (`torch.cuda.make_graphed_callables`,
+for a fixed input shape), against eager cuDNN and against graphed cuDNN.
 
 Last line: `ratio=<fd_rnn / rnn>` (the CPU ratio, or the eager GPU ratio when a GPU ran).
 Goal: <= 2.5 on the CPU with one thread (two recurrent products per step put the floor near 2),

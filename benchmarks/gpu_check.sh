@@ -3,7 +3,8 @@
 # (neither Ray nor MLflow is needed, nor an installed seqrep: the sources are put on PYTHONPATH):
 #
 #   benchmarks/fused_agreement.py                              the fused recurrence against the eager one
-#   benchmarks/fd_rnn_step.py                                  FD-RNN / cuDNN nn.RNN, H=600 B=32 T=100 (goal <= 2)
+#   benchmarks/fd_rnn_step.py                                  FD-RNN / cuDNN nn.RNN, H=600 B=32 T=100 (goal <= 2),
+#                                                              and again with SEQREP_GRAPHS=0 (no CUDA graphs)
 #   benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600   8 FD-RNN trials, cohort / one by one (goal >= 4),
 #                                                              one epoch (3 repeats) and five epochs (once)
 #
@@ -22,8 +23,9 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 status=0
-timeout 100 python3 benchmarks/fused_agreement.py 2>&1 | tee "$out/fused_agreement.txt" || status=1
-timeout 120 python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step.txt" || status=1
-timeout 200 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --repeats 3 2>&1 | tee "$out/cohort_rnn.txt" || status=1
-timeout 150 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --epochs 5 --repeats 1 2>&1 | tee "$out/cohort_rnn_5.txt" || status=1
+timeout 90 python3 benchmarks/fused_agreement.py 2>&1 | tee "$out/fused_agreement.txt" || status=1
+timeout 100 python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step.txt" || status=1
+SEQREP_GRAPHS=0 timeout 100 python3 benchmarks/fd_rnn_step.py 2>&1 | tee "$out/fd_rnn_step_no_graphs.txt" || status=1
+timeout 150 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --repeats 3 2>&1 | tee "$out/cohort_rnn.txt" || status=1
+timeout 120 python3 benchmarks/cohort_rnn.py --device cuda --k 8 --hidden 600 --epochs 5 --repeats 1 2>&1 | tee "$out/cohort_rnn_5.txt" || status=1
 exit $status

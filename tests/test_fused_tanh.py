@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from trainables.nn import fused_tanh
+from trainables.nn import step_graphs as sg
 from trainables.nn import stacked_recurrent as sr
 from trainables.nn.recurrent import FastDropoutRNN, FDTanhRecurrence
 
@@ -26,15 +27,32 @@ ROOT = Path(__file__).resolve().parents[1]
 RATES = [sr.Rates(0.8, 0.7, 0.8), sr.Rates(1.0, 0.5, 1.0, fd_final_layer=False), sr.Rates(0.9, 0.6, 0.5)]
 
 
+class Replay:
+    """A stand-in for a recorded CUDA graph: replaying it calls the body it recorded (on the arena's buffers)."""
+
+    recorded = 0
+
+    def __init__(self, body):
+        self.replay = body
+        Replay.recorded += 1
+
+
 @pytest.fixture
 def fused(monkeypatch):
-    """Every tensor takes the fused path, with the reference step functions as its kernels."""
+    """Every tensor takes the fused path, with the reference step functions as its kernels; chunks of
+    3 steps, each "recorded" on its second run and "replayed" after (`Replay`), with fresh arenas."""
     monkeypatch.setattr(fused_tanh, "enabled", lambda x: True)
     monkeypatch.setattr(fused_tanh, "kernels", lambda: (fused_tanh.forward_step, fused_tanh.backward_step))
+    monkeypatch.setattr(sg, "CHUNK", 3)
+    monkeypatch.setattr(sg, "_graphs_wanted", lambda device: True)
+    monkeypatch.setattr(sg.Graphs, "_capture", lambda self, body: Replay(body))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(sg, "_ARENAS", type(sg._ARENAS)())
+    Replay.recorded = 0
 
 
-def solo_case(steps: int):
-    g = torch.Generator().manual_seed(steps)
+def solo_case(steps: int, seed: int = 0):
+    g = torch.Generator().manual_seed(steps + 100 * seed)
     in_mean = torch.randn(steps, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
     in_var = torch.rand(steps, 3, 8, generator=g, dtype=torch.float64)
     in_var[0, 0] = 0.0  # a deterministic unit
@@ -45,14 +63,47 @@ def solo_case(steps: int):
     return [*outs, *torch.autograd.grad(outs, (in_mean, in_var, w_rec), grads)]
 
 
-@pytest.mark.parametrize("steps", [1, 9])
-def test_fused_solo_recurrence_equals_the_eager_loop(monkeypatch, fused, steps):
-    got = solo_case(steps)
+@pytest.mark.parametrize("lengths", [(1, 1, 1), (9, 9, 9), (20, 20, 20), (7, 10, 7, 10, 10, 7)])
+def test_fused_solo_recurrence_equals_the_eager_loop(monkeypatch, fused, lengths):
+    """Calls on one arena with new inputs each: chunks run as they are, then are recorded, then replayed
+    (in sequences of another length too: the last step, outside every backward chunk, differs)."""
+    got = [solo_case(steps, seed) for seed, steps in enumerate(lengths)]
     monkeypatch.setattr(fused_tanh, "enabled", lambda x: False)
-    want = solo_case(steps)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # forward: the same operations
-    for a, b in zip(got[2:], want[2:]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for seed, (steps, case) in enumerate(zip(lengths, got)):
+        want = solo_case(steps, seed)
+        assert torch.equal(case[0], want[0]) and torch.equal(case[1], want[1])  # forward: the same operations
+        for a, b in zip(case[2:], want[2:]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # chunks [1, 4) [4, 7) ... below the length (forward), and below its last step (backward)
+    assert Replay.recorded == {1: 0, 9: 2 + 2, 20: 6 + 6, 7: 3 + 2}[lengths[0]]
+
+
+def test_segments_cut_a_loop_into_plain_runs_and_chunks_at_fixed_offsets(monkeypatch):
+    monkeypatch.setattr(sg, "CHUNK", 3)
+    assert sg.segments(1) == [(0, 1, None)]
+    assert sg.segments(8) == [(0, 1, None), (1, 4, (0, None, None)), (4, 7, (1, None, None)), (7, 8, None)]
+    assert sg.segments(7, backward=True) == [(0, 1, None), (1, 4, (0, None, None)), (4, 7, None)]
+    counts = [3, 3, 3, 3, 2, 2, 2, 1, 1, 1]  # a chunk in which a member leaves runs step by step
+    assert sg.segments(10, counts) == [(0, 1, None), (1, 4, (0, 3, 2)), (4, 7, (1, 2, 1)), (7, 10, (2, 1, 0))]
+    assert sg.segments(10, counts, backward=True) == [(0, 1, None), (1, 4, (0, 3, 2)), (4, 7, (1, 2, 1)),
+                                                      (7, 10, None)]
+    assert sg.segments(8, [3, 3, 2, 2, 2, 2, 2, 1]) == [(0, 4, None), (4, 7, (1, 2, 1)), (7, 8, None)]
+
+
+def test_an_arena_is_kept_per_shape_and_replaced_by_a_larger_one(monkeypatch):
+    monkeypatch.setattr(sg, "_ARENAS", type(sg._ARENAS)())
+    monkeypatch.setattr(sg, "KEEP", 2)
+    shapes = lambda room: {"x": (room + 1, 2)}  # noqa: E731
+    like = torch.zeros(1)
+    first = sg.arena(("a",), 10, like, shapes, 0)
+    assert first.room == 64 and first.t["x"].shape == (65, 2)
+    assert sg.arena(("a",), 63, like, shapes, 0) is first  # 64 steps (+ 1 for the next input) fit
+    bigger = sg.arena(("a",), 64, like, shapes, 0)
+    assert bigger is not first and bigger.room == 128
+    other = sg.arena(("b",), 5, like, shapes, 0)
+    sg.arena(("a",), 5, like, shapes, 0)  # "a" used last: "b" goes when a third shape comes
+    sg.arena(("c",), 5, like, shapes, 0)
+    assert list(k[0] for k in sg._ARENAS) == ["a", "c"] and sg.arena(("b",), 5, like, shapes, 0) is not other
 
 
 def test_fused_solo_recurrence_passes_gradcheck(fused):
@@ -63,7 +114,7 @@ def test_fused_solo_recurrence_passes_gradcheck(fused):
     assert torch.autograd.gradcheck(lambda m, v, w: FDTanhRecurrence.apply(m, v, w, 0.6), args)
 
 
-def stacked_case(shapes):
+def stacked_case(shapes, seed: int = 5):
     nets = []
     for k, r in enumerate(RATES):
         net = FastDropoutRNN(12, 16, 12, "tanh", 1 - r.keep_input, 1 - r.keep_hidden, 1 - r.keep_output,
@@ -71,23 +122,33 @@ def stacked_case(shapes):
         net.initialise(0.1, 0.1, 1.1, generator=torch.Generator().manual_seed(k))
         nets.append(net.double())
     stack = sr.StackedFDRNN([n.state_dict() for n in nets], RATES)
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator().manual_seed(seed)
     xs = [(torch.rand(t, b, 12, generator=g) > 0.7).double() for t, b in shapes]
     logits = stack.forward_members(xs)
     sum((z * torch.randn(z.shape, generator=g, dtype=torch.float64)).sum() for z in logits).backward()
     return logits, [p.grad for p in stack.params], stack.forward_shared(xs[0])
 
 
-@pytest.mark.parametrize("shapes", [[(9, 4), (13, 3), (5, 4)], [(6, 2), (6, 2), (6, 2)]])
-def test_fused_stacked_recurrence_equals_the_eager_loop(monkeypatch, fused, shapes):
-    """Members of their own lengths and batch sizes (members leaving the packed loop early), and all alike."""
-    logits, grads, shared = stacked_case(shapes)
+@pytest.mark.parametrize("shapes, other", [([(9, 4), (13, 3), (5, 4)], [(4, 4), (17, 3), (13, 4)]),
+                                           ([(6, 2), (6, 2), (6, 2)], [(10, 2), (10, 2), (10, 2)])])
+def test_fused_stacked_recurrence_equals_the_eager_loop(monkeypatch, fused, shapes, other):
+    """Members of their own lengths and batch sizes (members leaving the packed loop early), and all
+    alike; alternating with other lengths and inputs on one arena, either first (a chunk is recorded,
+    on its second run, for the members running in it and after it, and replayed only for as many)."""
+    runs = [(order[i % 2], i) for order in ((shapes, other), (other, shapes)) for i in range(6)]
+    got = []
+    for n, (s, seed) in enumerate(runs):
+        if n % 6 == 0:
+            monkeypatch.setattr(sg, "_ARENAS", type(sg._ARENAS)())
+        got.append(stacked_case(s, seed))
     monkeypatch.setattr(fused_tanh, "enabled", lambda x: False)
-    want_logits, want_grads, want_shared = stacked_case(shapes)
-    assert all(torch.equal(a, b) for a, b in zip(logits, want_logits))
-    assert torch.equal(shared, want_shared)
-    for a, b in zip(grads, want_grads):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for (s, seed), (logits, grads, shared) in zip(runs, got):
+        want_logits, want_grads, want_shared = stacked_case(s, seed)
+        assert all(torch.equal(a, b) for a, b in zip(logits, want_logits))
+        assert torch.equal(shared, want_shared)
+        for a, b in zip(grads, want_grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert Replay.recorded > 0
 
 
 def test_only_cuda_tensors_take_the_fused_path(monkeypatch):
@@ -109,6 +170,7 @@ import os, sys, torch
 sys.path[:0] = ["platform", ".", "benchmarks"]
 import fused_agreement
 from trainables.nn import fused_tanh
+from trainables.nn import step_graphs as sg
 fused_tanh.enabled = lambda x: os.environ["SEQREP_FUSED"] != "0"
 fused_agreement.STEPS = 6
 worst = 0.0

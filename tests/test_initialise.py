@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainables.nn.initialise import set_spectral_radius, sparsify_columns
+from trainables.nn.initialise import set_spectral_radii, set_spectral_radius, sparsify_columns
 from trainables.nn.recurrent import FastDropoutRNN
 
 
@@ -86,6 +86,20 @@ def test_set_spectral_radius_of_a_sparse_matrix():
     sparsify_columns(w, 3, torch.Generator().manual_seed(8))
     set_spectral_radius(w, 1.05)
     assert torch.linalg.eigvals(w.double()).abs().max().item() == pytest.approx(1.05, abs=1e-6)
+
+
+def test_spectral_radii_in_parallel_threads_are_those_set_one_after_another(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))  # four threads, even on fewer cores
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(120, 120, generator=g) for _ in range(6)]
+    rhos = [1.0, 1.05, 1.1, 1.2, 0.9, 1.0]
+    one_by_one = [w.clone() for w in weights]
+    for w, rho in zip(one_by_one, rhos):
+        set_spectral_radius(w, rho)
+    set_spectral_radii(list(zip(weights, rhos)))
+    assert all(torch.equal(a, b) for a, b in zip(weights, one_by_one))
+    assert abs(torch.linalg.eigvals(weights[3].double()).abs().max().item() - 1.2) < 1e-6
+    set_spectral_radii([])  # nothing to do
 
 
 def test_rnn_config_maps_nu_and_rejects_a_bad_value():

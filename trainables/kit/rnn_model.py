@@ -48,13 +48,15 @@ def evaluate_nll(model: FastDropoutRNN, sequences, device: torch.device, batch_s
     return {"nll": total / frames, "nll_seq": sum(per_sequence) / len(per_sequence)}
 
 
-def build_model(config: Any, n_features: int, seed: int) -> FastDropoutRNN:
-    """The trial's net, drawn from `seed` (the global seed, then its own initialisation generator)."""
+def build_model(config: Any, n_features: int, seed: int, rho: bool = True) -> FastDropoutRNN:
+    """The trial's net, drawn from `seed` (the global seed, then its own initialisation generator).
+    rho False leaves W_rec as drawn: the caller rescales it last (`initialise.set_spectral_radii`)."""
     torch.manual_seed(seed)
     init = torch.Generator().manual_seed(seed)
     model = FastDropoutRNN(n_features, config.hidden_units, n_features, config.cell,
                            config.p_drop_input, config.p_drop_hidden, config.p_drop_output, config.fd_final_layer)
-    model.initialise(config.sigma2, config.sigma2_in, config.rho, config.b_h, config.b_y, generator=init, nu=config.nu)
+    model.initialise(config.sigma2, config.sigma2_in, config.rho if rho else None, config.b_h, config.b_y,
+                     generator=init, nu=config.nu)
     return model
 
 

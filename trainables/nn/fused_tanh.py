@@ -24,6 +24,11 @@ rounding, not bit for bit (`benchmarks/fused_agreement.py`: 3e-6 relative at mos
 tensors take this path (`enabled`), where nothing was bit-exact with the CPU anyway; the CPU keeps
 its eager loops and their exactness tests. `SEQREP_FUSED=0` turns it off. The rates are tensors,
 a 0-dim one for a solo net and an (n, 1, 1) column for n stacked members.
+
+The loops run in `step_graphs` arenas (buffers at fixed addresses: the inputs are copied in, the
+results cloned out), whose chunks of steps a GPU replays as CUDA graphs: the same kernels on the
+same shapes, launched at once instead of three per step by the host (`SEQREP_GRAPHS=0`: launched
+one by one). The CPU tests run the same arenas and segments, each segment called as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import os
 
 import torch
 
+from trainables.nn import step_graphs as sg
 from trainables.nn import variance as vp
 
 Tensor = torch.Tensor
@@ -75,55 +81,91 @@ def kernels() -> tuple:
     return fused_tanh_triton.forward_step, fused_tanh_triton.backward_step
 
 
-def rate(value: float, like: Tensor) -> Tensor:
-    """A rate as a 0-dim tensor on `like`'s device (filled there: no copy from the host, which a CUDA
-    graph's capture refuses)."""
-    return torch.full((), value, dtype=like.dtype, device=like.device)
+FORWARD_IN = ("in_mean", "in_var")
+FORWARD_OUT = ("a_means", "a_vars", "means", "variances", "var_ins")  # var_ins: one step more (the next input)
+BACKWARD_IN = ("grad_means", "grad_vars", "a_means", "a_vars", "means")
+BACKWARD_OUT = ("grad_a_means", "grad_a_vars")
+SMALL = ("product_mean", "product_var", "w", "w_sq")  # a step's (B, H) products, W_rec and W_rec^2 (transposed
+# in the forward); and the rates "keep", "noise" (the backward's noise2)
 
 
-def _head(n: int, size: int):
-    """A view of a tensor's first n members (itself when n is all of them: one indexing fewer per argument)."""
-    return (lambda v: v) if n == size else (lambda v: v[:n])
+def _shapes(per_step: tuple[str, ...], members: tuple[int, ...], batch: int, hidden: int):
+    """The arena buffers' shapes for `per_step` names, (*members, room, B, H), var_ins with room + 1."""
+    def shapes(room: int) -> dict[str, tuple[int, ...]]:
+        out = {name: (*members, room + (name == "var_ins"), batch, hidden) for name in per_step}
+        out |= {name: (*members, batch, hidden) for name in SMALL[:2]}
+        out |= {name: (*members, hidden, hidden) for name in SMALL[2:]}
+        return out | {name: (*members, 1, 1) if members else () for name in ("keep", "noise")}
+    return shapes
+
+
+def _rates(arena: sg.Arena, keep, noise) -> None:
+    """The arena's rate buffers: a float filled in (as `rate` makes it), or a column copied."""
+    for name, value in (("keep", keep), ("noise", noise)):
+        arena.t[name].fill_(value) if isinstance(value, float) else arena.t[name].copy_(value)
 
 
 def solo_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float) -> tuple[Tensor, ...]:
     """`FDTanhRecurrence.forward`'s loop, fused: (a_means, a_vars, means, variances, var_ins), (T, B, H) each."""
     step = kernels()[0]
-    in_mean, in_var = in_mean.contiguous(), in_var.contiguous()  # the kernels read contiguous (B, H) blocks
-    buffers = [torch.empty_like(in_mean) for _ in range(5)]  # a_means, a_vars, means, variances, var_ins
-    buffers[4][0].zero_()  # h_0 = 0
-    product_mean, product_var = torch.zeros_like(in_mean[0]), torch.zeros_like(in_mean[0])
-    w_t, w_sq_t = w_rec.T, w_rec.square().T
-    keep_t, noise = rate(keep, in_mean), rate(keep * (1.0 - keep), in_mean)
-    # each tensor's steps as views made once (a view per step and argument costs microseconds each)
-    in_means, in_vars, a_means, a_vars, means, variances, var_ins = (x.unbind(0) for x in (in_mean, in_var, *buffers))
-    var_ins = var_ins + (torch.empty_like(product_mean),)  # var_in after the last step, unused
-    for t in range(len(in_means)):
-        if t:
-            torch.mm(means[t - 1], w_t, out=product_mean)
-            torch.mm(var_ins[t], w_sq_t, out=product_var)
-        step(in_means[t], product_mean, in_vars[t], product_var, keep_t, noise, a_means[t], a_vars[t], means[t],
-             variances[t], var_ins[t + 1])
-    return tuple(buffers)
+    steps, batch, hidden = in_mean.shape
+    arena = sg.arena(("solo-forward", batch, hidden), steps, in_mean, _shapes(FORWARD_IN + FORWARD_OUT, (), batch,
+                                                                               hidden), 0)
+    a = arena.t
+    for name, x in zip(FORWARD_IN, (in_mean, in_var)):
+        a[name][:steps].copy_(x)
+    a["w"].copy_(w_rec)
+    torch.square(a["w"], out=a["w_sq"])
+    _rates(arena, keep, keep * (1.0 - keep))
+    for name in ("product_mean", "product_var"):
+        a[name].zero_()
+    a["var_ins"][0].zero_()  # h_0 = 0
+    w_t, w_sq_t = a["w"].T, a["w_sq"].T
+    in_means, in_vars, a_means, a_vars, means, variances, var_ins = (arena.steps(n) for n in FORWARD_IN + FORWARD_OUT)
+    product_mean, product_var, keep_t, noise = (a[n] for n in ("product_mean", "product_var", "keep", "noise"))
+
+    def body(lo: int, hi: int) -> None:
+        for t in range(lo, hi):
+            if t:
+                torch.mm(means[t - 1], w_t, out=product_mean)
+                torch.mm(var_ins[t], w_sq_t, out=product_var)
+            step(in_means[t], product_mean, in_vars[t], product_var, keep_t, noise, a_means[t], a_vars[t], means[t],
+                 variances[t], var_ins[t + 1])
+
+    arena.run(steps, None, False, body)
+    return tuple(a[name][:steps].clone() for name in FORWARD_OUT)
 
 
 def solo_backward(grad_means: Tensor, grad_variances: Tensor, a_means: Tensor, a_vars: Tensor, means: Tensor,
                   w_rec: Tensor, keep: float) -> tuple[Tensor, Tensor]:
     """`FDTanhRecurrence.backward`'s loop, fused: the gradients of a_mean and a_var, (T, B, H) each."""
     step = kernels()[1]
-    grads = torch.empty_like(a_means), torch.empty_like(a_vars)
-    product_mean, product_var = torch.zeros_like(a_means[0]), torch.zeros_like(a_means[0])
-    w_sq = w_rec.square()
-    keep_t, noise2 = rate(keep, a_means), rate(2.0 * keep * (1.0 - keep), a_means)
-    views = (x.contiguous().unbind(0) for x in (grad_means, grad_variances, a_means, a_vars, means, *grads))
+    steps, batch, hidden = a_means.shape
+    arena = sg.arena(("solo-backward", batch, hidden), steps, a_means, _shapes(BACKWARD_IN + BACKWARD_OUT, (), batch,
+                                                                                hidden), 0)
+    a = arena.t
+    for name, x in zip(BACKWARD_IN, (grad_means, grad_variances, a_means, a_vars, means)):
+        a[name][:steps].copy_(x)
+    a["w"].copy_(w_rec)
+    torch.square(a["w"], out=a["w_sq"])
+    _rates(arena, keep, 2.0 * keep * (1.0 - keep))
+    for name in ("product_mean", "product_var"):
+        a[name].zero_()
+    w, w_sq, product_mean, product_var, keep_t, noise2 = (a[n] for n in ("w", "w_sq", "product_mean", "product_var",
+                                                                         "keep", "noise"))
+    views = (arena.steps(n) for n in BACKWARD_IN + BACKWARD_OUT)
     grad_means, grad_variances, a_means, a_vars, means, grad_a_means, grad_a_vars = views
-    for t in range(len(a_means) - 1, -1, -1):
-        if t + 1 < len(a_means):
-            torch.mm(grad_a_means[t + 1], w_rec, out=product_mean)
-            torch.mm(grad_a_vars[t + 1], w_sq, out=product_var)
-        step(grad_means[t], grad_variances[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_t,
-             noise2, grad_a_means[t], grad_a_vars[t])
-    return grads
+
+    def body(lo: int, hi: int) -> None:
+        for t in range(hi - 1, lo - 1, -1):
+            if t + 1 < steps:
+                torch.mm(grad_a_means[t + 1], w, out=product_mean)
+                torch.mm(grad_a_vars[t + 1], w_sq, out=product_var)
+            step(grad_means[t], grad_variances[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_t,
+                 noise2, grad_a_means[t], grad_a_vars[t])
+
+    arena.run(steps, None, True, body)
+    return a["grad_a_means"][:steps].clone(), a["grad_a_vars"][:steps].clone()
 
 
 def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor, noise: Tensor, counts: list[int],
@@ -133,27 +175,34 @@ def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor
     variances), with `save` also (a_means, a_vars, var_ins); `alloc(name, like)` gives the buffers."""
     step = kernels()[0]
     size, steps, batch, hidden = in_mean.shape
-    means, variances = alloc("means", in_mean), alloc("variances", in_var)
-    block = in_mean.new_zeros(size, batch, hidden)
-    product_mean, product_var = torch.zeros_like(block), torch.zeros_like(block)
-    if save:
-        kept = [alloc(name, in_mean) for name in ("a_means", "a_vars", "var_ins")]
-        kept[2][:, 0].zero_()
-        a_means, a_vars, var_ins = (x.unbind(1) for x in kept)
-        var_ins = var_ins + (torch.empty_like(block),)  # var_in after the last step, unused
-    else:  # nothing kept: a in one (K, B, H) block per step, var_in alternating between two
-        a_means, a_vars = [torch.empty_like(block)] * steps, [torch.empty_like(block)] * steps
-        var_ins = [block, torch.empty_like(block)] * (steps // 2 + 1)
-    in_means, in_vars, mean_steps, var_steps = (x.unbind(1) for x in (in_mean, in_var, means, variances))
-    w_t, w_sq_t = w_rec.transpose(1, 2).contiguous(), w_rec.square().transpose(1, 2).contiguous()  # as `recur`
-    for t in range(steps):
-        head = _head(counts[t], size)
-        if t:
-            torch.bmm(head(mean_steps[t - 1]), head(w_t), out=head(product_mean))
-            torch.bmm(head(var_ins[t]), head(w_sq_t), out=head(product_var))
-        step(head(in_means[t]), head(product_mean), head(in_vars[t]), head(product_var), head(keep), head(noise),
-             head(a_means[t]), head(a_vars[t]), head(mean_steps[t]), head(var_steps[t]), head(var_ins[t + 1]))
-    return (means, variances, *kept) if save else (means, variances)
+    arena = sg.arena(("stacked-forward", size, batch, hidden), steps, in_mean,
+                     _shapes(FORWARD_IN + FORWARD_OUT, (size,), batch, hidden), 1)
+    a = arena.t
+    for name, x in zip(FORWARD_IN, (in_mean, in_var)):
+        a[name][:, :steps].copy_(x)
+    a["w"].copy_(w_rec.transpose(1, 2))  # W_rec^T and its square, contiguous (as `recur`)
+    torch.square(a["w"], out=a["w_sq"])
+    _rates(arena, keep, noise)
+    for name in ("product_mean", "product_var"):
+        a[name].zero_()
+    a["var_ins"][:, 0].zero_()  # h_0 = 0
+
+    def body(lo: int, hi: int) -> None:
+        for t in range(lo, hi):
+            n = counts[t] if counts[t] < size else None
+            in_means, in_vars, a_means, a_vars, means, variances, var_ins = (
+                arena.steps(name, n) for name in FORWARD_IN + FORWARD_OUT)
+            product_mean, product_var, w_t, w_sq_t, keep_n, noise_n = (
+                arena.head(name, n) for name in (*SMALL, "keep", "noise"))
+            if t:
+                torch.bmm(means[t - 1], w_t, out=product_mean)
+                torch.bmm(var_ins[t], w_sq_t, out=product_var)
+            step(in_means[t], product_mean, in_vars[t], product_var, keep_n, noise_n, a_means[t], a_vars[t], means[t],
+                 variances[t], var_ins[t + 1])
+
+    arena.run(steps, counts, False, body)
+    names = FORWARD_OUT[2:4] + (FORWARD_OUT[:2] + FORWARD_OUT[4:] if save else ())
+    return tuple(alloc(name, in_mean).copy_(a[name][:, :steps]) for name in names)
 
 
 def stacked_backward(grad_means: Tensor, grad_vars: Tensor, a_means: Tensor, a_vars: Tensor, means: Tensor,
@@ -162,19 +211,32 @@ def stacked_backward(grad_means: Tensor, grad_vars: Tensor, a_means: Tensor, a_v
     (K, T, B, H) each. A member starts at its last step with zero products (their rows are never
     written before: the members running at a later step are a prefix of those running earlier)."""
     step = kernels()[1]
-    grads = alloc("grad_a_means", means), alloc("grad_a_vars", means)
-    size, steps = means.shape[:2]
-    product_mean = means.new_zeros(size, *means.shape[2:])
-    product_var = torch.zeros_like(product_mean)
-    w_sq = w_rec.square()
-    views = (x.unbind(1) for x in (grad_means, grad_vars, a_means, a_vars, means, *grads))
-    grad_means, grad_vars, a_means, a_vars, means, grad_a_means, grad_a_vars = views
-    for t in range(steps - 1, -1, -1):
-        if t + 1 < steps:
-            head = _head(counts[t + 1], size)
-            torch.bmm(head(grad_a_means[t + 1]), head(w_rec), out=head(product_mean))
-            torch.bmm(head(grad_a_vars[t + 1]), head(w_sq), out=head(product_var))
-        head = _head(counts[t], size)
-        step(head(grad_means[t]), head(grad_vars[t]), head(product_mean), head(product_var), head(means[t]),
-             head(a_means[t]), head(a_vars[t]), head(keep), head(noise2), head(grad_a_means[t]), head(grad_a_vars[t]))
-    return grads
+    size, steps, batch, hidden = means.shape
+    arena = sg.arena(("stacked-backward", size, batch, hidden), steps, means,
+                     _shapes(BACKWARD_IN + BACKWARD_OUT, (size,), batch, hidden), 1)
+    a = arena.t
+    for name, x in zip(BACKWARD_IN, (grad_means, grad_vars, a_means, a_vars, means)):
+        a[name][:, :steps].copy_(x)
+    a["w"].copy_(w_rec)
+    torch.square(a["w"], out=a["w_sq"])
+    _rates(arena, keep, noise2)
+    for name in ("product_mean", "product_var"):
+        a[name].zero_()
+
+    def body(lo: int, hi: int) -> None:
+        for t in range(hi - 1, lo - 1, -1):
+            if t + 1 < steps:
+                n = counts[t + 1] if counts[t + 1] < size else None
+                grad_a_means, grad_a_vars = (arena.steps(name, n) for name in BACKWARD_OUT)
+                product_mean, product_var, w, w_sq = (arena.head(name, n) for name in SMALL)
+                torch.bmm(grad_a_means[t + 1], w, out=product_mean)
+                torch.bmm(grad_a_vars[t + 1], w_sq, out=product_var)
+            n = counts[t] if counts[t] < size else None
+            grad_means, grad_vars, a_means, a_vars, means, grad_a_means, grad_a_vars = (
+                arena.steps(name, n) for name in BACKWARD_IN + BACKWARD_OUT)
+            product_mean, product_var, keep_n, noise_n = (arena.head(name, n) for name in (*SMALL[:2], "keep", "noise"))
+            step(grad_means[t], grad_vars[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_n,
+                 noise_n, grad_a_means[t], grad_a_vars[t])
+
+    arena.run(steps, counts, True, body)
+    return tuple(alloc(name, means).copy_(a[name][:, :steps]) for name in BACKWARD_OUT)

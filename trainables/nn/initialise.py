@@ -27,6 +27,9 @@ Where this is a choice the sources leave open:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor
 
@@ -37,6 +40,16 @@ def set_spectral_radius(weight: Tensor, rho: float) -> None:
     if radius > 0:
         with torch.no_grad():
             weight.mul_(rho / radius)
+
+
+def set_spectral_radii(pairs: list[tuple[Tensor, float]]) -> None:
+    """`set_spectral_radius(weight, rho)` for each pair, the eigenvalue problems in parallel threads,
+    one per core this process may use (LAPACK runs without the GIL): the radii, and so the weights,
+    of the same calls one after another."""
+    if not pairs:
+        return
+    with ThreadPoolExecutor(min(len(pairs), len(os.sched_getaffinity(0)))) as pool:
+        list(pool.map(lambda pair: set_spectral_radius(*pair), pairs))
 
 
 def sparsify_columns(weight: Tensor, nu: int | None, generator: torch.Generator | None = None) -> None:

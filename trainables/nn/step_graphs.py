@@ -1,0 +1,171 @@
+"""A recurrence's time loop on fixed-address buffers, with runs of its steps replayed as CUDA graphs.
+
+On a GPU a small recurrence is bound by kernel launches: each FD-RNN step is three kernels (two
+recurrent products, one fused elementwise kernel) of a few microseconds of work each, and the
+host takes ~45 us to launch them. A CUDA graph launches a recorded run of kernels at once, but
+records their buffers' addresses: so the loop runs in an `Arena`, buffers allocated once per
+(kind, members, batch, hidden) and reused while the sequences fit, which the caller copies its
+inputs into and its outputs out of (a few copies per call against thousands of launches).
+
+- `segments(steps, counts, backward)` cuts a loop into runs: full chunks of `CHUNK` steps at fixed
+  offsets 1 + k CHUNK (the same chunk of any sequence long enough, whatever its length) that can
+  be graphs, and the steps between them that run as they are (step 0, the last steps, and any
+  chunk in which stacked members leave the loop).
+- `Graphs.run(key, body)` runs `body` (the chunk's steps, on the arena's buffers): the first time
+  as it is (which compiles and warms its kernels), the second time recorded as a CUDA graph, from
+  then on replayed. The graph runs the same kernels on the same shapes, so it gives the numbers of
+  the loop it recorded. Off a GPU, while another graph is being recorded, or with SEQREP_GRAPHS=0,
+  every run is the body itself (the CPU tests run the same segments and arenas this way).
+
+`arena(key, steps, ...)` keeps the last `KEEP` arenas (least recently used out first); a sequence
+longer than its arena holds replaces it (and its graphs) by one with room.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+CHUNK = 8  # steps per graph: at most CHUNK - 1 steps of a sequence's tail run outside graphs
+KEEP = 8  # arenas kept (shapes: training and evaluation minibatches, forward and backward)
+ROOM = 64  # an arena holds a multiple of ROOM steps (+1), so that a few sizes serve every length
+
+
+def segments(steps: int, counts: Sequence[int] | None = None, backward: bool = False) -> list[tuple[int, int, tuple | None]]:
+    """(lo, hi, key) runs covering range(steps) in increasing order; key is None for a run of plain
+    steps, else (chunk index, members running, members running at step hi) for a graph chunk: one
+    of CHUNK steps at 1 + k CHUNK in which `counts` (members running at each step; None: one net)
+    does not change. A backward chunk also ends before the last step (which starts from zero
+    products and is not one of the chunk's)."""
+    limit = steps - 1 if backward else steps
+    out: list[tuple[int, int, tuple | None]] = []
+    t = 0
+    while t < steps:
+        hi = t + CHUNK
+        if t >= 1 and (t - 1) % CHUNK == 0 and hi <= limit and (counts is None or counts[t] == counts[hi - 1]):
+            key = ((t - 1) // CHUNK, None, None) if counts is None else (
+                (t - 1) // CHUNK, counts[t], counts[hi] if hi < steps else 0)
+            out.append((t, hi, key))
+            t = hi
+            continue
+        if out and out[-1][2] is None:
+            out[-1] = (out[-1][0], t + 1, None)
+        else:
+            out.append((t, t + 1, None))
+        t += 1
+    return out
+
+
+def _graphs_wanted(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get("SEQREP_GRAPHS", "1") != "0"
+
+
+class Graphs:
+    """The CUDA graphs of one arena's chunks, by key (module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.failed = False  # a recording failed: every chunk runs as it is from then on
+        self._seen: set = set()
+        self._graphs: dict = {}
+        self._stream = self._pool = None
+
+    def run(self, key: tuple | None, body: Callable[[], None]) -> None:
+        if key is None or self.failed or not _graphs_wanted(self.device) or torch.cuda.is_current_stream_capturing():
+            body()
+            return
+        graph = self._graphs.get(key)
+        if graph is None:
+            if key not in self._seen:  # first time: as it is (compiles the kernels, warms cuBLAS)
+                self._seen.add(key)
+                body()
+                return
+            graph = self._graphs[key] = self._capture(body)
+            if graph is None:
+                body()
+                return
+        graph.replay()
+
+    def _capture(self, body: Callable[[], None]):
+        if self._stream is None:
+            self._stream, self._pool = torch.cuda.Stream(self.device), torch.cuda.graph_pool_handle()
+        graph, current = torch.cuda.CUDAGraph(), torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(self._stream):
+                graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+                try:
+                    body()
+                finally:
+                    graph.capture_end()
+        except RuntimeError as err:  # the loop goes on without graphs
+            warnings.warn(f"seqrep: recording a CUDA graph of the recurrence failed, running it without ({err})")
+            self.failed = True
+            return None
+        current.wait_stream(self._stream)
+        return graph
+
+
+class Arena:
+    """Named fixed-address buffers of one loop shape, their per-step views, and their `Graphs`.
+
+    `shapes` maps names to shapes, the per-step ones with `room` steps (or room + 1) on their
+    `time` axis; `steps(name, n)` are the per-step views along it (of the first n members when
+    given), made once."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], time: int, room: int, like: Tensor):
+        self.time, self.room = time, room
+        self.t = {name: like.new_zeros(shape) for name, shape in shapes.items()}
+        self.graphs = Graphs(like.device)
+        self._views: dict = {}
+
+    def steps(self, name: str, n: int | None = None) -> tuple[Tensor, ...]:
+        views = self._views.get((name, n))
+        if views is None:
+            x = self.t[name] if n is None else self.t[name][:n]
+            views = self._views[(name, n)] = x.unbind(self.time)
+        return views
+
+    def head(self, name: str, n: int | None) -> Tensor:
+        """The whole buffer, or its first n members (a view made once)."""
+        if n is None:
+            return self.t[name]
+        views = self._views.get((name, "head", n))
+        if views is None:
+            views = self._views[(name, "head", n)] = self.t[name][:n]
+        return views
+
+    def run(self, steps: int, counts: Sequence[int] | None, backward: bool, body: Callable[[int, int], None]) -> None:
+        """Run `body(lo, hi)` over every segment of the loop (backward: from the last one down)."""
+        parts = segments(steps, counts, backward)
+        for lo, hi, key in reversed(parts) if backward else parts:
+            self.graphs.run(key, lambda lo=lo, hi=hi: body(lo, hi))
+
+
+_ARENAS: collections.OrderedDict = collections.OrderedDict()
+
+
+def room_for(steps: int) -> int:
+    """The steps an arena for a `steps`-long loop holds: a multiple of ROOM, with one to spare."""
+    return -(-(steps + 1) // ROOM) * ROOM
+
+
+def arena(key: tuple, steps: int, like: Tensor, shapes: Callable[[int], dict[str, tuple[int, ...]]],
+          time: int) -> Arena:
+    """The arena of `key` (with `like`'s dtype and device) holding at least `steps` + 1 steps;
+    `shapes(room)` gives its buffers' shapes."""
+    full = (*key, like.dtype, like.device)
+    found = _ARENAS.get(full)
+    if found is None or found.room < steps + 1:
+        _ARENAS.pop(full, None)
+        while len(_ARENAS) >= KEEP:
+            _ARENAS.popitem(last=False)
+        room = room_for(steps)
+        found = _ARENAS[full] = Arena(shapes(room), time, room, like)
+    _ARENAS.move_to_end(full)
+    return found
