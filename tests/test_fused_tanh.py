@@ -81,13 +81,11 @@ def test_fused_solo_recurrence_equals_the_eager_loop(monkeypatch, fused, lengths
 def test_segments_cut_a_loop_into_plain_runs_and_chunks_at_fixed_offsets(monkeypatch):
     monkeypatch.setattr(sg, "CHUNK", 3)
     assert sg.segments(1) == [(0, 1, None)]
-    assert sg.segments(8) == [(0, 1, None), (1, 4, (0, None, None)), (4, 7, (1, None, None)), (7, 8, None)]
-    assert sg.segments(7, backward=True) == [(0, 1, None), (1, 4, (0, None, None)), (4, 7, None)]
-    counts = [3, 3, 3, 3, 2, 2, 2, 1, 1, 1]  # a chunk in which a member leaves runs step by step
-    assert sg.segments(10, counts) == [(0, 1, None), (1, 4, (0, 3, 2)), (4, 7, (1, 2, 1)), (7, 10, (2, 1, 0))]
-    assert sg.segments(10, counts, backward=True) == [(0, 1, None), (1, 4, (0, 3, 2)), (4, 7, (1, 2, 1)),
-                                                      (7, 10, None)]
-    assert sg.segments(8, [3, 3, 2, 2, 2, 2, 2, 1]) == [(0, 4, None), (4, 7, (1, 2, 1)), (7, 8, None)]
+    assert sg.segments(3) == [(0, 3, None)]
+    assert sg.segments(8) == [(0, 1, None), (1, 4, 0), (4, 7, 1), (7, 8, None)]
+    assert sg.segments(10) == [(0, 1, None), (1, 4, 0), (4, 7, 1), (7, 10, 2)]
+    assert sg.segments(10, backward=True) == [(0, 1, None), (1, 4, 0), (4, 7, 1), (7, 10, None)]
+    assert sg.segments(11, backward=True) == [(0, 1, None), (1, 4, 0), (4, 7, 1), (7, 10, 2), (10, 11, None)]
 
 
 def test_an_arena_is_kept_per_shape_and_replaced_by_a_larger_one(monkeypatch):
@@ -133,8 +131,8 @@ def stacked_case(shapes, seed: int = 5):
                                            ([(6, 2), (6, 2), (6, 2)], [(10, 2), (10, 2), (10, 2)])])
 def test_fused_stacked_recurrence_equals_the_eager_loop(monkeypatch, fused, shapes, other):
     """Members of their own lengths and batch sizes (members leaving the packed loop early), and all
-    alike; alternating with other lengths and inputs on one arena, either first (a chunk is recorded,
-    on its second run, for the members running in it and after it, and replayed only for as many)."""
+    alike; alternating with other lengths and inputs on one arena, either first (a chunk, recorded on
+    its second run, is replayed whichever members have ended: they run on zeros)."""
     runs = [(order[i % 2], i) for order in ((shapes, other), (other, shapes)) for i in range(6)]
     got = []
     for n, (s, seed) in enumerate(runs):

@@ -29,6 +29,10 @@ The loops run in `step_graphs` arenas (buffers at fixed addresses: the inputs ar
 results cloned out), whose chunks of steps a GPU replays as CUDA graphs: the same kernels on the
 same shapes, launched at once instead of three per step by the host (`SEQREP_GRAPHS=0`: launched
 one by one). The CPU tests run the same arenas and segments, each segment called as it is.
+Stacked members of different lengths all run every step, so that a chunk is one graph whoever has
+ended (the eager loop runs the first counts[t] members at step t): past its end a member runs on
+zero inputs, and its gradients there are zero, so that its last step starts from zero products as
+in the eager loop; each member's products are its own rows of the batched products.
 """
 
 from __future__ import annotations
@@ -132,7 +136,7 @@ def solo_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float) ->
             step(in_means[t], product_mean, in_vars[t], product_var, keep_t, noise, a_means[t], a_vars[t], means[t],
                  variances[t], var_ins[t + 1])
 
-    arena.run(steps, None, False, body)
+    arena.run(steps, False, body)
     return tuple(a[name][:steps].clone() for name in FORWARD_OUT)
 
 
@@ -164,79 +168,92 @@ def solo_backward(grad_means: Tensor, grad_variances: Tensor, a_means: Tensor, a
             step(grad_means[t], grad_variances[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_t,
                  noise2, grad_a_means[t], grad_a_vars[t])
 
-    arena.run(steps, None, True, body)
+    arena.run(steps, True, body)
     return a["grad_a_means"][:steps].clone(), a["grad_a_vars"][:steps].clone()
 
 
 def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor, noise: Tensor, counts: list[int],
                     save: bool, alloc) -> tuple[Tensor, ...]:
     """`stacked_recurrent.recur`'s FD loop, fused: in_mean, in_var (K, T, B, H), w_rec (K, H, H), keep and
-    noise = keep (1 - keep) (K, 1, 1); step t runs the first counts[t] members. Returns (means,
-    variances), with `save` also (a_means, a_vars, var_ins); `alloc(name, like)` gives the buffers."""
+    noise = keep (1 - keep) (K, 1, 1); member k runs its first counts-many steps (`_lengths`).
+    Returns (means, variances), with `save` also (a_means, a_vars, var_ins); `alloc(name, like)`
+    gives the buffers. Every step runs all K members (module docstring: members past their end run
+    on zeros)."""
     step = kernels()[0]
     size, steps, batch, hidden = in_mean.shape
     arena = sg.arena(("stacked-forward", size, batch, hidden), steps, in_mean,
                      _shapes(FORWARD_IN + FORWARD_OUT, (size,), batch, hidden), 1)
     a = arena.t
-    for name, x in zip(FORWARD_IN, (in_mean, in_var)):
-        a[name][:, :steps].copy_(x)
+    _copy_in(arena, FORWARD_IN, (in_mean, in_var), counts)
     a["w"].copy_(w_rec.transpose(1, 2))  # W_rec^T and its square, contiguous (as `recur`)
     torch.square(a["w"], out=a["w_sq"])
     _rates(arena, keep, noise)
     for name in ("product_mean", "product_var"):
         a[name].zero_()
     a["var_ins"][:, 0].zero_()  # h_0 = 0
+    in_means, in_vars, a_means, a_vars, means, variances, var_ins = (arena.steps(n) for n in FORWARD_IN + FORWARD_OUT)
+    product_mean, product_var, w_t, w_sq_t, keep_t, noise_t = (a[n] for n in (*SMALL, "keep", "noise"))
 
     def body(lo: int, hi: int) -> None:
         for t in range(lo, hi):
-            n = counts[t] if counts[t] < size else None
-            in_means, in_vars, a_means, a_vars, means, variances, var_ins = (
-                arena.steps(name, n) for name in FORWARD_IN + FORWARD_OUT)
-            product_mean, product_var, w_t, w_sq_t, keep_n, noise_n = (
-                arena.head(name, n) for name in (*SMALL, "keep", "noise"))
             if t:
                 torch.bmm(means[t - 1], w_t, out=product_mean)
                 torch.bmm(var_ins[t], w_sq_t, out=product_var)
-            step(in_means[t], product_mean, in_vars[t], product_var, keep_n, noise_n, a_means[t], a_vars[t], means[t],
+            step(in_means[t], product_mean, in_vars[t], product_var, keep_t, noise_t, a_means[t], a_vars[t], means[t],
                  variances[t], var_ins[t + 1])
 
-    arena.run(steps, counts, False, body)
+    arena.run(steps, False, body)
     names = FORWARD_OUT[2:4] + (FORWARD_OUT[:2] + FORWARD_OUT[4:] if save else ())
     return tuple(alloc(name, in_mean).copy_(a[name][:, :steps]) for name in names)
+
+
+def _lengths(counts: list[int], size: int) -> list[int]:
+    """The steps each packed member runs (members running at step t are the first counts[t])."""
+    return [sum(1 for c in counts if c > pos) for pos in range(size)]
+
+
+def _copy_in(arena: sg.Arena, names: tuple[str, ...], values: tuple[Tensor, ...], counts: list[int]) -> None:
+    """The packed (K, T, B, H) inputs into the arena, zero past each member's end (steps `recur`
+    leaves unset: the members run there, and must run on finite numbers whose gradients are 0)."""
+    steps = len(counts)
+    for name, value in zip(names, values):
+        buffer = arena.t[name]
+        buffer[:, :steps].copy_(value)
+        for pos, length in enumerate(_lengths(counts, buffer.shape[0])):
+            if length < steps:
+                buffer[pos, length:steps].zero_()
 
 
 def stacked_backward(grad_means: Tensor, grad_vars: Tensor, a_means: Tensor, a_vars: Tensor, means: Tensor,
                      w_rec: Tensor, keep: Tensor, noise2: Tensor, counts: list[int], alloc) -> tuple[Tensor, Tensor]:
     """`stacked_recurrent.recur_backward`'s FD loop, fused: the gradients of a_mean and a_var,
-    (K, T, B, H) each. A member starts at its last step with zero products (their rows are never
-    written before: the members running at a later step are a prefix of those running earlier)."""
+    (K, T, B, H) each. Every step runs all members: past a member's end its gradients are zero
+    (zero gradients in, finite saved values), so that it starts its last step with zero products."""
     step = kernels()[1]
     size, steps, batch, hidden = means.shape
     arena = sg.arena(("stacked-backward", size, batch, hidden), steps, means,
                      _shapes(BACKWARD_IN + BACKWARD_OUT, (size,), batch, hidden), 1)
     a = arena.t
-    for name, x in zip(BACKWARD_IN, (grad_means, grad_vars, a_means, a_vars, means)):
+    _copy_in(arena, BACKWARD_IN[:2], (grad_means, grad_vars), counts)
+    for name, x in zip(BACKWARD_IN[2:], (a_means, a_vars, means)):
         a[name][:, :steps].copy_(x)
     a["w"].copy_(w_rec)
     torch.square(a["w"], out=a["w_sq"])
     _rates(arena, keep, noise2)
     for name in ("product_mean", "product_var"):
         a[name].zero_()
+    views = (arena.steps(n) for n in BACKWARD_IN + BACKWARD_OUT)
+    grad_means, grad_vars, a_means, a_vars, means, grad_a_means, grad_a_vars = views
+    product_mean, product_var, w, w_sq, keep_t, noise2_t = (a[n] for n in (*SMALL, "keep", "noise"))
 
     def body(lo: int, hi: int) -> None:
         for t in range(hi - 1, lo - 1, -1):
             if t + 1 < steps:
-                n = counts[t + 1] if counts[t + 1] < size else None
-                grad_a_means, grad_a_vars = (arena.steps(name, n) for name in BACKWARD_OUT)
-                product_mean, product_var, w, w_sq = (arena.head(name, n) for name in SMALL)
                 torch.bmm(grad_a_means[t + 1], w, out=product_mean)
                 torch.bmm(grad_a_vars[t + 1], w_sq, out=product_var)
-            n = counts[t] if counts[t] < size else None
-            grad_means, grad_vars, a_means, a_vars, means, grad_a_means, grad_a_vars = (
-                arena.steps(name, n) for name in BACKWARD_IN + BACKWARD_OUT)
-            product_mean, product_var, keep_n, noise_n = (arena.head(name, n) for name in (*SMALL[:2], "keep", "noise"))
-            step(grad_means[t], grad_vars[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_n,
-                 noise_n, grad_a_means[t], grad_a_vars[t])
+            step(grad_means[t], grad_vars[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_t,
+                 noise2_t, grad_a_means[t], grad_a_vars[t])
 
-    arena.run(steps, counts, True, body)
-    return tuple(alloc(name, means).copy_(a[name][:, :steps]) for name in BACKWARD_OUT)
+    like = a["means"][:, :steps]
+    arena.run(steps, True, body)
+    return tuple(alloc(name, like).copy_(a[name][:, :steps]) for name in BACKWARD_OUT)

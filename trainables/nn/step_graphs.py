@@ -7,10 +7,10 @@ records their buffers' addresses: so the loop runs in an `Arena`, buffers alloca
 (kind, members, batch, hidden) and reused while the sequences fit, which the caller copies its
 inputs into and its outputs out of (a few copies per call against thousands of launches).
 
-- `segments(steps, counts, backward)` cuts a loop into runs: full chunks of `CHUNK` steps at fixed
+- `segments(steps, backward)` cuts a loop into runs: full chunks of `CHUNK` steps at fixed
   offsets 1 + k CHUNK (the same chunk of any sequence long enough, whatever its length) that can
-  be graphs, and the steps between them that run as they are (step 0, the last steps, and any
-  chunk in which stacked members leave the loop).
+  be graphs, and the steps around them that run as they are (step 0 and the last steps). A
+  chunk's graph is the same for every call: stacked members run every step (`fused_tanh`).
 - `Graphs.run(key, body)` runs `body` (the chunk's steps, on the arena's buffers): the first time
   as it is (which compiles and warms its kernels), the second time recorded as a CUDA graph, from
   then on replayed. The graph runs the same kernels on the same shapes, so it gives the numbers of
@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -36,22 +36,17 @@ KEEP = 8  # arenas kept (shapes: training and evaluation minibatches, forward an
 ROOM = 64  # an arena holds a multiple of ROOM steps (+1), so that a few sizes serve every length
 
 
-def segments(steps: int, counts: Sequence[int] | None = None, backward: bool = False) -> list[tuple[int, int, tuple | None]]:
-    """(lo, hi, key) runs covering range(steps) in increasing order; key is None for a run of plain
-    steps, else (chunk index, members running, members running at step hi) for a graph chunk: one
-    of CHUNK steps at 1 + k CHUNK in which `counts` (members running at each step; None: one net)
-    does not change. A backward chunk also ends before the last step (which starts from zero
-    products and is not one of the chunk's)."""
+def segments(steps: int, backward: bool = False) -> list[tuple[int, int, int | None]]:
+    """(lo, hi, key) runs covering range(steps) in increasing order: key k for the graph chunk
+    [1 + k CHUNK, 1 + (k + 1) CHUNK), None for a run of plain steps. A backward chunk also ends
+    before the last step (which starts from zero products and is not one of the chunk's)."""
     limit = steps - 1 if backward else steps
-    out: list[tuple[int, int, tuple | None]] = []
+    out: list[tuple[int, int, int | None]] = []
     t = 0
     while t < steps:
-        hi = t + CHUNK
-        if t >= 1 and (t - 1) % CHUNK == 0 and hi <= limit and (counts is None or counts[t] == counts[hi - 1]):
-            key = ((t - 1) // CHUNK, None, None) if counts is None else (
-                (t - 1) // CHUNK, counts[t], counts[hi] if hi < steps else 0)
-            out.append((t, hi, key))
-            t = hi
+        if t >= 1 and (t - 1) % CHUNK == 0 and t + CHUNK <= limit:
+            out.append((t, t + CHUNK, (t - 1) // CHUNK))
+            t += CHUNK
             continue
         if out and out[-1][2] is None:
             out[-1] = (out[-1][0], t + 1, None)
@@ -75,7 +70,7 @@ class Graphs:
         self._graphs: dict = {}
         self._stream = self._pool = None
 
-    def run(self, key: tuple | None, body: Callable[[], None]) -> None:
+    def run(self, key: int | None, body: Callable[[], None]) -> None:
         if key is None or self.failed or not _graphs_wanted(self.device) or torch.cuda.is_current_stream_capturing():
             body()
             return
@@ -115,8 +110,7 @@ class Arena:
     """Named fixed-address buffers of one loop shape, their per-step views, and their `Graphs`.
 
     `shapes` maps names to shapes, the per-step ones with `room` steps (or room + 1) on their
-    `time` axis; `steps(name, n)` are the per-step views along it (of the first n members when
-    given), made once."""
+    `time` axis; `steps(name)` are the per-step views along it, made once."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], time: int, room: int, like: Tensor):
         self.time, self.room = time, room
@@ -124,25 +118,15 @@ class Arena:
         self.graphs = Graphs(like.device)
         self._views: dict = {}
 
-    def steps(self, name: str, n: int | None = None) -> tuple[Tensor, ...]:
-        views = self._views.get((name, n))
+    def steps(self, name: str) -> tuple[Tensor, ...]:
+        views = self._views.get(name)
         if views is None:
-            x = self.t[name] if n is None else self.t[name][:n]
-            views = self._views[(name, n)] = x.unbind(self.time)
+            views = self._views[name] = self.t[name].unbind(self.time)
         return views
 
-    def head(self, name: str, n: int | None) -> Tensor:
-        """The whole buffer, or its first n members (a view made once)."""
-        if n is None:
-            return self.t[name]
-        views = self._views.get((name, "head", n))
-        if views is None:
-            views = self._views[(name, "head", n)] = self.t[name][:n]
-        return views
-
-    def run(self, steps: int, counts: Sequence[int] | None, backward: bool, body: Callable[[int, int], None]) -> None:
+    def run(self, steps: int, backward: bool, body: Callable[[int, int], None]) -> None:
         """Run `body(lo, hi)` over every segment of the loop (backward: from the last one down)."""
-        parts = segments(steps, counts, backward)
+        parts = segments(steps, backward)
         for lo, hi, key in reversed(parts) if backward else parts:
             self.graphs.run(key, lambda lo=lo, hi=hi: body(lo, hi))
 
