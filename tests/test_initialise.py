@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainables.nn.initialise import set_spectral_radii, set_spectral_radius, sparsify_columns
+from trainables.nn.initialise import in_threads, set_spectral_radius, sparsify_columns
 from trainables.nn.recurrent import FastDropoutRNN
 
 
@@ -88,18 +88,22 @@ def test_set_spectral_radius_of_a_sparse_matrix():
     assert torch.linalg.eigvals(w.double()).abs().max().item() == pytest.approx(1.05, abs=1e-6)
 
 
-def test_spectral_radii_in_parallel_threads_are_those_set_one_after_another(monkeypatch):
+def test_initialisations_in_parallel_threads_are_those_made_one_after_another(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))  # four threads, even on fewer cores
-    g = torch.Generator().manual_seed(3)
-    weights = [torch.randn(120, 120, generator=g) for _ in range(6)]
     rhos = [1.0, 1.05, 1.1, 1.2, 0.9, 1.0]
-    one_by_one = [w.clone() for w in weights]
-    for w, rho in zip(one_by_one, rhos):
-        set_spectral_radius(w, rho)
-    set_spectral_radii(list(zip(weights, rhos)))
-    assert all(torch.equal(a, b) for a, b in zip(weights, one_by_one))
-    assert abs(torch.linalg.eigvals(weights[3].double()).abs().max().item() - 1.2) < 1e-6
-    set_spectral_radii([])  # nothing to do
+
+    def initialise(net: FastDropoutRNN, rho: float, seed: int) -> FastDropoutRNN:
+        net.initialise(0.01, 0.01, rho, generator=torch.Generator().manual_seed(seed), nu=15)
+        return net
+
+    nets = [FastDropoutRNN(12, 60, 12, "tanh") for _ in rhos]
+    one_by_one = [initialise(FastDropoutRNN(12, 60, 12, "tanh"), rho, seed) for seed, rho in enumerate(rhos)]
+    assert in_threads(initialise, nets, rhos, range(6)) == nets  # in order
+    for a, b in zip(nets, one_by_one):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    radius = torch.linalg.eigvals(nets[3].core.weight_hh_l0.detach().double()).abs().max().item()
+    assert radius == pytest.approx(1.2, abs=1e-6)
+    assert in_threads(initialise, [], [], []) == []
 
 
 def test_rnn_config_maps_nu_and_rejects_a_bad_value():

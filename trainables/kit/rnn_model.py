@@ -48,15 +48,23 @@ def evaluate_nll(model: FastDropoutRNN, sequences, device: torch.device, batch_s
     return {"nll": total / frames, "nll_seq": sum(per_sequence) / len(per_sequence)}
 
 
-def build_model(config: Any, n_features: int, seed: int, rho: bool = True) -> FastDropoutRNN:
-    """The trial's net, drawn from `seed` (the global seed, then its own initialisation generator).
-    rho False leaves W_rec as drawn: the caller rescales it last (`initialise.set_spectral_radii`)."""
+def build_model(config: Any, n_features: int, seed: int) -> FastDropoutRNN:
+    """The trial's net, drawn from `seed` (the global seed, then its own initialisation generator)."""
+    return initialise_model(new_model(config, n_features, seed), config, seed)
+
+
+def new_model(config: Any, n_features: int, seed: int) -> FastDropoutRNN:
+    """The trial's net as built after the global seed is set, before `initialise_model`."""
     torch.manual_seed(seed)
-    init = torch.Generator().manual_seed(seed)
-    model = FastDropoutRNN(n_features, config.hidden_units, n_features, config.cell,
-                           config.p_drop_input, config.p_drop_hidden, config.p_drop_output, config.fd_final_layer)
-    model.initialise(config.sigma2, config.sigma2_in, config.rho if rho else None, config.b_h, config.b_y,
-                     generator=init, nu=config.nu)
+    return FastDropoutRNN(n_features, config.hidden_units, n_features, config.cell,
+                          config.p_drop_input, config.p_drop_hidden, config.p_drop_output, config.fd_final_layer)
+
+
+def initialise_model(model: FastDropoutRNN, config: Any, seed: int) -> FastDropoutRNN:
+    """The thesis's initialisation (draws, ν, ρ) from the trial's own generator, seeded with `seed`:
+    nothing global, so that a cohort's members can be initialised in parallel threads."""
+    model.initialise(config.sigma2, config.sigma2_in, config.rho, config.b_h, config.b_y,
+                     generator=torch.Generator().manual_seed(seed), nu=config.nu)
     return model
 
 

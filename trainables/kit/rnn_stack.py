@@ -2,8 +2,8 @@
 
 - `Stacked` (tanh cells: sRNN and FD-RNN): one `trainables.nn.stacked_recurrent.StackedFDRNN` and
   one `trainables.nn.stacked_climin.StackedClimin` for all members. Each member is initialised by
-  its solo run's `build_model` (seed, ν, ρ; the K eigenvalue problems of ρ in parallel threads,
-  `initialise.set_spectral_radii`, which were half a GPU cohort's first epoch), draws its minibatches from its own generator, takes one
+  its solo run's `build_model` (seed, ν, ρ; the K initialisations in parallel threads,
+  `initialise.in_threads`: their eigenvalue problems were half a GPU cohort's first epoch), draws its minibatches from its own generator, takes one
   optimiser step per minibatch with its own hyperparameters, and is evaluated at climin's resting
   point; `model(k)` / `optimizer(k)` show member k's part in its solo run's state-dict layout, so
   that `trainables.kit.training.Progress` checkpoints and restores it as a solo run's.
@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import torch
 
-from trainables.kit.rnn_model import (POOL, build_model, evaluate_nll, frame_nll, optimizer_defaults, order_generator,
-                                      train_epoch)
+from trainables.kit.rnn_model import (POOL, build_model, evaluate_nll, frame_nll, initialise_model, new_model,
+                                      optimizer_defaults, order_generator, train_epoch)
 from trainables.kit.sequence_models import climin_optimizer
 from trainables.kit.training import clone_state
-from trainables.nn.initialise import set_spectral_radii
+from trainables.nn.initialise import in_threads
 from trainables.nn.sequences import batches, pad, shift
 from trainables.nn.stacked_climin import StackedClimin
 from trainables.nn.stacked_recurrent import NAMES, Rates, StackedFDRNN
@@ -96,9 +96,8 @@ class Stacked:
         self.splits, self.device, self.batch_size = splits, device, configs[0].batch_size
         self.ids = list(range(len(configs)))
         self.rates = [rates(c) for c in configs]
-        models = [build_model(c, n_features, seed, rho=False) for c, seed in zip(configs, seeds)]
-        set_spectral_radii([(m.core.weight_hh_l0, c.rho) for m, c in zip(models, configs) if c.rho is not None])
-        states = [m.state_dict() for m in models]  # each as its solo run draws it, ρ set last (in parallel)
+        models = [new_model(c, n_features, seed) for c, seed in zip(configs, seeds)]
+        states = [m.state_dict() for m in in_threads(initialise_model, models, configs, seeds)]  # as build_model
         self.net = StackedFDRNN(states, self.rates, device)
         self.climin = StackedClimin(self.net.params, configs[0].optimizer, [c.step_rate for c in configs],
                                         [c.decay for c in configs], [c.momentum for c in configs],

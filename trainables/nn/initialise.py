@@ -28,7 +28,9 @@ Where this is a choice the sources leave open:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,14 +44,16 @@ def set_spectral_radius(weight: Tensor, rho: float) -> None:
             weight.mul_(rho / radius)
 
 
-def set_spectral_radii(pairs: list[tuple[Tensor, float]]) -> None:
-    """`set_spectral_radius(weight, rho)` for each pair, the eigenvalue problems in parallel threads,
-    one per core this process may use (LAPACK runs without the GIL): the radii, and so the weights,
-    of the same calls one after another."""
-    if not pairs:
-        return
-    with ThreadPoolExecutor(min(len(pairs), len(os.sched_getaffinity(0)))) as pool:
-        list(pool.map(lambda pair: set_spectral_radius(*pair), pairs))
+def in_threads(function: Callable[..., Any], *iterables: Iterable) -> list:
+    """`list(map(function, *iterables))` in parallel threads, one per core this process may use:
+    for initialisations that each draw from their own generator (and spend their time in LAPACK's
+    eigenvalue problems, `set_spectral_radius`, and in sorting, without the GIL), so that they
+    give the weights of the same calls one after another."""
+    calls = list(zip(*iterables))
+    if len(calls) < 2:
+        return [function(*args) for args in calls]
+    with ThreadPoolExecutor(min(len(calls), len(os.sched_getaffinity(0)))) as pool:
+        return list(pool.map(lambda args: function(*args), calls))
 
 
 def sparsify_columns(weight: Tensor, nu: int | None, generator: torch.Generator | None = None) -> None:
