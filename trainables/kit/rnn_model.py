@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from trainables.kit.sequence_models import climin_optimizer
 from trainables.nn.optim import renormalise_gradients
 from trainables.nn.recurrent import FastDropoutRNN
-from trainables.nn.sequences import batches, pad, shift
+from trainables.nn.sequences import batches, pad, shift, to_device
 
 POOL = 4  # minibatches bucketed by length within pools of POOL * batch_size sequences
 
@@ -39,7 +39,7 @@ def evaluate_nll(model: FastDropoutRNN, sequences, device: torch.device, batch_s
     total, frames, per_sequence = 0.0, 0, []
     for start in range(0, len(order), batch_size):
         x, mask = pad([sequences[i] for i in order[start:start + batch_size]])
-        x, mask = x.to(device), mask.to(device)
+        x, mask = to_device(x, device), to_device(mask, device)
         nll = frame_nll(model(shift(x)), x, mask)  # (T, B)
         seq_total, seq_frames = nll.sum(0), mask.sum(0)
         total += float(seq_total.sum())
@@ -83,7 +83,7 @@ def train_epoch(model: FastDropoutRNN, optimizer, train: list[torch.Tensor], con
     """One pass over `train` in minibatches drawn from `order`; the mean training NLL per frame."""
     total, frames = torch.zeros((), device=device), 0
     for batch in batches(train, config.batch_size, order, pool=POOL):
-        x, mask = batch.x.to(device), batch.mask.to(device)
+        x, mask = to_device(batch.x, device), to_device(batch.mask, device)
         nll = frame_nll(model(shift(x)), x, mask).sum()
         n = int(batch.mask.sum())
         optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ from trainables.kit.rnn_model import (POOL, build_model, evaluate_nll, frame_nll
 from trainables.kit.sequence_models import climin_optimizer
 from trainables.kit.training import clone_state
 from trainables.nn.initialise import in_threads
-from trainables.nn.sequences import batches, pad, shift
+from trainables.nn.sequences import batches, pad, shift, to_device
 from trainables.nn.stacked_climin import StackedClimin
 from trainables.nn.stacked_recurrent import NAMES, Rates, StackedFDRNN
 
@@ -41,7 +41,7 @@ def evaluate_stacked(model: StackedFDRNN, params: list[torch.Tensor] | None, seq
     totals, frames, per_sequence = [0.0] * model.size, 0, [[] for _ in range(model.size)]
     for start in range(0, len(order), batch_size):
         x, mask = pad([sequences[i] for i in order[start:start + batch_size]])
-        x, mask = x.to(device), mask.to(device)
+        x, mask = to_device(x, device), to_device(mask, device)
         mean, var = model.hidden_shared(shift(x), params)  # (K, T, B, H)
         nll = mean.new_empty(mean.shape[:3])  # (K, T, B), from a few steps' logits at a time
         for t0, t1, logits in model.logit_chunks(mean, var, params):
@@ -111,9 +111,9 @@ class Stacked:
         epochs = [list(batches(self.splits["train"], self.batch_size, self.generators[k], pool=POOL)) for k in self.ids]
         total, frames = torch.zeros(len(self.ids), device=self.device), [0] * len(self.ids)
         for step in zip(*epochs):
-            xs = [b.x.to(self.device) for b in step]
+            xs = [to_device(b.x, self.device) for b in step]
             logits = self.net.forward_members([shift(x) for x in xs])
-            nlls = [frame_nll(z, x, b.mask.to(self.device)).sum() for z, x, b in zip(logits, xs, step)]
+            nlls = [frame_nll(z, x, to_device(b.mask, self.device)).sum() for z, x, b in zip(logits, xs, step)]
             counts = [int(b.mask.sum()) for b in step]
             for p in self.net.params:
                 p.grad = None

@@ -24,6 +24,15 @@ class Batch(NamedTuple):
     index: torch.Tensor  # (B,) int64, each column's position in the list given to `batches`
 
 
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`x` (on the CPU) on `device`. To a GPU it goes from page-locked memory without waiting: a copy
+    from pageable memory waits until the GPU has done all it was given, so that the host could not
+    prepare the next minibatch while the GPU trains on this one."""
+    if torch.device(device).type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def pad(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack sequences (T_i, D) time-major into x (T_max, B, D) and their mask (T_max, B)."""
     if len(sequences) == 0:

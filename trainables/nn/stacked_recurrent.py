@@ -39,6 +39,7 @@ from torch import Tensor
 
 from trainables.nn import fused_tanh
 from trainables.nn import variance as vp
+from trainables.nn.sequences import to_device
 
 # the parameters in the order and under the names of a tanh `FastDropoutRNN`'s state dict
 NAMES = ("core.weight_ih_l0", "core.weight_hh_l0", "core.bias_ih_l0", "core.bias_hh_l0", "out.weight", "out.bias")
@@ -75,7 +76,7 @@ def chunks(steps: int, batch: int) -> list[tuple[int, int]]:
 
 def column(values: list[float], like: Tensor) -> Tensor:
     """Per-member scalars as a (K, 1, 1) column (Python floats rounded once, as a scalar operand is)."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
+    return to_device(torch.tensor(values, dtype=like.dtype), like.device).reshape(-1, 1, 1)
 
 
 def fresh(name: str, like: Tensor) -> Tensor:
@@ -239,7 +240,7 @@ class StackedTanhRecurrence(torch.autograd.Function):
         shape = (len(plan.lengths), max(plan.lengths), max(plan.sizes), w_rec.shape[-1])
         like = inputs[0].new_empty(1, 1, 1, 1).expand(shape)  # the packed shape, nothing allocated
         packed = _pack(inputs, per, plan, *(alloc(name, like) for name in ("in_mean", "in_var")[:per]))
-        w = w_rec[plan.order]
+        w = w_rec.index_select(0, to_device(torch.tensor(plan.order), w_rec.device))
         saved = recur(packed[0], packed[1] if plan.fd else None, w, (plan.keep, plan.keep_var), plan.counts,
                       save=True, alloc=alloc)
         if space is not None:
