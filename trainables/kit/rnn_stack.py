@@ -111,15 +111,19 @@ class Stacked:
         epochs = [list(batches(self.splits["train"], self.batch_size, self.generators[k], pool=POOL)) for k in self.ids]
         total, frames = torch.zeros(len(self.ids), device=self.device), [0] * len(self.ids)
         for step in zip(*epochs):
-            xs = [to_device(b.x, self.device) for b in step]
-            logits = self.net.forward_members([shift(x) for x in xs])
-            nlls = [frame_nll(z, x, to_device(b.mask, self.device)).sum() for z, x, b in zip(logits, xs, step)]
+            # the members' minibatches packed (`Plan.pack`) on the host, then moved at once
+            plan = self.net.plan([b.x.shape[0] for b in step], [b.x.shape[1] for b in step], step[0].x)
+            x, inputs, mask = (to_device(plan.pack(values), self.device) for values in (
+                [b.x for b in step], [shift(b.x) for b in step], [b.mask for b in step]))
             counts = [int(b.mask.sum()) for b in step]
+            order = to_device(torch.tensor(plan.order), self.device)
+            nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order
             for p in self.net.params:
                 p.grad = None
-            sum(nll / n for nll, n in zip(nlls, counts)).backward()  # each member: the gradient of its own loss
+            # each member: the gradient of its own loss, nll / frames, as its solo run takes it
+            (nlls / to_device(torch.tensor([float(counts[k]) for k in plan.order]), self.device)).sum().backward()
             self.climin.step()
-            total += torch.stack([nll.detach() for nll in nlls])
+            total.index_add_(0, order, nlls.detach())
             frames = [f + n for f, n in zip(frames, counts)]
         return [value / f for value, f in zip(total.tolist(), frames)]
 

@@ -17,7 +17,7 @@ its per-call wrapper cost ~150 us per step on the H200, three times the kernels 
   it writes the gradients of a_mean and a_var.
 
 The functions below are the reference: torch operations, those of the eager loops
-(`recurrent.FDTanhRecurrence`, `stacked_recurrent.recur`) in the same order, which the tests run
+(`recurrent.FDTanhRecurrence`, `stacked_loops.recur`) in the same order, which the tests run
 the fused loops with on the CPU. The kernel computes the same in registers, and may contract a
 product and a sum into one fused multiply-add, so a fused step agrees with the eager one to float32
 rounding, not bit for bit (`benchmarks/fused_agreement.py`: 3e-6 relative at most). Hence only CUDA
@@ -174,7 +174,7 @@ def solo_backward(grad_means: Tensor, grad_variances: Tensor, a_means: Tensor, a
 
 def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor, noise: Tensor, counts: list[int],
                     save: bool, alloc) -> tuple[Tensor, ...]:
-    """`stacked_recurrent.recur`'s FD loop, fused: in_mean, in_var (K, T, B, H), w_rec (K, H, H), keep and
+    """`stacked_loops.recur`'s FD loop, fused: in_mean, in_var (K, T, B, H), w_rec (K, H, H), keep and
     noise = keep (1 - keep) (K, 1, 1); member k runs its first counts-many steps (`_lengths`).
     Returns (means, variances), with `save` also (a_means, a_vars, var_ins); `alloc(name, like)`
     gives the buffers. Every step runs all K members (module docstring: members past their end run
@@ -226,7 +226,7 @@ def _copy_in(arena: sg.Arena, names: tuple[str, ...], values: tuple[Tensor, ...]
 
 def stacked_backward(grad_means: Tensor, grad_vars: Tensor, a_means: Tensor, a_vars: Tensor, means: Tensor,
                      w_rec: Tensor, keep: Tensor, noise2: Tensor, counts: list[int], alloc) -> tuple[Tensor, Tensor]:
-    """`stacked_recurrent.recur_backward`'s FD loop, fused: the gradients of a_mean and a_var,
+    """`stacked_loops.recur_backward`'s FD loop, fused: the gradients of a_mean and a_var,
     (K, T, B, H) each. Every step runs all members: past a member's end its gradients are zero
     (zero gradients in, finite saved values), so that it starts its last step with zero products."""
     step = kernels()[1]

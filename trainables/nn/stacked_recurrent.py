@@ -6,15 +6,16 @@ recurrence of all members runs as one loop over time whose products are batched 
 members (`torch.bmm`), which on one CPU thread (MKL) gives each member's product bit for bit as its
 solo `h @ W.T` does.
 
-Training (`forward_members`): each member brings its own minibatch (T_k steps, B_k sequences). The
-input and output layers run per member, with the solo run's operations on the solo run's shapes;
-only the recurrence is shared (`StackedTanhRecurrence`). It packs the members' inputs into one
-(K, T, B, H) layout, members sorted by decreasing length, and at step t runs only the members still
-running (a prefix of the member axis), so a member's short batch costs no more steps than in its
-solo run and no padding enters its numbers (a member with fewer sequences than another runs
-alongside zero columns, which its numbers never meet). Its backward is
-`recurrent.FDTanhRecurrence`'s, with W_rec's gradient summed over each member's own steps and
-sequences as the solo run sums it. The packed buffers are kept between minibatches (`Workspace`).
+Training (`forward_packed`, or `forward_members` for a list of minibatches): each member brings its
+own minibatch (T_k steps, B_k sequences), packed into one (K, T, B, n_in) layout (`Plan.pack`),
+members sorted by decreasing length. The input and output layers run on all members at once
+(batched matmuls: a row's numbers do not depend on the rows beside it), over every position; past
+a member's own steps and sequences they meet zeros or finite padding, which the loss masks. The
+recurrence (`StackedTanhRecurrence`) at step t runs only the members still running (a prefix of the
+member axis), so a member's short batch costs no more steps than in its solo run (on a GPU every
+member runs every step: `fused_tanh`). Its backward is `recurrent.FDTanhRecurrence`'s, with W_rec's
+gradient summed over each member's own steps and sequences as the solo run sums it. The packed
+buffers are kept between minibatches (`Workspace`).
 
 Evaluation (`hidden_shared`, then `logit_chunks`, or both as `forward_shared`): every member reads the
 same minibatch; the whole net runs stacked, its input and output layers `EVAL_ROWS` rows at a time
@@ -31,15 +32,14 @@ deterministic member (every rate 0) runs the same rules with keep = 1, which equ
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from trainables.nn import fused_tanh
 from trainables.nn import variance as vp
 from trainables.nn.sequences import to_device
+from trainables.nn.stacked_loops import fresh, recur, recur_backward
 
 # the parameters in the order and under the names of a tanh `FastDropoutRNN`'s state dict
 NAMES = ("core.weight_ih_l0", "core.weight_hh_l0", "core.bias_ih_l0", "core.bias_hh_l0", "out.weight", "out.bias")
@@ -77,14 +77,6 @@ def chunks(steps: int, batch: int) -> list[tuple[int, int]]:
 def column(values: list[float], like: Tensor) -> Tensor:
     """Per-member scalars as a (K, 1, 1) column (Python floats rounded once, as a scalar operand is)."""
     return to_device(torch.tensor(values, dtype=like.dtype), like.device).reshape(-1, 1, 1)
-
-
-def fresh(name: str, like: Tensor) -> Tensor:
-    """A new uninitialised tensor of `like`'s shape (the default `Alloc`)."""
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
-
-
-Alloc = Callable[[str, Tensor], Tensor]
 
 
 class Workspace:
@@ -128,148 +120,61 @@ class Plan:
                    column([k * (1.0 - k) for k in packed], like), column([2.0 * k * (1.0 - k) for k in packed], like),
                    fd, space)
 
-
-def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tuple[Tensor, Tensor], counts: list[int],
-          save: bool = False, alloc: Alloc | None = None) -> tuple[Tensor, ...]:
-    """The tanh recurrence of packed members: in_mean, in_var (K, T, B, H), w_rec (K, H, H), `plan_keep`
-    the (K, 1, 1) keep and keep (1 - keep) columns; step t runs the first counts[t] members.
-
-    FD (in_var given): `FDTanhRecurrence.forward`'s operations; returns (means, variances), and with
-    `save` also a_means, a_vars, var_ins. Plain (in_var None): h_t = tanh(in_t + h_{t-1} W^T);
-    returns (means,). Steps past a member's end are left unset. `alloc(name, like)`: the buffers
-    (default: fresh)."""
-    alloc = alloc or fresh
-    if in_var is not None and fused_tanh.enabled(in_mean):  # a GPU: one fused kernel per step (`fused_tanh`)
-        return fused_tanh.stacked_forward(in_mean, in_var, w_rec, *plan_keep, counts, save, alloc)
-    size, steps, batch, hidden = in_mean.shape
-    w_t = w_rec.transpose(1, 2).contiguous()  # bmm reads a transposed view a third slower, the same bits
-    means = alloc("means", in_mean)  # written where read: steps past a member's end never are
-    h_mean = in_mean.new_zeros(size, batch, hidden)
-    if in_var is None:
-        for t in range(steps):
-            n = counts[t]
-            torch.add(in_mean[:n, t], torch.bmm(h_mean[:n], w_t[:n]), out=means[:n, t]).tanh_()
-            h_mean = means[:, t]
-        return (means,)
-    keep, keep_var = plan_keep
-    w_sq_t = w_rec.square().transpose(1, 2).contiguous()
-    variances = alloc("variances", in_var)
-    a_means, a_vars, var_ins = (alloc(name, in_mean) for name in ("a_means", "a_vars", "var_ins")) if save else (
-        None, None, None)
-    h_var = torch.zeros_like(h_mean)
-    for t in range(steps):
-        n = counts[t]
-        # the operations of `FDTanhRecurrence.forward`, products scaled in place
-        a_mean = torch.add(in_mean[:n, t], torch.bmm(h_mean[:n], w_t[:n]).mul_(keep[:n]),
-                           out=a_means[:n, t] if save else None)
-        var_in = torch.add(torch.mul(h_var[:n], keep[:n]), h_mean[:n].square().mul_(keep_var[:n]),
-                           out=var_ins[:n, t] if save else None)
-        a_var = torch.add(in_var[:n, t], torch.bmm(var_in, w_sq_t[:n]), out=a_vars[:n, t] if save else None)
-        vp.tanh_into(a_mean, a_var, means[:n, t], variances[:n, t])  # `vp.tanh`'s numbers, written in place
-        h_mean, h_var = means[:, t], variances[:, t]
-    return (means, variances, a_means, a_vars, var_ins) if save else (means, variances)
+    def pack(self, values: list[Tensor]) -> Tensor:
+        """Member k's (T_k, B_k, ...) tensor at its position of one (K, T, B, ...), zero elsewhere."""
+        out = values[0].new_zeros(len(values), max(self.lengths), max(self.sizes), *values[0].shape[2:])
+        for pos, k in enumerate(self.order):
+            out[pos, : self.lengths[k], : self.sizes[k]] = values[k]
+        return out
 
 
-def _start(buffers: tuple[Tensor, ...], grads: tuple[Tensor, ...], t: int, counts: list[int]) -> int:
-    """Members whose last step is t take their outputs' gradients there; returns counts[t]."""
-    n, done = counts[t], counts[t + 1] if t + 1 < len(counts) else 0
-    if n > done:
-        for buffer, grad in zip(buffers, grads):
-            buffer[done:n] = grad[done:n, t]
-    return n
-
-
-def recur_backward(grad_means: Tensor, grad_vars: Tensor | None, saved: tuple[Tensor, ...], w_rec: Tensor,
-                   plan: Plan, alloc: Alloc | None = None) -> tuple[Tensor, Tensor | None]:
-    """BPTT of `recur` in the packed layout: the gradients of a_t (FD: of its mean and variance)."""
-    alloc = alloc or fresh
-    means = saved[0]
-    grad_a_means = alloc("grad_a_means", means)
-    g_mean = means.new_zeros(means.shape[0], *means.shape[2:])
-    if not plan.fd:
-        for t in range(means.shape[1] - 1, -1, -1):
-            n = _start((g_mean,), (grad_means,), t, plan.counts)
-            grad_a = torch.mul(g_mean[:n], 1.0 - means[:n, t].square(), out=grad_a_means[:n, t])
-            if t:
-                g_mean[:n] = grad_means[:n, t - 1] + torch.bmm(grad_a, w_rec[:n])
-        return grad_a_means, None
-    _, a_means, a_vars, _ = saved[1:]
-    if fused_tanh.enabled(means):
-        return fused_tanh.stacked_backward(grad_means, grad_vars, a_means, a_vars, means, w_rec, plan.keep,
-                                           plan.keep_var2, plan.counts, alloc)
-    keep, keep_var2, w_sq = plan.keep, plan.keep_var2, w_rec.square()
-    grad_a_vars = alloc("grad_a_vars", means)
-    g_var = torch.zeros_like(g_mean)
-    for t in range(means.shape[1] - 1, -1, -1):
-        n = _start((g_mean, g_var), (grad_means, grad_vars), t, plan.counts)
-        grad_a_mean, grad_a_var = vp.tanh_backward_into(a_means[:n, t], a_vars[:n, t], means[:n, t], g_mean[:n],
-                                                        g_var[:n], grad_a_means[:n, t], grad_a_vars[:n, t])
-        if t:
-            # g_mean = grad_means[t-1] + keep (grad_a_mean W) + keep_var2 grad_var_in E[h_{t-1}] and
-            # g_var = grad_vars[t-1] + keep grad_var_in, summed in that order, in place
-            grad_var_in = torch.bmm(grad_a_var, w_sq[:n])
-            torch.add(grad_means[:n, t - 1], torch.bmm(grad_a_mean, w_rec[:n]).mul_(keep[:n]), out=g_mean[:n])
-            g_mean[:n].add_(torch.mul(grad_var_in, keep_var2[:n]).mul_(means[:n, t - 1]))
-            torch.add(grad_vars[:n, t - 1], grad_var_in.mul_(keep[:n]), out=g_var[:n])
-    return grad_a_means, grad_a_vars
-
-
-def _pack(values: tuple[Tensor, ...], per: int, plan: Plan, *buffers: Tensor | None) -> list[Tensor]:
-    """Member k's `per` tensors (T_k, B_k, H) into the packed buffers (K, T, B, H) at its position,
-    zero in the columns past B_k (which the recurrence runs alongside); steps past T_k stay unset."""
-    packed = list(buffers[:per])
+def _zero_tails(buffers, plan: Plan) -> None:
+    """Zero each member's steps past its end in packed (K, T, ...) buffers (the loops leave them unset)."""
     for pos, k in enumerate(plan.order):
-        steps, size = plan.lengths[k], plan.sizes[k]
-        for buffer, value in zip(packed, values[per * k: per * k + per]):
-            buffer[pos, :steps, :size] = value
-            if size < buffer.shape[2]:
-                buffer[pos, :steps, size:] = 0.0
-    return packed
+        if plan.lengths[k] < len(plan.counts):
+            for buffer in buffers:
+                buffer[pos, plan.lengths[k]:].zero_()
 
 
 class StackedTanhRecurrence(torch.autograd.Function):
-    """apply(plan, w_rec (K, H, H), *inputs) -> outputs: member k's (T_k, B_k, H) inputs in_mean_k
-    (and in_var_k under FD) in, its hidden means (and variances) out, in member order. The outputs
-    are views of the packed buffers (of `plan.space` when it is free)."""
+    """apply(plan, w_rec (K, H, H), in_mean[, in_var]) -> (means[, variances]): the packed (K, T, B, H)
+    inputs (and W_rec) in `plan`'s order, under FD with their variances; the packed outputs are
+    buffers of `plan.space` when it is free. Past a member's end its outputs are finite (zero, or
+    the fused loop's steps on zero inputs) and its input gradients zero, so that packed layers
+    around the recurrence may run over every position (masked)."""
 
     @staticmethod
-    def forward(ctx, plan: Plan, w_rec: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
-        per = 2 if plan.fd else 1
+    def forward(ctx, plan: Plan, w_rec: Tensor, in_mean: Tensor, in_var: Tensor | None = None) -> tuple[Tensor, ...]:
         space = plan.space if plan.space is not None and not plan.space.busy else None
         alloc = space.take if space is not None else fresh
-        shape = (len(plan.lengths), max(plan.lengths), max(plan.sizes), w_rec.shape[-1])
-        like = inputs[0].new_empty(1, 1, 1, 1).expand(shape)  # the packed shape, nothing allocated
-        packed = _pack(inputs, per, plan, *(alloc(name, like) for name in ("in_mean", "in_var")[:per]))
-        w = w_rec.index_select(0, to_device(torch.tensor(plan.order), w_rec.device))
-        saved = recur(packed[0], packed[1] if plan.fd else None, w, (plan.keep, plan.keep_var), plan.counts,
-                      save=True, alloc=alloc)
+        saved = recur(in_mean, in_var, w_rec, (plan.keep, plan.keep_var), plan.counts, save=True, alloc=alloc)
+        per = 2 if plan.fd else 1
+        if not (plan.fd and fused_tanh.enabled(in_mean)):
+            _zero_tails(saved[:per], plan)
         if space is not None:
             space.busy = True  # until the backward has read what it saves
         ctx.plan, ctx.space = plan, space
-        ctx.save_for_backward(w, *saved)
-        outputs = []
-        for k in range(len(plan.lengths)):
-            pos = plan.order.index(k)
-            outputs += [s[pos, : plan.lengths[k], : plan.sizes[k]].contiguous() for s in saved[:per]]
-        return tuple(outputs)
+        ctx.save_for_backward(w_rec, *saved)
+        return tuple(saved[:per])
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
+    def backward(ctx, grad_means: Tensor | None, grad_vars: Tensor | None = None):
         plan: Plan = ctx.plan
         w, *saved = ctx.saved_tensors
-        per = 2 if plan.fd else 1
+        grad_means = torch.zeros_like(saved[0]) if grad_means is None else grad_means
+        if plan.fd and grad_vars is None:
+            grad_vars = torch.zeros_like(saved[0])
         alloc = ctx.space.take if ctx.space is not None else fresh
-        packed = _pack(grads, per, plan, *(alloc(name, saved[0]) for name in ("grad_mean", "grad_var")[:per]))
-        grad_a = recur_backward(packed[0], packed[1] if plan.fd else None, tuple(saved), w, plan, alloc=alloc)
+        grad_a = recur_backward(grad_means, grad_vars if plan.fd else None, tuple(saved), w, plan, alloc=alloc)
+        if not (plan.fd and fused_tanh.enabled(w)):
+            _zero_tails([g for g in grad_a if g is not None], plan)
         grad_w = torch.empty_like(w)
-        grad_inputs = []
-        for k in range(len(plan.lengths)):
-            pos, steps, size = plan.order.index(k), plan.lengths[k], plan.sizes[k]
-            grad_inputs += [g[pos, :steps, :size].contiguous() for g in grad_a[:per]]
-            grad_w[k] = _member_grad_w(grad_a, saved, w[pos], pos, steps, size, plan.keeps[k], plan.fd)
+        for pos, k in enumerate(plan.order):
+            grad_w[pos] = _member_grad_w(grad_a, saved, w[pos], pos, plan.lengths[k], plan.sizes[k], plan.keeps[k],
+                                         plan.fd)
         if ctx.space is not None:
             ctx.space.busy = False
-        return (None, grad_w, *grad_inputs)
+        return (None, grad_w, *grad_a[: 2 if plan.fd else 1])
 
 
 def _member_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, pos: int, steps: int, size: int, keep: float,
@@ -320,26 +225,37 @@ class StackedFDRNN:
         for name, p in zip(NAMES, self.params):
             p[pos].copy_(state[name])
 
-    def _output(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor, rates: Rates) -> Tensor:
-        """`FastDropoutRNN.forward`'s output layer for one member."""
-        if not rates.output_fd:
-            return F.linear(mean, weight, bias)
-        out_mean, out_var = vp.fd_affine(mean, var, weight, bias, rates.keep_output)
-        return out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * out_var)
+    def plan(self, lengths: list[int], sizes: list[int], like: Tensor) -> Plan:
+        """How members with minibatches of T_k steps and B_k sequences are packed (`Plan`)."""
+        return Plan.build(lengths, sizes, [r.keep_hidden for r in self.rates], self.fd, like, self.space)
+
+    def forward_packed(self, x: Tensor, plan: Plan) -> Tensor:
+        """Training: packed member minibatches x (K, T, B, n_in), in `plan`'s order, zero past each
+        member's steps and sequences (`Plan.pack`); returns the effective logits (K, T, B, n_out) in
+        that order, finite everywhere (what lies past a member's own steps and sequences is padding
+        for the loss to mask). The input and output layers run on all members at once, as in
+        `hidden_shared` and `logit_chunks`: each member's rows as its solo layers compute them."""
+        index = to_device(torch.tensor(plan.order), x.device)
+        w_ih, w_hh, b_ih, b_hh, w_out, b_out = (p.index_select(0, index) for p in self.params)
+        rates = [self.rates[k] for k in plan.order]
+        size, steps, batch, n_in = x.shape
+        rows = x.reshape(size, steps * batch, n_in)
+        keep_in = [r.keep_input for r in rates]
+        in_mean = torch.baddbmm((b_ih + b_hh).unsqueeze(1), column(keep_in, x) * rows, w_ih.transpose(1, 2))
+        inputs = [in_mean.view(size, steps, batch, -1)]
+        if plan.fd:
+            noise = column([k * (1.0 - k) for k in keep_in], x)
+            inputs.append(torch.bmm(noise * rows.square(), w_ih.square().transpose(1, 2)).view(size, steps, batch, -1))
+        hidden = StackedTanhRecurrence.apply(plan, w_hh, *inputs)
+        flat = [h.reshape(size, steps * batch, -1) for h in hidden]
+        logits = self._output_shared(flat[0], flat[1] if plan.fd else None, w_out, b_out, rates)
+        return logits.view(size, steps, batch, -1)
 
     def forward_members(self, xs: list[Tensor]) -> list[Tensor]:
         """Member k reads its own x_k (T_k, B_k, n_in); returns its effective logits (T_k, B_k, n_out)."""
-        w_ih, b_ih, b_hh, w_out, b_out = (self.params[i].unbind(0) for i in (0, 2, 3, 4, 5))  # W_rec: stacked
-        fd, inputs = self.fd, []
-        for k, x in enumerate(xs):
-            mean, var = vp.fd_affine(x, None, w_ih[k], b_ih[k] + b_hh[k], self.rates[k].keep_input)
-            inputs += [mean, var] if fd else [mean]
-        plan = Plan.build([x.shape[0] for x in xs], [x.shape[1] for x in xs], [r.keep_hidden for r in self.rates],
-                          fd, self.params[0], self.space)
-        hidden = StackedTanhRecurrence.apply(plan, self.params[1], *inputs)
-        per = 2 if fd else 1
-        return [self._output(hidden[per * k], hidden[per * k + 1] if fd else None, w_out[k], b_out[k], r)
-                for k, r in enumerate(self.rates)]
+        plan = self.plan([x.shape[0] for x in xs], [x.shape[1] for x in xs], xs[0])
+        logits = self.forward_packed(plan.pack(xs), plan)
+        return [logits[plan.order.index(k), : x.shape[0], : x.shape[1]] for k, x in enumerate(xs)]
 
     @torch.no_grad()
     def forward_shared(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
@@ -387,15 +303,18 @@ class StackedFDRNN:
             out = self._output_shared(rows(mean, t0, t1), None if var is None else rows(var, t0, t1), w_out, b_out)
             yield t0, t1, out.view(size, t1 - t0, batch, -1)
 
-    def _output_shared(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor) -> Tensor:
-        """`_output` for all members at once: members without output FD get keep 1 and no variance."""
-        keep = [r.keep_output if r.output_fd else 1.0 for r in self.rates]
+    def _output_shared(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor,
+                       rates: list[Rates] | None = None) -> Tensor:
+        """`FastDropoutRNN.forward`'s output layer for all members at once (`rates`: theirs, by default
+        the members'): members without output FD get keep 1 and no variance."""
+        rates = self.rates if rates is None else rates
+        keep = [r.keep_output if r.output_fd else 1.0 for r in rates]
         out_mean = torch.baddbmm(bias.unsqueeze(1), column(keep, mean) * mean, weight.transpose(1, 2))
-        if not any(r.output_fd for r in self.rates):
+        if not any(r.output_fd for r in rates):
             return out_mean
         var_in = column([k * (1.0 - k) for k in keep], mean) * mean.square()
         if var is not None:
             var_in = var_in + column(keep, mean) * var
         out_var = torch.bmm(var_in, weight.square().transpose(1, 2))
-        scale = column([1.0 if r.output_fd else 0.0 for r in self.rates], mean)
+        scale = column([1.0 if r.output_fd else 0.0 for r in rates], mean)
         return out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * (scale * out_var))

@@ -226,7 +226,7 @@ def tanh_into(mean: Tensor, var: Tensor, out_mean: Tensor, out_var: Tensor) -> M
     operations on the same operands, in place where `tanh` allocates, and the closing
     `torch.where(var > 0, x, 0)` as x * sign(var), which equals it for a variance (var >= 0) and
     the finite x >= 0 it masks). For the FD-RNN recurrences, solo (`recurrent.FDTanhRecurrence`)
-    and stacked (`stacked_recurrent.recur`), which call it once per step with no autograd to feed:
+    and stacked (`stacked_loops.recur`), which call it once per step with no autograd to feed:
     on (32, 600) blocks a third fewer allocations, and no `torch.where`, whose CPU kernel is not
     vectorised."""
     var_b = torch.mul(var, 4.0)
