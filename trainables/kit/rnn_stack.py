@@ -111,10 +111,14 @@ class Stacked:
         epochs = [list(batches(self.splits["train"], self.batch_size, self.generators[k], pool=POOL)) for k in self.ids]
         total, frames = torch.zeros(len(self.ids), device=self.device), [0] * len(self.ids)
         for step in zip(*epochs):
-            # the members' minibatches packed (`Plan.pack`) on the host, then moved at once
+            # the members' minibatches packed (`Plan.pack`) on the host, then moved at once; the inputs
+            # are the packed targets shifted by one step (each member's `shift`, where it has steps)
             plan = self.net.plan([b.x.shape[0] for b in step], [b.x.shape[1] for b in step], step[0].x)
-            x, inputs, mask = (to_device(plan.pack(values), self.device) for values in (
-                [b.x for b in step], [shift(b.x) for b in step], [b.mask for b in step]))
+            pin = self.device.type == "cuda"
+            x, mask = (to_device(plan.pack(values, pin), self.device) for values in ([b.x for b in step],
+                                                                                     [b.mask for b in step]))
+            inputs = torch.zeros_like(x)
+            inputs[:, 1:] = x[:, :-1]
             counts = [int(b.mask.sum()) for b in step]
             order = to_device(torch.tensor(plan.order), self.device)
             nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order

@@ -30,7 +30,7 @@ def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     prepare the next minibatch while the GPU trains on this one."""
     if torch.device(device).type != "cuda":
         return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
+    return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
 
 
 def pad(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,9 +120,11 @@ class Plan:
                    column([k * (1.0 - k) for k in packed], like), column([2.0 * k * (1.0 - k) for k in packed], like),
                    fd, space)
 
-    def pack(self, values: list[Tensor]) -> Tensor:
-        """Member k's (T_k, B_k, ...) tensor at its position of one (K, T, B, ...), zero elsewhere."""
-        out = values[0].new_zeros(len(values), max(self.lengths), max(self.sizes), *values[0].shape[2:])
+    def pack(self, values: list[Tensor], pin: bool = False) -> Tensor:
+        """Member k's (T_k, B_k, ...) tensor at its position of one (K, T, B, ...), zero elsewhere
+        (`pin`: in page-locked host memory, for `sequences.to_device`)."""
+        shape = (len(values), max(self.lengths), max(self.sizes), *values[0].shape[2:])
+        out = torch.zeros(shape, dtype=values[0].dtype, pin_memory=pin) if pin else values[0].new_zeros(shape)
         for pos, k in enumerate(self.order):
             out[pos, : self.lengths[k], : self.sizes[k]] = values[k]
         return out
@@ -168,13 +170,27 @@ class StackedTanhRecurrence(torch.autograd.Function):
         grad_a = recur_backward(grad_means, grad_vars if plan.fd else None, tuple(saved), w, plan, alloc=alloc)
         if not (plan.fd and fused_tanh.enabled(w)):
             _zero_tails([g for g in grad_a if g is not None], plan)
-        grad_w = torch.empty_like(w)
-        for pos, k in enumerate(plan.order):
-            grad_w[pos] = _member_grad_w(grad_a, saved, w[pos], pos, plan.lengths[k], plan.sizes[k], plan.keeps[k],
-                                         plan.fd)
+        if plan.fd and fused_tanh.enabled(w):
+            grad_w = _packed_grad_w(grad_a, saved, w, plan.keep)
+        else:
+            grad_w = torch.empty_like(w)
+            for pos, k in enumerate(plan.order):
+                grad_w[pos] = _member_grad_w(grad_a, saved, w[pos], pos, plan.lengths[k], plan.sizes[k], plan.keeps[k],
+                                             plan.fd)
         if ctx.space is not None:
             ctx.space.busy = False
         return (None, grad_w, *grad_a[: 2 if plan.fd else 1])
+
+
+def _packed_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, keep: Tensor) -> Tensor:
+    """Every member's W_rec gradient at once, over all packed steps 1..T-1 and sequences: the fused
+    loops leave the gradients past a member's end and sequences exactly zero, so that each member's
+    sum is its own (in another order, as float rounding goes)."""
+    size, steps, _, hidden = saved[0].shape
+    rows = lambda x, lo, hi: x[:, lo:hi].reshape(size, -1, hidden)  # noqa: E731
+    grad_w = torch.bmm(rows(grad_a[0], 1, steps).transpose(1, 2), rows(saved[0], 0, steps - 1)).mul_(keep)
+    grad_w += 2.0 * w * torch.bmm(rows(grad_a[1], 1, steps).transpose(1, 2), rows(saved[4], 1, steps))
+    return grad_w
 
 
 def _member_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, pos: int, steps: int, size: int, keep: float,
