@@ -113,7 +113,7 @@ class Stacked:
         for step in zip(*epochs):
             # the members' minibatches packed (`Plan.pack`) on the host, then moved at once; the inputs
             # are the packed targets shifted by one step (each member's `shift`, where it has steps)
-            plan = self.net.plan([b.x.shape[0] for b in step], [b.x.shape[1] for b in step], step[0].x)
+            plan = self.net.plan([b.x.shape[0] for b in step], [b.x.shape[1] for b in step], self.net.params[0])
             pin = self.device.type == "cuda"
             x, mask = (to_device(plan.pack(values, pin), self.device) for values in ([b.x for b in step],
                                                                                      [b.mask for b in step]))
