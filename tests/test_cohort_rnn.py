@@ -29,6 +29,7 @@ from seqrep.errors import SeqrepError
 from seqrep.method import TrialContext
 from seqrep.session import LocalSession, run_local, run_local_cohort
 from trainables import rnn
+from trainables.kit import rnn_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 20
@@ -114,6 +115,13 @@ def test_every_member_reports_what_its_solo_run_reports(solo, cohort):
         torch.save(member.checkpoint, buffer)
         buffer.seek(0)
         assert torch.load(buffer, weights_only=True)["epoch"] == EPOCHS
+
+
+def test_packed_training_reports_what_the_solo_runs_report(jsb, solo, monkeypatch):
+    """The GPU's training path (minibatches packed, layers over all members at once), here on the CPU."""
+    monkeypatch.setattr(rnn_stack, "packed_training", lambda device: True)
+    for member, alone in zip(run_local_cohort("rnn", CONFIGS, contexts(jsb, SEEDS)), solo):
+        assert_same_record(member, alone)
 
 
 def test_a_diverging_member_is_finished_diverged_and_the_others_go_on(jsb, solo):

@@ -149,6 +149,41 @@ def test_fused_stacked_recurrence_equals_the_eager_loop(monkeypatch, fused, shap
     assert Replay.recorded > 0
 
 
+def packed_case(shapes, packed: bool):
+    """Logits at each member's own positions and the parameters' gradients, through the member path
+    (`forward_members`) or the packed one (`forward_packed`, all layers over every position)."""
+    nets = []
+    for k, r in enumerate(RATES):
+        net = FastDropoutRNN(12, 16, 12, "tanh", 1 - r.keep_input, 1 - r.keep_hidden, 1 - r.keep_output,
+                             r.fd_final_layer)
+        net.initialise(0.1, 0.1, 1.1, generator=torch.Generator().manual_seed(k))
+        nets.append(net.double())
+    stack = sr.StackedFDRNN([n.state_dict() for n in nets], RATES)
+    g = torch.Generator().manual_seed(9)
+    xs = [(torch.rand(t, b, 12, generator=g) > 0.7).double() for t, b in shapes]
+    weights = [torch.randn(t, b, 12, generator=g, dtype=torch.float64) for t, b in shapes]
+    if packed:
+        plan = stack.plan([t for t, _ in shapes], [b for _, b in shapes], stack.params[0])
+        z = stack.forward_packed(plan.pack(xs), plan)
+        logits = [z[plan.order.index(k), :t, :b] for k, (t, b) in enumerate(shapes)]
+        (z * plan.pack(weights)).sum().backward()  # zero weights past each member's steps and sequences
+    else:
+        logits = stack.forward_members(xs)
+        sum((z * w).sum() for z, w in zip(logits, weights)).backward()
+    return [z.detach() for z in logits], [p.grad for p in stack.params]
+
+
+@pytest.mark.parametrize("fused_path", [False, True])
+def test_packed_layers_give_each_member_its_own_numbers(request, fused_path):
+    """Padding (other members' longer steps, larger batches) enters no member's logits or gradients."""
+    if fused_path:
+        request.getfixturevalue("fused")
+    shapes = [(9, 4), (13, 3), (5, 4)]
+    for got, want in zip(packed_case(shapes, True), packed_case(shapes, False)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_only_cuda_tensors_take_the_fused_path(monkeypatch):
     monkeypatch.delenv("SEQREP_FUSED", raising=False)
     assert fused_tanh.enabled(torch.zeros(2)) is False

@@ -89,6 +89,12 @@ class _MemberOptimizer:
         self.stack.climin.load_member(self.stack.ids.index(self.k), entries)
 
 
+def packed_training(device: torch.device) -> bool:
+    """Whether `Stacked` trains on packed minibatches: on a GPU, bound by kernel launches, the layers
+    run once for all members; on a CPU, bound by arithmetic, each on its member's own rows."""
+    return device.type == "cuda"
+
+
 class Stacked:
     """Tanh members trained as one stacked model (module docstring)."""
 
@@ -110,26 +116,39 @@ class Stacked:
         """One pass over the training split, each member in its own minibatch order; mean NLL per frame."""
         epochs = [list(batches(self.splits["train"], self.batch_size, self.generators[k], pool=POOL)) for k in self.ids]
         total, frames = torch.zeros(len(self.ids), device=self.device), [0] * len(self.ids)
+        train_step = self._packed_step if packed_training(self.device) else self._member_step
         for step in zip(*epochs):
-            # the members' minibatches packed (`Plan.pack`) on the host, then moved at once; the inputs
-            # are the packed targets shifted by one step (each member's `shift`, where it has steps)
-            plan = self.net.plan([b.x.shape[0] for b in step], [b.x.shape[1] for b in step], self.net.params[0])
-            pin = self.device.type == "cuda"
-            x, mask = (to_device(plan.pack(values, pin), self.device) for values in ([b.x for b in step],
-                                                                                     [b.mask for b in step]))
-            inputs = torch.zeros_like(x)
-            inputs[:, 1:] = x[:, :-1]
             counts = [int(b.mask.sum()) for b in step]
-            order = to_device(torch.tensor(plan.order), self.device)
-            nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order
             for p in self.net.params:
                 p.grad = None
-            # each member: the gradient of its own loss, nll / frames, as its solo run takes it
-            (nlls / to_device(torch.tensor([float(counts[k]) for k in plan.order]), self.device)).sum().backward()
+            total += train_step(step, counts)
             self.climin.step()
-            total.index_add_(0, order, nlls.detach())
             frames = [f + n for f, n in zip(frames, counts)]
         return [value / f for value, f in zip(total.tolist(), frames)]
+
+    def _member_step(self, step: tuple, counts: list[int]) -> torch.Tensor:
+        """Forward and backward of one minibatch per member, each member's layers on its own rows
+        (`StackedFDRNN.forward_members`); each member's summed NLL (K,)."""
+        xs = [to_device(b.x, self.device) for b in step]
+        logits = self.net.forward_members([shift(x) for x in xs])
+        nlls = [frame_nll(z, x, to_device(b.mask, self.device)).sum() for z, x, b in zip(logits, xs, step)]
+        sum(nll / n for nll, n in zip(nlls, counts)).backward()  # each member: the gradient of its own loss
+        return torch.stack([nll.detach() for nll in nlls])
+
+    def _packed_step(self, step: tuple, counts: list[int]) -> torch.Tensor:
+        """`_member_step` on packed minibatches (`StackedFDRNN.forward_packed`): packed on the host,
+        moved at once; the inputs are the targets shifted by one step on the device."""
+        plan = self.net.plan([b.x.shape[0] for b in step], [b.x.shape[1] for b in step], self.net.params[0])
+        pin = self.device.type == "cuda"
+        x, mask = (to_device(plan.pack(values, pin), self.device) for values in ([b.x for b in step],
+                                                                                 [b.mask for b in step]))
+        inputs = torch.zeros_like(x)
+        inputs[:, 1:] = x[:, :-1]
+        nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order
+        frames = to_device(torch.tensor([float(counts[k]) for k in plan.order]), self.device)
+        (nlls / frames).sum().backward()  # each member: the gradient of its own loss, nll / frames
+        order = to_device(torch.tensor(plan.order), self.device)
+        return torch.empty_like(nlls).index_copy_(0, order, nlls.detach())
 
     def validate(self) -> tuple[list[Metrics], Callable[[int], dict]]:
         """Validation metrics per member at climin's resting point, and member `pos`'s state there."""

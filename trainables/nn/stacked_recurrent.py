@@ -182,6 +182,48 @@ class StackedTanhRecurrence(torch.autograd.Function):
         return (None, grad_w, *grad_a[: 2 if plan.fd else 1])
 
 
+class MemberRecurrence(torch.autograd.Function):
+    """apply(plan, w_rec (K, H, H) in `plan`'s order, *inputs) -> outputs: member k's (T_k, B_k, H)
+    in_mean_k (and in_var_k under FD) in, its hidden means (and variances) out, in member order:
+    `StackedTanhRecurrence` with the packing inside, so that no packed tensor enters autograd's
+    graph (slicing K members out of one would make K packed gradients)."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, w_rec: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
+        per = 2 if plan.fd else 1
+        alloc = plan.space.take if plan.space is not None and not plan.space.busy else fresh
+        like = inputs[0].new_empty(1, 1, 1, 1).expand(len(plan.lengths), max(plan.lengths), max(plan.sizes),
+                                                       w_rec.shape[-1])
+        packed = _pack(inputs, per, plan, *(alloc(name, like) for name in ("in_mean", "in_var")[:per]))
+        hidden = StackedTanhRecurrence.forward(ctx, plan, w_rec, *packed)
+        return tuple(h[plan.order.index(k), : plan.lengths[k], : plan.sizes[k]].contiguous()
+                     for k in range(len(plan.lengths)) for h in hidden)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        plan: Plan = ctx.plan
+        per = 2 if plan.fd else 1
+        alloc = ctx.space.take if ctx.space is not None else fresh
+        like = ctx.saved_tensors[1]
+        packed = _pack(grads, per, plan, *(alloc(name, like) for name in ("grad_mean", "grad_var")[:per]))
+        _, grad_w, *grad_a = StackedTanhRecurrence.backward(ctx, *packed)
+        return (None, grad_w, *(g[plan.order.index(k), : plan.lengths[k], : plan.sizes[k]].contiguous()
+                                for k in range(len(plan.lengths)) for g in grad_a))
+
+
+def _pack(values: tuple[Tensor, ...], per: int, plan: Plan, *buffers: Tensor) -> list[Tensor]:
+    """Member k's `per` tensors (T_k, B_k, H) into the packed buffers (K, T, B, H) at its position,
+    zero in the columns past B_k (which the recurrence runs alongside); steps past T_k stay unset."""
+    packed = list(buffers[:per])
+    for pos, k in enumerate(plan.order):
+        steps, size = plan.lengths[k], plan.sizes[k]
+        for buffer, value in zip(packed, values[per * k: per * k + per]):
+            buffer[pos, :steps, :size] = value
+            if size < buffer.shape[2]:
+                buffer[pos, :steps, size:] = 0.0
+    return packed
+
+
 def _packed_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, keep: Tensor) -> Tensor:
     """Every member's W_rec gradient at once, over all packed steps 1..T-1 and sequences: the fused
     loops leave the gradients past a member's end and sequences exactly zero, so that each member's
@@ -268,10 +310,27 @@ class StackedFDRNN:
         return logits.view(size, steps, batch, -1)
 
     def forward_members(self, xs: list[Tensor]) -> list[Tensor]:
-        """Member k reads its own x_k (T_k, B_k, n_in); returns its effective logits (T_k, B_k, n_out)."""
-        plan = self.plan([x.shape[0] for x in xs], [x.shape[1] for x in xs], xs[0])
-        logits = self.forward_packed(plan.pack(xs), plan)
-        return [logits[plan.order.index(k), : x.shape[0], : x.shape[1]] for k, x in enumerate(xs)]
+        """Member k reads its own x_k (T_k, B_k, n_in); returns its effective logits (T_k, B_k, n_out).
+        Each member's input and output layers run on its own rows, with its solo run's operations and
+        shapes (on a CPU, bound by arithmetic, no padding is computed); only the recurrence is packed."""
+        plan = self.plan([x.shape[0] for x in xs], [x.shape[1] for x in xs], self.params[0])
+        w_ih, b_ih, b_hh, w_out, b_out = (self.params[i].unbind(0) for i in (0, 2, 3, 4, 5))
+        inputs = []
+        for k, x in enumerate(xs):
+            mean, var = vp.fd_affine(x, None, w_ih[k], b_ih[k] + b_hh[k], self.rates[k].keep_input)
+            inputs += [mean, var] if plan.fd else [mean]
+        index = to_device(torch.tensor(plan.order), x.device)
+        hidden = MemberRecurrence.apply(plan, self.params[1].index_select(0, index), *inputs)
+        per = 2 if plan.fd else 1
+        return [self._output(hidden[per * k], hidden[per * k + 1] if plan.fd else None, w_out[k], b_out[k], r)
+                for k, r in enumerate(self.rates)]
+
+    def _output(self, mean: Tensor, var: Tensor | None, weight: Tensor, bias: Tensor, rates: Rates) -> Tensor:
+        """`FastDropoutRNN.forward`'s output layer for one member."""
+        if not rates.output_fd:
+            return torch.nn.functional.linear(mean, weight, bias)
+        out_mean, out_var = vp.fd_affine(mean, var, weight, bias, rates.keep_output)
+        return out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * out_var)
 
     @torch.no_grad()
     def forward_shared(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
