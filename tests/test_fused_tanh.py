@@ -102,6 +102,11 @@ def test_an_arena_is_kept_per_shape_and_replaced_by_a_larger_one(monkeypatch):
     sg.arena(("a",), 5, like, shapes, 0)  # "a" used last: "b" goes when a third shape comes
     sg.arena(("c",), 5, like, shapes, 0)
     assert list(k[0] for k in sg._ARENAS) == ["a", "c"] and sg.arena(("b",), 5, like, shapes, 0) is not other
+    monkeypatch.setattr(sg, "KEEP", 8)
+    monkeypatch.setattr(sg, "KEEP_BYTES", 3 * 65 * 2 * 4)  # three arenas of 65 x 2 float32
+    for name in "defg":
+        sg.arena((name,), 5, like, shapes, 0)
+    assert [k[0] for k in sg._ARENAS] == ["e", "f", "g"] and sg.arena(("g",), 5, like, shapes, 0).bytes == 520
 
 
 def test_fused_solo_recurrence_passes_gradcheck(fused):

@@ -17,13 +17,14 @@ inputs into and its outputs out of (a few copies per call against thousands of l
   the loop it recorded. Off a GPU, while another graph is being recorded, or with SEQREP_GRAPHS=0,
   every run is the body itself (the CPU tests run the same segments and arenas this way).
 
-`arena(key, steps, ...)` keeps the last `KEEP` arenas (least recently used out first); a sequence
-longer than its arena holds replaces it (and its graphs) by one with room.
+`arena(key, steps, ...)` keeps the last `KEEP` arenas, `KEEP_BYTES` at most (least recently used
+out first); a sequence longer than its arena holds replaces it (and its graphs) by one with room.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -32,7 +33,8 @@ import torch
 
 Tensor = torch.Tensor
 CHUNK = 8  # steps per graph: at most CHUNK - 1 steps of a sequence's tail run outside graphs
-KEEP = 8  # arenas kept (shapes: training and evaluation minibatches, forward and backward)
+KEEP = 16  # arenas kept (shapes: training and evaluation minibatches, forward and backward, solo and stacked)
+KEEP_BYTES = 4 << 30  # and at most this much memory in them (the least recently used go first)
 ROOM = 64  # an arena holds a multiple of ROOM steps (+1), so that a few sizes serve every length
 
 
@@ -115,6 +117,7 @@ class Arena:
     def __init__(self, shapes: dict[str, tuple[int, ...]], time: int, room: int, like: Tensor):
         self.time, self.room = time, room
         self.t = {name: like.new_zeros(shape) for name, shape in shapes.items()}
+        self.bytes = sum(x.numel() * x.element_size() for x in self.t.values())
         self.graphs = Graphs(like.device)
         self._views: dict = {}
 
@@ -147,9 +150,11 @@ def arena(key: tuple, steps: int, like: Tensor, shapes: Callable[[int], dict[str
     found = _ARENAS.get(full)
     if found is None or found.room < steps + 1:
         _ARENAS.pop(full, None)
-        while len(_ARENAS) >= KEEP:
-            _ARENAS.popitem(last=False)
         room = room_for(steps)
-        found = _ARENAS[full] = Arena(shapes(room), time, room, like)
+        sizes = shapes(room)
+        size = like.element_size() * sum(math.prod(shape) for shape in sizes.values())
+        while _ARENAS and (len(_ARENAS) >= KEEP or size + sum(a.bytes for a in _ARENAS.values()) > KEEP_BYTES):
+            _ARENAS.popitem(last=False)
+        found = _ARENAS[full] = Arena(sizes, time, room, like)
     _ARENAS.move_to_end(full)
     return found
