@@ -117,14 +117,19 @@ def test_fused_solo_recurrence_passes_gradcheck(fused):
     assert torch.autograd.gradcheck(lambda m, v, w: FDTanhRecurrence.apply(m, v, w, 0.6), args)
 
 
-def stacked_case(shapes, seed: int = 5):
+def three_members() -> sr.StackedFDRNN:
+    """Three float64 FD-RNNs of 16 units, one per `RATES`, stacked."""
     nets = []
     for k, r in enumerate(RATES):
         net = FastDropoutRNN(12, 16, 12, "tanh", 1 - r.keep_input, 1 - r.keep_hidden, 1 - r.keep_output,
                              r.fd_final_layer)
         net.initialise(0.1, 0.1, 1.1, generator=torch.Generator().manual_seed(k))
         nets.append(net.double())
-    stack = sr.StackedFDRNN([n.state_dict() for n in nets], RATES)
+    return sr.StackedFDRNN([n.state_dict() for n in nets], RATES)
+
+
+def stacked_case(shapes, seed: int = 5):
+    stack = three_members()
     g = torch.Generator().manual_seed(seed)
     xs = [(torch.rand(t, b, 12, generator=g) > 0.7).double() for t, b in shapes]
     logits = stack.forward_members(xs)
@@ -157,13 +162,7 @@ def test_fused_stacked_recurrence_equals_the_eager_loop(monkeypatch, fused, shap
 def packed_case(shapes, packed: bool):
     """Logits at each member's own positions and the parameters' gradients, through the member path
     (`forward_members`) or the packed one (`forward_packed`, all layers over every position)."""
-    nets = []
-    for k, r in enumerate(RATES):
-        net = FastDropoutRNN(12, 16, 12, "tanh", 1 - r.keep_input, 1 - r.keep_hidden, 1 - r.keep_output,
-                             r.fd_final_layer)
-        net.initialise(0.1, 0.1, 1.1, generator=torch.Generator().manual_seed(k))
-        nets.append(net.double())
-    stack = sr.StackedFDRNN([n.state_dict() for n in nets], RATES)
+    stack = three_members()
     g = torch.Generator().manual_seed(9)
     xs = [(torch.rand(t, b, 12, generator=g) > 0.7).double() for t, b in shapes]
     weights = [torch.randn(t, b, 12, generator=g, dtype=torch.float64) for t, b in shapes]

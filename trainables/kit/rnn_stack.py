@@ -1,12 +1,14 @@
 """The two ways `trainables.kit.rnn_cohort` trains the members of an `rnn` cohort, one epoch at a time.
 
 - `Stacked` (tanh cells: sRNN and FD-RNN): one `trainables.nn.stacked_recurrent.StackedFDRNN` and
-  one `trainables.nn.stacked_climin.StackedClimin` for all members. Each member is initialised by
-  its solo run's `build_model` (seed, ν, ρ; the K initialisations in parallel threads,
-  `initialise.in_threads`: their eigenvalue problems were half a GPU cohort's first epoch), draws its minibatches from its own generator, takes one
-  optimiser step per minibatch with its own hyperparameters, and is evaluated at climin's resting
-  point; `model(k)` / `optimizer(k)` show member k's part in its solo run's state-dict layout, so
-  that `trainables.kit.training.Progress` checkpoints and restores it as a solo run's.
+  one `trainables.nn.stacked_climin.StackedClimin` for all members. Each member is initialised as
+  its solo run's `build_model` draws it (seed, ν, ρ; the K initialisations in parallel threads,
+  `initialise.in_threads`: their eigenvalue problems were half a GPU cohort's first epoch), draws
+  its minibatches from its own generator, takes one optimiser step per minibatch with its own
+  hyperparameters (on a GPU the minibatches packed into one, `packed_training`), and is evaluated
+  at climin's resting point; `model(k)` / `optimizer(k)` show member k's part in its solo run's
+  state-dict layout, so that `trainables.kit.training.Progress` checkpoints and restores it as a
+  solo run's.
 - `Lockstep` (LSTM cells, which have no stacked recurrence): the members' solo nets and optimisers,
   trained one after another within each epoch; the same numbers as K solo runs, no speed-up.
 
@@ -145,8 +147,8 @@ class Stacked:
         inputs = torch.zeros_like(x)
         inputs[:, 1:] = x[:, :-1]
         nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order
-        frames = to_device(torch.tensor([float(counts[k]) for k in plan.order]), self.device)
-        (nlls / frames).sum().backward()  # each member: the gradient of its own loss, nll / frames
+        divisors = to_device(torch.tensor([float(counts[k]) for k in plan.order]), self.device)
+        (nlls / divisors).sum().backward()  # each member: the gradient of its own loss, nll / frames
         order = to_device(torch.tensor(plan.order), self.device)
         return torch.empty_like(nlls).index_copy_(0, order, nlls.detach())
 

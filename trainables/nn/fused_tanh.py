@@ -103,73 +103,77 @@ def _shapes(per_step: tuple[str, ...], members: tuple[int, ...], batch: int, hid
     return shapes
 
 
-def _rates(arena: sg.Arena, keep, noise) -> None:
-    """The arena's rate buffers: a float filled in (as `rate` makes it), or a column copied."""
-    for name, value in (("keep", keep), ("noise", noise)):
-        arena.t[name].fill_(value) if isinstance(value, float) else arena.t[name].copy_(value)
-
-
-def solo_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float) -> tuple[Tensor, ...]:
-    """`FDTanhRecurrence.forward`'s loop, fused: (a_means, a_vars, means, variances, var_ins), (T, B, H) each."""
-    step = kernels()[0]
-    steps, batch, hidden = in_mean.shape
-    arena = sg.arena(("solo-forward", batch, hidden), steps, in_mean, _shapes(FORWARD_IN + FORWARD_OUT, (), batch,
-                                                                               hidden), 0)
+def _load(arena: sg.Arena, w: Tensor, keep, noise) -> None:
+    """W_rec (as the loop reads it) and its square, the rates (a float filled in, as `rate` would
+    make it, or a column copied), and zero products (those of the loop's first step)."""
     a = arena.t
-    for name, x in zip(FORWARD_IN, (in_mean, in_var)):
-        a[name][:steps].copy_(x)
-    a["w"].copy_(w_rec)
+    a["w"].copy_(w)
     torch.square(a["w"], out=a["w_sq"])
-    _rates(arena, keep, keep * (1.0 - keep))
+    for name, value in (("keep", keep), ("noise", noise)):
+        a[name].fill_(value) if isinstance(value, float) else a[name].copy_(value)
     for name in ("product_mean", "product_var"):
         a[name].zero_()
-    a["var_ins"][0].zero_()  # h_0 = 0
-    w_t, w_sq_t = a["w"].T, a["w_sq"].T
+
+
+def _forward(arena: sg.Arena, steps: int, product, w_t: Tensor, w_sq_t: Tensor) -> None:
+    """The forward loop on the arena's buffers; `product` is torch.mm (solo) or torch.bmm (stacked)."""
+    step = kernels()[0]
     in_means, in_vars, a_means, a_vars, means, variances, var_ins = (arena.steps(n) for n in FORWARD_IN + FORWARD_OUT)
-    product_mean, product_var, keep_t, noise = (a[n] for n in ("product_mean", "product_var", "keep", "noise"))
+    product_mean, product_var, keep, noise = (arena.t[n] for n in ("product_mean", "product_var", "keep", "noise"))
 
     def body(lo: int, hi: int) -> None:
         for t in range(lo, hi):
             if t:
-                torch.mm(means[t - 1], w_t, out=product_mean)
-                torch.mm(var_ins[t], w_sq_t, out=product_var)
-            step(in_means[t], product_mean, in_vars[t], product_var, keep_t, noise, a_means[t], a_vars[t], means[t],
+                product(means[t - 1], w_t, out=product_mean)
+                product(var_ins[t], w_sq_t, out=product_var)
+            step(in_means[t], product_mean, in_vars[t], product_var, keep, noise, a_means[t], a_vars[t], means[t],
                  variances[t], var_ins[t + 1])
 
     arena.run(steps, False, body)
-    return tuple(a[name][:steps].clone() for name in FORWARD_OUT)
+
+
+def _backward(arena: sg.Arena, steps: int, product) -> None:
+    """The backward loop on the arena's buffers (`_forward`'s `product`)."""
+    step = kernels()[1]
+    views = (arena.steps(n) for n in BACKWARD_IN + BACKWARD_OUT)
+    grad_means, grad_vars, a_means, a_vars, means, grad_a_means, grad_a_vars = views
+    product_mean, product_var, w, w_sq, keep, noise2 = (arena.t[n] for n in (*SMALL, "keep", "noise"))
+
+    def body(lo: int, hi: int) -> None:
+        for t in range(hi - 1, lo - 1, -1):
+            if t + 1 < steps:
+                product(grad_a_means[t + 1], w, out=product_mean)
+                product(grad_a_vars[t + 1], w_sq, out=product_var)
+            step(grad_means[t], grad_vars[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep,
+                 noise2, grad_a_means[t], grad_a_vars[t])
+
+    arena.run(steps, True, body)
+
+
+def solo_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float) -> tuple[Tensor, ...]:
+    """`FDTanhRecurrence.forward`'s loop, fused: (a_means, a_vars, means, variances, var_ins), (T, B, H) each."""
+    steps, batch, hidden = in_mean.shape
+    arena = sg.arena(("solo-forward", batch, hidden), steps, in_mean, _shapes(FORWARD_IN + FORWARD_OUT, (), batch,
+                                                                               hidden), 0)
+    for name, x in zip(FORWARD_IN, (in_mean, in_var)):
+        arena.t[name][:steps].copy_(x)
+    _load(arena, w_rec, keep, keep * (1.0 - keep))
+    arena.t["var_ins"][0].zero_()  # h_0 = 0
+    _forward(arena, steps, torch.mm, arena.t["w"].T, arena.t["w_sq"].T)
+    return tuple(arena.t[name][:steps].clone() for name in FORWARD_OUT)
 
 
 def solo_backward(grad_means: Tensor, grad_variances: Tensor, a_means: Tensor, a_vars: Tensor, means: Tensor,
                   w_rec: Tensor, keep: float) -> tuple[Tensor, Tensor]:
     """`FDTanhRecurrence.backward`'s loop, fused: the gradients of a_mean and a_var, (T, B, H) each."""
-    step = kernels()[1]
     steps, batch, hidden = a_means.shape
     arena = sg.arena(("solo-backward", batch, hidden), steps, a_means, _shapes(BACKWARD_IN + BACKWARD_OUT, (), batch,
                                                                                 hidden), 0)
-    a = arena.t
     for name, x in zip(BACKWARD_IN, (grad_means, grad_variances, a_means, a_vars, means)):
-        a[name][:steps].copy_(x)
-    a["w"].copy_(w_rec)
-    torch.square(a["w"], out=a["w_sq"])
-    _rates(arena, keep, 2.0 * keep * (1.0 - keep))
-    for name in ("product_mean", "product_var"):
-        a[name].zero_()
-    w, w_sq, product_mean, product_var, keep_t, noise2 = (a[n] for n in ("w", "w_sq", "product_mean", "product_var",
-                                                                         "keep", "noise"))
-    views = (arena.steps(n) for n in BACKWARD_IN + BACKWARD_OUT)
-    grad_means, grad_variances, a_means, a_vars, means, grad_a_means, grad_a_vars = views
-
-    def body(lo: int, hi: int) -> None:
-        for t in range(hi - 1, lo - 1, -1):
-            if t + 1 < steps:
-                torch.mm(grad_a_means[t + 1], w, out=product_mean)
-                torch.mm(grad_a_vars[t + 1], w_sq, out=product_var)
-            step(grad_means[t], grad_variances[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_t,
-                 noise2, grad_a_means[t], grad_a_vars[t])
-
-    arena.run(steps, True, body)
-    return a["grad_a_means"][:steps].clone(), a["grad_a_vars"][:steps].clone()
+        arena.t[name][:steps].copy_(x)
+    _load(arena, w_rec, keep, 2.0 * keep * (1.0 - keep))
+    _backward(arena, steps, torch.mm)
+    return tuple(arena.t[name][:steps].clone() for name in BACKWARD_OUT)
 
 
 def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor, noise: Tensor, counts: list[int],
@@ -179,32 +183,15 @@ def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor
     Returns (means, variances), with `save` also (a_means, a_vars, var_ins); `alloc(name, like)`
     gives the buffers. Every step runs all K members (module docstring: members past their end run
     on zeros)."""
-    step = kernels()[0]
     size, steps, batch, hidden = in_mean.shape
     arena = sg.arena(("stacked-forward", size, batch, hidden), steps, in_mean,
                      _shapes(FORWARD_IN + FORWARD_OUT, (size,), batch, hidden), 1)
-    a = arena.t
     _copy_in(arena, FORWARD_IN, (in_mean, in_var), counts)
-    a["w"].copy_(w_rec.transpose(1, 2))  # W_rec^T and its square, contiguous (as `recur`)
-    torch.square(a["w"], out=a["w_sq"])
-    _rates(arena, keep, noise)
-    for name in ("product_mean", "product_var"):
-        a[name].zero_()
-    a["var_ins"][:, 0].zero_()  # h_0 = 0
-    in_means, in_vars, a_means, a_vars, means, variances, var_ins = (arena.steps(n) for n in FORWARD_IN + FORWARD_OUT)
-    product_mean, product_var, w_t, w_sq_t, keep_t, noise_t = (a[n] for n in (*SMALL, "keep", "noise"))
-
-    def body(lo: int, hi: int) -> None:
-        for t in range(lo, hi):
-            if t:
-                torch.bmm(means[t - 1], w_t, out=product_mean)
-                torch.bmm(var_ins[t], w_sq_t, out=product_var)
-            step(in_means[t], product_mean, in_vars[t], product_var, keep_t, noise_t, a_means[t], a_vars[t], means[t],
-                 variances[t], var_ins[t + 1])
-
-    arena.run(steps, False, body)
+    _load(arena, w_rec.transpose(1, 2), keep, noise)  # W_rec^T and its square, contiguous (as `recur`)
+    arena.t["var_ins"][:, 0].zero_()  # h_0 = 0
+    _forward(arena, steps, torch.bmm, arena.t["w"], arena.t["w_sq"])
     names = FORWARD_OUT[2:4] + (FORWARD_OUT[:2] + FORWARD_OUT[4:] if save else ())
-    return tuple(alloc(name, in_mean).copy_(a[name][:, :steps]) for name in names)
+    return tuple(alloc(name, in_mean).copy_(arena.t[name][:, :steps]) for name in names)
 
 
 def _lengths(counts: list[int], size: int) -> list[int]:
@@ -229,31 +216,13 @@ def stacked_backward(grad_means: Tensor, grad_vars: Tensor, a_means: Tensor, a_v
     """`stacked_loops.recur_backward`'s FD loop, fused: the gradients of a_mean and a_var,
     (K, T, B, H) each. Every step runs all members: past a member's end its gradients are zero
     (zero gradients in, finite saved values), so that it starts its last step with zero products."""
-    step = kernels()[1]
     size, steps, batch, hidden = means.shape
     arena = sg.arena(("stacked-backward", size, batch, hidden), steps, means,
                      _shapes(BACKWARD_IN + BACKWARD_OUT, (size,), batch, hidden), 1)
-    a = arena.t
     _copy_in(arena, BACKWARD_IN[:2], (grad_means, grad_vars), counts)
     for name, x in zip(BACKWARD_IN[2:], (a_means, a_vars, means)):
-        a[name][:, :steps].copy_(x)
-    a["w"].copy_(w_rec)
-    torch.square(a["w"], out=a["w_sq"])
-    _rates(arena, keep, noise2)
-    for name in ("product_mean", "product_var"):
-        a[name].zero_()
-    views = (arena.steps(n) for n in BACKWARD_IN + BACKWARD_OUT)
-    grad_means, grad_vars, a_means, a_vars, means, grad_a_means, grad_a_vars = views
-    product_mean, product_var, w, w_sq, keep_t, noise2_t = (a[n] for n in (*SMALL, "keep", "noise"))
-
-    def body(lo: int, hi: int) -> None:
-        for t in range(hi - 1, lo - 1, -1):
-            if t + 1 < steps:
-                torch.bmm(grad_a_means[t + 1], w, out=product_mean)
-                torch.bmm(grad_a_vars[t + 1], w_sq, out=product_var)
-            step(grad_means[t], grad_vars[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep_t,
-                 noise2_t, grad_a_means[t], grad_a_vars[t])
-
-    like = a["means"][:, :steps]
-    arena.run(steps, True, body)
-    return tuple(alloc(name, like).copy_(a[name][:, :steps]) for name in BACKWARD_OUT)
+        arena.t[name][:, :steps].copy_(x)
+    _load(arena, w_rec, keep, noise2)
+    _backward(arena, steps, torch.bmm)
+    like = arena.t["means"][:, :steps]
+    return tuple(alloc(name, like).copy_(arena.t[name][:, :steps]) for name in BACKWARD_OUT)

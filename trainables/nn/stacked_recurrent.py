@@ -6,16 +6,18 @@ recurrence of all members runs as one loop over time whose products are batched 
 members (`torch.bmm`), which on one CPU thread (MKL) gives each member's product bit for bit as its
 solo `h @ W.T` does.
 
-Training (`forward_packed`, or `forward_members` for a list of minibatches): each member brings its
-own minibatch (T_k steps, B_k sequences), packed into one (K, T, B, n_in) layout (`Plan.pack`),
-members sorted by decreasing length. The input and output layers run on all members at once
-(batched matmuls: a row's numbers do not depend on the rows beside it), over every position; past
-a member's own steps and sequences they meet zeros or finite padding, which the loss masks. The
-recurrence (`StackedTanhRecurrence`) at step t runs only the members still running (a prefix of the
-member axis), so a member's short batch costs no more steps than in its solo run (on a GPU every
-member runs every step: `fused_tanh`). Its backward is `recurrent.FDTanhRecurrence`'s, with W_rec's
-gradient summed over each member's own steps and sequences as the solo run sums it. The packed
-buffers are kept between minibatches (`Workspace`).
+Training: each member brings its own minibatch (T_k steps, B_k sequences). `forward_members` (the
+CPU's, bound by arithmetic) runs each member's input and output layers on its own rows, with the
+solo run's operations on the solo run's shapes, and packs only the recurrence (`MemberRecurrence`);
+`forward_packed` (a GPU's, bound by kernel launches) takes the minibatches packed into one
+(K, T, B, n_in) tensor (`Plan.pack`) and runs the layers once for all members over every position
+(batched matmuls: a row's numbers do not depend on the rows beside it); past a member's own steps
+and sequences they meet zeros or finite padding, which the loss masks. Members are packed by
+decreasing length; the recurrence (`StackedTanhRecurrence`) at step t runs only the members still
+running (a prefix of the member axis), so a member's short batch costs no more steps than in its
+solo run (on a GPU every member runs every step: `fused_tanh`). Its backward is
+`recurrent.FDTanhRecurrence`'s, with W_rec's gradient summed over each member's own steps and
+sequences as the solo run sums it. The packed buffers are kept between minibatches (`Workspace`).
 
 Evaluation (`hidden_shared`, then `logit_chunks`, or both as `forward_shared`): every member reads the
 same minibatch; the whole net runs stacked, its input and output layers `EVAL_ROWS` rows at a time
