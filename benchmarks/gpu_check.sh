@@ -10,8 +10,8 @@
 #
 # JSB Chorales comes from $SEQREP_DATA, else from `.device-data/` at the project root (git-ignored),
 # which then holds polyphonic/JSB_Chorales.pickle. Each benchmark's output is also written to
-# OUT_DIR (default $OUT, else /tmp); each benchmark is cut off (100, 120, 200, 150 s), so that a hang
-# cannot take the other's figure. About 2 1/2 minutes on one H200.
+# OUT_DIR (default $OUT, else /tmp); each benchmark is cut off (90, 100, 100, 150, 120 s), so that a
+# hang cannot take the others' figures. About 1 1/2 minutes on one H200 (80 s at 7d8a310).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 set -uo pipefail
