@@ -1,14 +1,26 @@
 """What the cohort and restart tests share: a member's numbers against its solo run's, a restarted
-trial's epochs."""
+trial's epochs, and the cohort benchmarks as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from seqrep.session import LocalSession, run_local_cohort
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """`benchmarks/<name>.py` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def relative_differences(solo: dict[str, float], member: dict[str, float]) -> list[float]:

@@ -23,7 +23,6 @@ absolute as well.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -32,13 +31,13 @@ import numpy as np
 import pytest
 import torch
 
+from cohort_checks import load_benchmark
 import seqrep.data
 from seqrep.method import TrialContext
 from seqrep.session import run_local, run_local_cohort
 from trainables import osp, ri, rim, sf
 from trainables.kit import reduction_cohort, reduction_run
 
-ROOT = Path(__file__).resolve().parents[1]
 CBF = Path(seqrep.data.resolve_data_dir()) / "ucr/CBF/CBF_TEST.tsv"
 
 TABLE10 = dict(hidden_units=32, output_units=16, optimizer="rmsprop", step_rate=1e-4, momentum=0.9, decay=0.9,
@@ -248,10 +247,7 @@ def test_cohort_keys_are_what_fixes_a_shape_the_minibatches_the_optimiser_or_the
 
 
 def test_the_benchmark_returns_its_line():
-    spec = importlib.util.spec_from_file_location("cohort_reduction_benchmark", ROOT / "benchmarks/cohort_reduction.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    line = module.main(2, "cpu", epochs=1)
+    line = load_benchmark("cohort_reduction").main(2, "cpu", epochs=1)
     if CBF.exists():
         assert re.fullmatch(r"cohort method=reduction K=2 device=cpu ratio=\d+\.\d\d", line), line
     else:

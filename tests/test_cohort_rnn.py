@@ -13,16 +13,15 @@ The other cases run fewer epochs.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import math
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
+from cohort_checks import load_benchmark
 from seqrep import data as datasets
 from seqrep.data.base import SequenceData
 from seqrep.errors import SeqrepError
@@ -31,7 +30,6 @@ from seqrep.session import LocalSession, run_local, run_local_cohort
 from trainables import rnn
 from trainables.kit import rnn_stack
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 20
 RTOL = 1e-5
 BASE = dict(hidden_units=16, batch_size=8)
@@ -195,16 +193,9 @@ def test_other_cohorts_equal_their_solo_runs(jsb, case):
         assert_same_layout(member.checkpoint, alone.checkpoint)
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("cohort_rnn_benchmark", ROOT / "benchmarks" / "cohort_rnn.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_benchmark_draws_the_same_hyperparameters_at_every_width():
     """`--hidden 600` (the GPU case) changes the width of every member and nothing else it draws."""
-    draw = _benchmark().draw_configs
+    draw = load_benchmark("cohort_rnn").draw_configs
     narrow, wide = draw(8), draw(8, hidden=600)
     assert [c["hidden_units"] for c in narrow] == [200] * 8 and [c["hidden_units"] for c in wide] == [600] * 8
     assert [dict(c, hidden_units=0) for c in narrow] == [dict(c, hidden_units=0) for c in wide]
@@ -212,7 +203,7 @@ def test_the_benchmark_draws_the_same_hyperparameters_at_every_width():
 
 
 def test_the_benchmark_returns_its_line(tmp_path):
-    main = _benchmark().main
+    main = load_benchmark("cohort_rnn").main
     assert main(2, "cpu", data_dir=str(tmp_path)).startswith(
         "cohort method=rnn skipped: JSB Chorales not available (")
     if not torch.cuda.is_available():
