@@ -149,8 +149,7 @@ class Stacked:
         nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order
         divisors = to_device(torch.tensor([float(counts[k]) for k in plan.order]), self.device)
         (nlls / divisors).sum().backward()  # each member: the gradient of its own loss, nll / frames
-        order = to_device(torch.tensor(plan.order), self.device)
-        return torch.empty_like(nlls).index_copy_(0, order, nlls.detach())
+        return torch.empty_like(nlls).index_copy_(0, plan.index, nlls.detach())
 
     def validate(self) -> tuple[list[Metrics], Callable[[int], dict]]:
         """Validation metrics per member at climin's resting point, and member `pos`'s state there."""

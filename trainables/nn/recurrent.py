@@ -285,10 +285,19 @@ class FDTanhRecurrence(torch.autograd.Function):
 
 def _grad_w(grad_a_means: Tensor, grad_a_vars: Tensor, means: Tensor, var_ins: Tensor, w_rec: Tensor,
             keep: float) -> Tensor:
-    """W_rec's gradient: two (H, T*B) x (T*B, H) products over steps t = 1..T-1 (h_0 = 0 adds nothing)."""
-    hidden = w_rec.shape[0]
-    grad_w = keep * (grad_a_means[1:].reshape(-1, hidden).T @ means[:-1].reshape(-1, hidden))
-    grad_w += 2.0 * w_rec * (grad_a_vars[1:].reshape(-1, hidden).T @ var_ins[1:].reshape(-1, hidden))
+    """W_rec's gradient over steps t = 1..T-1 of (T, B, H) tensors, as (T-1)*B rows each."""
+    rows = lambda x: x.reshape(-1, w_rec.shape[0])  # noqa: E731
+    return w_rec_gradient(rows(grad_a_means[1:]), rows(means[:-1]), rows(grad_a_vars[1:]), rows(var_ins[1:]), w_rec,
+                          keep)
+
+
+def w_rec_gradient(grad_mean_rows: Tensor, mean_rows: Tensor, grad_var_rows: Tensor, var_in_rows: Tensor,
+                   w_rec: Tensor, keep: float | Tensor) -> Tensor:
+    """The FD recurrence's W_rec gradient from rows (..., N, H) of steps t = 1..T-1 (h_0 = 0 adds
+    nothing): keep G_mean^T E[h_{t-1}] + 2 W_rec * (G_var^T var_in_t), two products per leading index
+    (solo, each stacked member, or all stacked members at once with keep a (K, 1, 1) column)."""
+    grad_w = keep * (grad_mean_rows.transpose(-2, -1) @ mean_rows)
+    grad_w += 2.0 * w_rec * (grad_var_rows.transpose(-2, -1) @ var_in_rows)
     return grad_w
 
 

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from trainables.nn import fused_tanh
 from trainables.nn import variance as vp
+from trainables.nn.recurrent import w_rec_gradient
 from trainables.nn.sequences import to_device
 from trainables.nn.stacked_loops import fresh, recur, recur_backward
 
@@ -109,6 +110,7 @@ class Plan:
     keep: Tensor  # (K, 1, 1) keep_hidden, in packed order
     keep_var: Tensor  # keep (1 - keep), for the variance of the dropped h_{t-1}
     keep_var2: Tensor  # 2 keep (1 - keep), its gradient
+    index: Tensor  # `order` on the device, for gathering members' parameters and scattering their losses
     fd: bool
     space: Workspace | None = None
 
@@ -120,7 +122,7 @@ class Plan:
         packed = [keeps[k] for k in order]
         return cls(lengths, sizes, order, counts, keeps, column(packed, like),
                    column([k * (1.0 - k) for k in packed], like), column([2.0 * k * (1.0 - k) for k in packed], like),
-                   fd, space)
+                   to_device(torch.tensor(order), like.device), fd, space)
 
     def pack(self, values: list[Tensor], pin: bool = False) -> Tensor:
         """Member k's (T_k, B_k, ...) tensor at its position of one (K, T, B, ...), zero elsewhere
@@ -153,7 +155,8 @@ class StackedTanhRecurrence(torch.autograd.Function):
         alloc = space.take if space is not None else fresh
         saved = recur(in_mean, in_var, w_rec, (plan.keep, plan.keep_var), plan.counts, save=True, alloc=alloc)
         per = 2 if plan.fd else 1
-        if not (plan.fd and fused_tanh.enabled(in_mean)):
+        ctx.fused = plan.fd and fused_tanh.enabled(in_mean)  # its loops leave finite tails: see `fused_tanh`
+        if not ctx.fused:
             _zero_tails(saved[:per], plan)
         if space is not None:
             space.busy = True  # until the backward has read what it saves
@@ -170,11 +173,10 @@ class StackedTanhRecurrence(torch.autograd.Function):
             grad_vars = torch.zeros_like(saved[0])
         alloc = ctx.space.take if ctx.space is not None else fresh
         grad_a = recur_backward(grad_means, grad_vars if plan.fd else None, tuple(saved), w, plan, alloc=alloc)
-        if not (plan.fd and fused_tanh.enabled(w)):
-            _zero_tails([g for g in grad_a if g is not None], plan)
-        if plan.fd and fused_tanh.enabled(w):
+        if ctx.fused:
             grad_w = _packed_grad_w(grad_a, saved, w, plan.keep)
         else:
+            _zero_tails([g for g in grad_a if g is not None], plan)
             grad_w = torch.empty_like(w)
             for pos, k in enumerate(plan.order):
                 grad_w[pos] = _member_grad_w(grad_a, saved, w[pos], pos, plan.lengths[k], plan.sizes[k], plan.keeps[k],
@@ -232,9 +234,8 @@ def _packed_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, keep: Tensor) 
     sum is its own (in another order, as float rounding goes)."""
     size, steps, _, hidden = saved[0].shape
     rows = lambda x, lo, hi: x[:, lo:hi].reshape(size, -1, hidden)  # noqa: E731
-    grad_w = torch.bmm(rows(grad_a[0], 1, steps).transpose(1, 2), rows(saved[0], 0, steps - 1)).mul_(keep)
-    grad_w += 2.0 * w * torch.bmm(rows(grad_a[1], 1, steps).transpose(1, 2), rows(saved[4], 1, steps))
-    return grad_w
+    return w_rec_gradient(rows(grad_a[0], 1, steps), rows(saved[0], 0, steps - 1), rows(grad_a[1], 1, steps),
+                          rows(saved[4], 1, steps), w, keep)
 
 
 def _member_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, pos: int, steps: int, size: int, keep: float,
@@ -243,12 +244,10 @@ def _member_grad_w(grad_a: tuple, saved: list[Tensor], w: Tensor, pos: int, step
     `FDTanhRecurrence.backward` sums it."""
     hidden = w.shape[0]
     rows = lambda x, lo, hi: x[pos, lo:hi, :size].reshape(-1, hidden)  # noqa: E731
-    grad_w = rows(grad_a[0], 1, steps).T @ rows(saved[0], 0, steps - 1)
     if not fd:
-        return grad_w
-    grad_w = keep * grad_w
-    grad_w += 2.0 * w * (rows(grad_a[1], 1, steps).T @ rows(saved[4], 1, steps))
-    return grad_w
+        return rows(grad_a[0], 1, steps).T @ rows(saved[0], 0, steps - 1)
+    return w_rec_gradient(rows(grad_a[0], 1, steps), rows(saved[0], 0, steps - 1), rows(grad_a[1], 1, steps),
+                          rows(saved[4], 1, steps), w, keep)
 
 
 class StackedFDRNN:
@@ -295,8 +294,7 @@ class StackedFDRNN:
         that order, finite everywhere (what lies past a member's own steps and sequences is padding
         for the loss to mask). The input and output layers run on all members at once, as in
         `hidden_shared` and `logit_chunks`: each member's rows as its solo layers compute them."""
-        index = to_device(torch.tensor(plan.order), x.device)
-        w_ih, w_hh, b_ih, b_hh, w_out, b_out = (p.index_select(0, index) for p in self.params)
+        w_ih, w_hh, b_ih, b_hh, w_out, b_out = (p.index_select(0, plan.index) for p in self.params)
         rates = [self.rates[k] for k in plan.order]
         size, steps, batch, n_in = x.shape
         rows = x.reshape(size, steps * batch, n_in)
@@ -321,8 +319,7 @@ class StackedFDRNN:
         for k, x in enumerate(xs):
             mean, var = vp.fd_affine(x, None, w_ih[k], b_ih[k] + b_hh[k], self.rates[k].keep_input)
             inputs += [mean, var] if plan.fd else [mean]
-        index = to_device(torch.tensor(plan.order), x.device)
-        hidden = MemberRecurrence.apply(plan, self.params[1].index_select(0, index), *inputs)
+        hidden = MemberRecurrence.apply(plan, self.params[1].index_select(0, plan.index), *inputs)
         per = 2 if plan.fd else 1
         return [self._output(hidden[per * k], hidden[per * k + 1] if plan.fd else None, w_out[k], b_out[k], r)
                 for k, r in enumerate(self.rates)]
