@@ -195,8 +195,14 @@ def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor
 
 
 def _lengths(counts: list[int], size: int) -> list[int]:
-    """The steps each packed member runs (members running at step t are the first counts[t])."""
-    return [sum(1 for c in counts if c > pos) for pos in range(size)]
+    """The steps each packed member runs (members running at step t are the first counts[t], so
+    counts do not increase with t, nor the lengths with the position)."""
+    lengths, steps = [], len(counts)
+    for pos in range(size):
+        while steps and counts[steps - 1] <= pos:
+            steps -= 1
+        lengths.append(steps)
+    return lengths
 
 
 def _copy_in(arena: sg.Arena, names: tuple[str, ...], values: tuple[Tensor, ...], counts: list[int]) -> None:

@@ -44,12 +44,9 @@ def pad(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, t
         if t.shape[1] != tensors[0].shape[1]:
             raise ValueError(f"all sequences must have the same D, but sequence 0 has {tensors[0].shape[1]} "
                              f"and sequence {b} has {t.shape[1]}")
-    lengths = torch.tensor([len(t) for t in tensors])
-    t_max = int(lengths.max())
-    x = torch.zeros(t_max, len(tensors), tensors[0].shape[1])
-    for b, t in enumerate(tensors):
-        x[: len(t), b] = t
-    mask = (torch.arange(t_max)[:, None] < lengths[None, :]).float()  # (T_max, 1) vs (1, B) -> (T_max, B)
+    lengths = torch.tensor([t.shape[0] for t in tensors])
+    x = torch.nn.utils.rnn.pad_sequence(tensors)  # (T_max, B, D), zeros past each sequence's end
+    mask = (torch.arange(x.shape[0])[:, None] < lengths[None, :]).float()  # (T_max, 1) vs (1, B) -> (T_max, B)
     return x, mask
 
 

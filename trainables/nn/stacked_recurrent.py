@@ -118,7 +118,11 @@ class Plan:
     def build(cls, lengths: list[int], sizes: list[int], keeps: list[float], fd: bool, like: Tensor,
               space: Workspace | None = None) -> "Plan":
         order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
-        counts = [sum(1 for k in order if lengths[k] > t) for t in range(max(lengths))]
+        counts, running = [], len(order)  # members still running at step t: those longer than t
+        for t in range(lengths[order[0]]):
+            while lengths[order[running - 1]] <= t:
+                running -= 1
+            counts.append(running)
         packed = [keeps[k] for k in order]
         return cls(lengths, sizes, order, counts, keeps, column(packed, like),
                    column([k * (1.0 - k) for k in packed], like), column([2.0 * k * (1.0 - k) for k in packed], like),
