@@ -213,3 +213,19 @@ def test_the_benchmark_returns_its_line(tmp_path):
         pytest.skip("SEQREP_DATA does not hold JSB Chorales: the benchmark's own run is not tried")
     line = main(2, "cpu", sequences=4, repeats=1, data_dir=root, hidden=8)
     assert re.fullmatch(r"cohort method=rnn K=2 device=cpu ratio=\d+\.\d\d", line), line
+
+
+def test_the_profile_prints_both_sides_per_minibatch(tmp_path):
+    main = load_benchmark("cohort_profile").main
+    assert main(2, "cpu", data_dir=str(tmp_path))[0].startswith("profile skipped: JSB Chorales not available (")
+    if not torch.cuda.is_available():
+        assert main(2, "cuda") == ["profile skipped: no CUDA device"]
+    root = os.environ.get("SEQREP_DATA")
+    if not root or datasets.missing_files("jsb", root):
+        pytest.skip("SEQREP_DATA does not hold JSB Chorales: the profile's own run is not tried")
+    lines = main(2, "cpu", hidden=8, sequences=20, top=3, data_dir=root)  # 20 sequences: minibatches of 16 and 4
+    heads = [line for line in lines if line.startswith("profile ")]
+    pattern = r"profile side={} K=2 device=cpu minibatches=2 wall_ms=\d+\.\d\d device_ms=n/a busy=n/a launches=\d+\.\d"
+    assert len(lines) == 8 and [lines[0], lines[4]] == heads, lines
+    assert re.fullmatch(pattern.format("cohort"), heads[0]) and re.fullmatch(pattern.format("solo"), heads[1]), heads
+    assert all(re.fullmatch(r" +\d+\.\d{3} ms +\d+\.\dx  aten::\w+", line) for line in lines[1:4] + lines[5:]), lines

@@ -9,6 +9,7 @@ in float32. Which tensors take the fused path is asserted exactly.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -157,6 +158,72 @@ def test_fused_stacked_recurrence_equals_the_eager_loop(monkeypatch, fused, shap
         for a, b in zip(grads, want_grads):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert Replay.recorded > 0
+
+
+class FakeStreams:
+    """CPU stand-ins for the recording stream and the side stream of SEQREP_GRAPH_FORK: waits, which
+    stream is current, and the step kernels, in the order they happen (`log`)."""
+
+    def __init__(self):
+        self.log, self.current = [], "main"
+
+    def stream(self, name: str):
+        streams = self
+
+        class Stream:
+            def wait_stream(self, other) -> None:
+                streams.log.append(f"{name}<-{other.name}")
+
+            @property
+            def name(self) -> str:
+                return name
+        return Stream()
+
+    @contextlib.contextmanager
+    def use(self, stream):
+        before, self.current = self.current, stream.name
+        self.log.append(f"enter {stream.name}")
+        try:
+            yield
+        finally:
+            self.current = before
+            self.log.append(f"leave {stream.name}")
+
+
+def test_forked_products_join_before_the_step_kernel_and_change_no_number(monkeypatch, fused):
+    """SEQREP_GRAPH_FORK=1: in every recorded step the second product runs on the side stream, forked
+    after the previous step and joined before this step's kernel; the numbers are the eager loop's."""
+    streams = FakeStreams()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams.stream(streams.current))
+    monkeypatch.setattr(torch.cuda, "stream", streams.use)
+
+    class ForkedReplay:  # a recorded chunk: its steps run with the side stream set, as while recording
+        def __init__(self, graphs, body):
+            self.graphs, self.body = graphs, body
+
+        def replay(self):
+            self.graphs.side = streams.stream("side")
+            try:
+                self.body()
+            finally:
+                self.graphs.side = None
+
+    monkeypatch.setattr(sg.Graphs, "_capture", lambda self, body: ForkedReplay(self, body))
+    forward, backward = fused_tanh.forward_step, fused_tanh.backward_step
+    logged = lambda step: lambda *a: (streams.log.append("kernel"), step(*a))  # noqa: E731
+    monkeypatch.setattr(fused_tanh, "kernels", lambda: (logged(forward), logged(backward)))
+    got = [solo_case(20, seed) for seed in range(3)]  # chunks run, recorded, replayed
+    forked = ["side<-main", "enter side", "leave side", "main<-side", "kernel"]
+    steps = [streams.log[i:i + 5] for i, entry in enumerate(streams.log) if entry == "side<-main"]
+    # the second and third calls replay: forward and backward, 6 chunks of 3 steps each
+    assert len(steps) == 2 * 2 * 6 * 3 and all(step == forked for step in steps)
+    assert streams.log.count("kernel") == 3 * 2 * 20  # every other step unforked
+    monkeypatch.setattr(fused_tanh, "enabled", lambda x: False)
+    for seed, case in enumerate(got):
+        want = solo_case(20, seed)
+        assert torch.equal(case[0], want[0]) and torch.equal(case[1], want[1])
+        for a, b in zip(case[2:], want[2:]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def packed_case(shapes, packed: bool):

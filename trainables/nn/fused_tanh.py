@@ -124,8 +124,7 @@ def _forward(arena: sg.Arena, steps: int, product, w_t: Tensor, w_sq_t: Tensor) 
     def body(lo: int, hi: int) -> None:
         for t in range(lo, hi):
             if t:
-                product(means[t - 1], w_t, out=product_mean)
-                product(var_ins[t], w_sq_t, out=product_var)
+                arena.products(product, (means[t - 1], w_t, product_mean), (var_ins[t], w_sq_t, product_var))
             step(in_means[t], product_mean, in_vars[t], product_var, keep, noise, a_means[t], a_vars[t], means[t],
                  variances[t], var_ins[t + 1])
 
@@ -142,8 +141,7 @@ def _backward(arena: sg.Arena, steps: int, product) -> None:
     def body(lo: int, hi: int) -> None:
         for t in range(hi - 1, lo - 1, -1):
             if t + 1 < steps:
-                product(grad_a_means[t + 1], w, out=product_mean)
-                product(grad_a_vars[t + 1], w_sq, out=product_var)
+                arena.products(product, (grad_a_means[t + 1], w, product_mean), (grad_a_vars[t + 1], w_sq, product_var))
             step(grad_means[t], grad_vars[t], product_mean, product_var, means[t], a_means[t], a_vars[t], keep,
                  noise2, grad_a_means[t], grad_a_vars[t])
 

@@ -17,6 +17,12 @@ inputs into and its outputs out of (a few copies per call against thousands of l
   the loop it recorded. Off a GPU, while another graph is being recorded, or with SEQREP_GRAPHS=0,
   every run is the body itself (the CPU tests run the same segments and arenas this way).
 
+`Arena.products` runs a step's two recurrent products (independent of each other: both read the
+previous step's outputs). With SEQREP_GRAPH_FORK=1 (an experiment, off by default: not yet
+measured on a GPU) a graph records the second on a side stream, forked from and joined back to
+the recording stream within the step, so that a replay runs the two at once; the same kernels on
+the same buffers, so the same numbers.
+
 `arena(key, steps, ...)` keeps the last `KEEP` arenas, `KEEP_BYTES` at most (least recently used
 out first); a sequence longer than its arena holds replaces it (and its graphs) by one with room.
 """
@@ -62,6 +68,10 @@ def _graphs_wanted(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("SEQREP_GRAPHS", "1") != "0"
 
 
+def _fork_wanted() -> bool:
+    return os.environ.get("SEQREP_GRAPH_FORK", "0") == "1"
+
+
 class Graphs:
     """The CUDA graphs of one arena's chunks, by key (module docstring)."""
 
@@ -71,6 +81,7 @@ class Graphs:
         self._seen: set = set()
         self._graphs: dict = {}
         self._stream = self._pool = None
+        self.side = None  # while a graph records with SEQREP_GRAPH_FORK=1: the stream of the forked products
 
     def run(self, key: int | None, body: Callable[[], None]) -> None:
         if key is None or self.failed or not _graphs_wanted(self.device) or torch.cuda.is_current_stream_capturing():
@@ -96,9 +107,11 @@ class Graphs:
         try:
             with torch.cuda.stream(self._stream):
                 graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+                self.side = _side_stream(self.device) if _fork_wanted() else None
                 try:
                     body()
                 finally:
+                    self.side = None
                     graph.capture_end()
         except RuntimeError as err:  # the loop goes on without graphs
             warnings.warn(f"seqrep: recording a CUDA graph of the recurrence failed, running it without ({err})")
@@ -106,6 +119,16 @@ class Graphs:
             return None
         current.wait_stream(self._stream)
         return graph
+
+
+_SIDE: dict = {}
+
+
+def _side_stream(device: torch.device):
+    """One side stream per device for the forked products (made once)."""
+    if device not in _SIDE:
+        _SIDE[device] = torch.cuda.Stream(device)
+    return _SIDE[device]
 
 
 class Arena:
@@ -126,6 +149,22 @@ class Arena:
         if views is None:
             views = self._views[name] = self.t[name].unbind(self.time)
         return views
+
+    def products(self, product: Callable, first: tuple[Tensor, Tensor, Tensor], second: tuple[Tensor, Tensor, Tensor]
+                 ) -> None:
+        """A step's two recurrent products, each (x, w, out): product(x, w, out=out); forked while a
+        graph records with SEQREP_GRAPH_FORK=1 (module docstring)."""
+        side = self.graphs.side
+        if side is None:
+            product(first[0], first[1], out=first[2])
+            product(second[0], second[1], out=second[2])
+            return
+        main = torch.cuda.current_stream(self.graphs.device)
+        side.wait_stream(main)  # the fork: what the previous step wrote is there
+        with torch.cuda.stream(side):
+            product(second[0], second[1], out=second[2])
+        product(first[0], first[1], out=first[2])
+        main.wait_stream(side)  # the join, before the step's kernel reads both
 
     def run(self, steps: int, backward: bool, body: Callable[[int, int], None]) -> None:
         """Run `body(lo, hi)` over every segment of the loop (backward: from the last one down)."""
