@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from seqrep import report, studydir, summary, tables
+from seqrep import figures, report, studydir, summary, tables
 from seqrep.cli import main
 
 SPACE = "table7-nn-toy"
@@ -142,6 +143,21 @@ def test_the_selected_trials_embeddings_become_its_tsne_map_and_no_other_trials(
     page = (study / "report.html").read_text()
     assert page.count("<img") == 4 and page.count('<img alt="one-tsne"') == 1
     assert (study / "figures" / "one-tsne.png").stat().st_size > 5000
+
+
+def test_the_tsne_map_is_fitted_on_one_thread(tmp_path, monkeypatch):
+    """The report's t-SNE runs while other studies train: its OpenMP gradient gets one thread."""
+    from sklearn.manifold import TSNE
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    seen = []
+    fit = TSNE.fit_transform
+    monkeypatch.setattr(TSNE, "fit_transform", lambda self, x, *a, **k: (seen.append(_openmp_effective_n_threads()),
+                                                                            fit(self, x, *a, **k))[1])
+    keep_embeddings(tmp_path / "kept")
+    torch.set_num_threads(2)  # what the driver has on two cores (the tests' fixture gives one, and restores it)
+    assert figures.tsne(tmp_path / "kept" / report.EMBEDDINGS_FILE, "s", "t", tmp_path / "map.png") is not None
+    assert seen == [1]
 
 
 def test_a_study_without_kept_embeddings_has_no_tsne_map(tmp_path):

@@ -104,10 +104,11 @@ class Graphs:
             self._stream, self._pool = torch.cuda.Stream(self.device), torch.cuda.graph_pool_handle()
         graph, current = torch.cuda.CUDAGraph(), torch.cuda.current_stream(self.device)
         self._stream.wait_stream(current)
+        side = _side_stream(self.device) if _fork_wanted() else None
         try:
             with torch.cuda.stream(self._stream):
                 graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
-                self.side = _side_stream(self.device) if _fork_wanted() else None
+                self.side = side
                 try:
                     body()
                 finally:
@@ -125,10 +126,17 @@ _SIDE: dict = {}
 
 
 def _side_stream(device: torch.device):
-    """One side stream per device for the forked products (made once)."""
+    """The side stream of the forked products (one per device), with this thread's cuBLAS
+    workspaces for it made before a recording (not in a graph's memory pool)."""
     if device not in _SIDE:
         _SIDE[device] = torch.cuda.Stream(device)
-    return _SIDE[device]
+    side = _SIDE[device]
+    with torch.cuda.stream(side):
+        one = torch.ones(1, 1, 1, device=device)
+        torch.mm(one[0], one[0])
+        torch.bmm(one, one)
+    side.synchronize()
+    return side
 
 
 class Arena:
