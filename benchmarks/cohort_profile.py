@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from seqrep import data as datasets
@@ -81,7 +82,10 @@ def measure(epoch, device: torch.device, minibatches: int, top: int) -> tuple[di
     rows = prof.key_averages()
     if device.type == "cuda":
         launches = sum(r.count for r in rows if r.key in LAUNCHES)
-        busy_rows = sorted((r for r in rows if _device_time(r) > 0), key=_device_time, reverse=True)
+        # the kernels' own rows (the operators that launched them carry the same time again)
+        kernels = [r for r in rows if getattr(r, "device_type", None) == DeviceType.CUDA
+                   and not getattr(r, "is_user_annotation", False)]
+        busy_rows = sorted(kernels, key=_device_time, reverse=True)
         device_ms = sum(_device_time(r) for r in busy_rows) / 1e3 / minibatches
         lines = [f"  {_device_time(r) / 1e3 / minibatches:8.3f} ms {r.count / minibatches:7.1f}x  {r.key[:90]}"
                  for r in busy_rows[:top]]
