@@ -147,9 +147,10 @@ class Stacked:
         inputs = torch.zeros_like(x)
         inputs[:, 1:] = x[:, :-1]
         nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order
-        divisors = to_device(torch.tensor([float(counts[k]) for k in plan.order]), self.device)
-        (nlls / divisors).sum().backward()  # each member: the gradient of its own loss, nll / frames
-        return torch.empty_like(nlls).index_copy_(0, plan.index, nlls.detach())
+        frames = mask.sum((1, 2))  # each member's `counts` entry, in packed order (whole numbers: exact)
+        (nlls / frames).sum().backward()  # each member: the gradient of its own loss, nll / frames
+        nlls = nlls.detach()
+        return nlls if plan.identity else torch.empty_like(nlls).index_copy_(0, plan.index, nlls)
 
     def validate(self) -> tuple[list[Metrics], Callable[[int], dict]]:
         """Validation metrics per member at climin's resting point, and member `pos`'s state there."""

@@ -45,6 +45,7 @@ import torch
 
 from trainables.nn import step_graphs as sg
 from trainables.nn import variance as vp
+from trainables.nn.sequences import to_device
 
 Tensor = torch.Tensor
 
@@ -174,17 +175,17 @@ def solo_backward(grad_means: Tensor, grad_variances: Tensor, a_means: Tensor, a
     return tuple(arena.t[name][:steps].clone() for name in BACKWARD_OUT)
 
 
-def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor, noise: Tensor, counts: list[int],
+def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor, noise: Tensor, lengths: list[int],
                     save: bool, alloc) -> tuple[Tensor, ...]:
     """`stacked_loops.recur`'s FD loop, fused: in_mean, in_var (K, T, B, H), w_rec (K, H, H), keep and
-    noise = keep (1 - keep) (K, 1, 1); member k runs its first counts-many steps (`_lengths`).
+    noise = keep (1 - keep) (K, 1, 1); the member at packed position k has lengths[k] steps.
     Returns (means, variances), with `save` also (a_means, a_vars, var_ins); `alloc(name, like)`
     gives the buffers. Every step runs all K members (module docstring: members past their end run
     on zeros)."""
     size, steps, batch, hidden = in_mean.shape
     arena = sg.arena(("stacked-forward", size, batch, hidden), steps, in_mean,
                      _shapes(FORWARD_IN + FORWARD_OUT, (size,), batch, hidden), 1)
-    _copy_in(arena, FORWARD_IN, (in_mean, in_var), counts)
+    _copy_in(arena, FORWARD_IN, (in_mean, in_var), lengths)
     _load(arena, w_rec.transpose(1, 2), keep, noise)  # W_rec^T and its square, contiguous (as `recur`)
     arena.t["var_ins"][:, 0].zero_()  # h_0 = 0
     _forward(arena, steps, torch.bmm, arena.t["w"], arena.t["w_sq"])
@@ -192,9 +193,9 @@ def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor
     return tuple(alloc(name, in_mean).copy_(arena.t[name][:, :steps]) for name in names)
 
 
-def _lengths(counts: list[int], size: int) -> list[int]:
-    """The steps each packed member runs (members running at step t are the first counts[t], so
-    counts do not increase with t, nor the lengths with the position)."""
+def lengths_of(counts: list[int], size: int) -> list[int]:
+    """The steps of each of `size` packed members when those running at step t are the first
+    counts[t] (counts do not increase with t, nor the lengths with the position)."""
     lengths, steps = [], len(counts)
     for pos in range(size):
         while steps and counts[steps - 1] <= pos:
@@ -203,27 +204,38 @@ def _lengths(counts: list[int], size: int) -> list[int]:
     return lengths
 
 
-def _copy_in(arena: sg.Arena, names: tuple[str, ...], values: tuple[Tensor, ...], counts: list[int]) -> None:
+def _copy_in(arena: sg.Arena, names: tuple[str, ...], values: tuple[Tensor, ...], lengths: list[int]) -> None:
     """The packed (K, T, B, H) inputs into the arena, zero past each member's end (steps `recur`
-    leaves unset: the members run there, and must run on finite numbers whose gradients are 0)."""
-    steps = len(counts)
+    leaves unset: the members run there, and must run on finite numbers whose gradients are 0):
+    one copy, or one select where members end early (not a fill per member)."""
+    steps = max(lengths)
+    running = None if min(lengths) == steps else _running(tuple(lengths), arena.t[names[0]].device)
     for name, value in zip(names, values):
-        buffer = arena.t[name]
-        buffer[:, :steps].copy_(value)
-        for pos, length in enumerate(_lengths(counts, buffer.shape[0])):
-            if length < steps:
-                buffer[pos, length:steps].zero_()
+        out = arena.t[name][:, :steps]
+        out.copy_(value) if running is None else torch.where(running, value, _zero(out.dtype, out.device), out=out)
+
+
+@functools.lru_cache(maxsize=8)
+def _zero(dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.zeros((), dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _running(lengths: tuple[int, ...], device: torch.device) -> Tensor:
+    """(K, T, 1, 1): whether packed member k runs step t (made once for a forward and its backward)."""
+    steps = torch.arange(max(lengths)).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return to_device(steps[:, :, None, None], device)
 
 
 def stacked_backward(grad_means: Tensor, grad_vars: Tensor, a_means: Tensor, a_vars: Tensor, means: Tensor,
-                     w_rec: Tensor, keep: Tensor, noise2: Tensor, counts: list[int], alloc) -> tuple[Tensor, Tensor]:
+                     w_rec: Tensor, keep: Tensor, noise2: Tensor, lengths: list[int], alloc) -> tuple[Tensor, Tensor]:
     """`stacked_loops.recur_backward`'s FD loop, fused: the gradients of a_mean and a_var,
     (K, T, B, H) each. Every step runs all members: past a member's end its gradients are zero
     (zero gradients in, finite saved values), so that it starts its last step with zero products."""
     size, steps, batch, hidden = means.shape
     arena = sg.arena(("stacked-backward", size, batch, hidden), steps, means,
                      _shapes(BACKWARD_IN + BACKWARD_OUT, (size,), batch, hidden), 1)
-    _copy_in(arena, BACKWARD_IN[:2], (grad_means, grad_vars), counts)
+    _copy_in(arena, BACKWARD_IN[:2], (grad_means, grad_vars), lengths)
     for name, x in zip(BACKWARD_IN[2:], (a_means, a_vars, means)):
         arena.t[name][:, :steps].copy_(x)
     _load(arena, w_rec, keep, noise2)

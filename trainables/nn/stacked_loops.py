@@ -1,9 +1,10 @@
 """The tanh recurrence of K packed members (`stacked_recurrent`), forward and backward, as loops over time.
 
-Members are packed (K, T, B, H) by decreasing length; step t runs the first counts[t] (those still
+Members are packed (K, T, B, H) by decreasing length (the fused loops: in any order, each member
+running for its own length); step t runs the first counts[t] (those still
 running). FD: the mean and variance recurrence of `recurrent.FDTanhRecurrence` with per-member keep
 probabilities as (K, 1, 1) columns; plain: h_t = tanh(in_t + h_{t-1} W^T). On a GPU the FD loops are
-`fused_tanh`'s. The buffers come from an `Alloc` (`stacked_recurrent.Workspace.take`, or `fresh`).
+`fused_tanh`'s. The buffers come from an `Alloc` (`stacked_plan.Workspace.take`, or `fresh`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from trainables.nn import fused_tanh
 from trainables.nn import variance as vp
 
 if TYPE_CHECKING:
-    from trainables.nn.stacked_recurrent import Plan
+    from trainables.nn.stacked_plan import Plan
 
 
 def fresh(name: str, like: Tensor) -> Tensor:
@@ -29,9 +30,10 @@ Alloc = Callable[[str, Tensor], Tensor]
 
 
 def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tuple[Tensor, Tensor], counts: list[int],
-          save: bool = False, alloc: Alloc | None = None) -> tuple[Tensor, ...]:
+          save: bool = False, alloc: Alloc | None = None, lengths: list[int] | None = None) -> tuple[Tensor, ...]:
     """The tanh recurrence of packed members: in_mean, in_var (K, T, B, H), w_rec (K, H, H), `plan_keep`
-    the (K, 1, 1) keep and keep (1 - keep) columns; step t runs the first counts[t] members.
+    the (K, 1, 1) keep and keep (1 - keep) columns; step t runs the first counts[t] members (the
+    fused loops: every member, each for its `lengths` steps, by default those counts give).
 
     FD (in_var given): `FDTanhRecurrence.forward`'s operations; returns (means, variances), and with
     `save` also a_means, a_vars, var_ins. Plain (in_var None): h_t = tanh(in_t + h_{t-1} W^T);
@@ -39,7 +41,8 @@ def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tupl
     (default: fresh)."""
     alloc = alloc or fresh
     if in_var is not None and fused_tanh.enabled(in_mean):  # a GPU: one fused kernel per step (`fused_tanh`)
-        return fused_tanh.stacked_forward(in_mean, in_var, w_rec, *plan_keep, counts, save, alloc)
+        lengths = lengths if lengths is not None else fused_tanh.lengths_of(counts, in_mean.shape[0])
+        return fused_tanh.stacked_forward(in_mean, in_var, w_rec, *plan_keep, lengths, save, alloc)
     size, steps, batch, hidden = in_mean.shape
     w_t = w_rec.transpose(1, 2).contiguous()  # bmm reads a transposed view a third slower, the same bits
     means = alloc("means", in_mean)  # written where read: steps past a member's end never are
@@ -95,7 +98,7 @@ def recur_backward(grad_means: Tensor, grad_vars: Tensor | None, saved: tuple[Te
     _, a_means, a_vars, _ = saved[1:]
     if fused_tanh.enabled(means):
         return fused_tanh.stacked_backward(grad_means, grad_vars, a_means, a_vars, means, w_rec, plan.keep,
-                                           plan.keep_var2, plan.counts, alloc)
+                                           plan.keep_var2, plan.packed_lengths, alloc)
     keep, keep_var2, w_sq = plan.keep, plan.keep_var2, w_rec.square()
     grad_a_vars = alloc("grad_a_vars", means)
     g_var = torch.zeros_like(g_mean)

@@ -12,10 +12,12 @@ solo run's operations on the solo run's shapes, and packs only the recurrence (`
 `forward_packed` (a GPU's, bound by kernel launches) takes the minibatches packed into one
 (K, T, B, n_in) tensor (`Plan.pack`) and runs the layers once for all members over every position
 (batched matmuls: a row's numbers do not depend on the rows beside it); past a member's own steps
-and sequences they meet zeros or finite padding, which the loss masks. Members are packed by
-decreasing length; the recurrence (`StackedTanhRecurrence`) at step t runs only the members still
-running (a prefix of the member axis), so a member's short batch costs no more steps than in its
-solo run (on a GPU every member runs every step: `fused_tanh`). Its backward is
+and sequences they meet zeros or finite padding, which the loss masks. For the eager loops members
+are packed by decreasing length: the recurrence (`StackedTanhRecurrence`) at step t runs only the
+members still running (a prefix of the member axis), so a member's short batch costs no more steps
+than in its solo run. The fused loops (a GPU's, `fused_tanh`) run every member every step, so
+there members stay in member order (`Plan.identity`): no gathering of their parameters, nor
+scattering of their gradients and losses. Its backward is
 `recurrent.FDTanhRecurrence`'s, with W_rec's gradient summed over each member's own steps and
 sequences as the solo run sums it. The packed buffers are kept between minibatches (`Workspace`).
 
@@ -41,8 +43,8 @@ from torch import Tensor
 from trainables.nn import fused_tanh
 from trainables.nn import variance as vp
 from trainables.nn.recurrent import w_rec_gradient
-from trainables.nn.sequences import to_device
 from trainables.nn.stacked_loops import fresh, recur, recur_backward
+from trainables.nn.stacked_plan import Plan, Workspace, column
 
 # the parameters in the order and under the names of a tanh `FastDropoutRNN`'s state dict
 NAMES = ("core.weight_ih_l0", "core.weight_hh_l0", "core.bias_ih_l0", "core.bias_hh_l0", "out.weight", "out.bias")
@@ -77,67 +79,6 @@ def chunks(steps: int, batch: int) -> list[tuple[int, int]]:
     return [(t0, min(t0 + step, steps)) for t0 in range(0, steps, step)]
 
 
-def column(values: list[float], like: Tensor) -> Tensor:
-    """Per-member scalars as a (K, 1, 1) column (Python floats rounded once, as a scalar operand is)."""
-    return to_device(torch.tensor(values, dtype=like.dtype), like.device).reshape(-1, 1, 1)
-
-
-class Workspace:
-    """The packed buffers, kept between minibatches (fresh pages cost 16 members of 200 units a tenth
-    of a step). `busy` from a forward until its backward is done; a busy one means fresh buffers."""
-
-    def __init__(self):
-        self._store: dict[str, Tensor] = {}
-        self.busy = False
-
-    def take(self, name: str, like: Tensor) -> Tensor:
-        """An uninitialised tensor of `like`'s shape, dtype and device, in buffer `name`."""
-        size, buffer = like.numel(), self._store.get(name)
-        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = self._store[name] = torch.empty(size + size // 4, dtype=like.dtype, device=like.device)
-        return buffer[:size].view(like.shape)
-
-
-@dataclasses.dataclass
-class Plan:
-    """How K members' minibatches (lengths T_k, sizes B_k) share the packed (K, T, B, H) layout."""
-
-    lengths: list[int]
-    sizes: list[int]
-    order: list[int]  # member at each packed position: by decreasing length
-    counts: list[int]  # members still running at step t: a prefix of the packed positions
-    keeps: list[float]  # keep_hidden per member, in member order
-    keep: Tensor  # (K, 1, 1) keep_hidden, in packed order
-    keep_var: Tensor  # keep (1 - keep), for the variance of the dropped h_{t-1}
-    keep_var2: Tensor  # 2 keep (1 - keep), its gradient
-    index: Tensor  # `order` on the device, for gathering members' parameters and scattering their losses
-    fd: bool
-    space: Workspace | None = None
-
-    @classmethod
-    def build(cls, lengths: list[int], sizes: list[int], keeps: list[float], fd: bool, like: Tensor,
-              space: Workspace | None = None) -> "Plan":
-        order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
-        counts, running = [], len(order)  # members still running at step t: those longer than t
-        for t in range(lengths[order[0]]):
-            while lengths[order[running - 1]] <= t:
-                running -= 1
-            counts.append(running)
-        packed = [keeps[k] for k in order]
-        return cls(lengths, sizes, order, counts, keeps, column(packed, like),
-                   column([k * (1.0 - k) for k in packed], like), column([2.0 * k * (1.0 - k) for k in packed], like),
-                   to_device(torch.tensor(order), like.device), fd, space)
-
-    def pack(self, values: list[Tensor], pin: bool = False) -> Tensor:
-        """Member k's (T_k, B_k, ...) tensor at its position of one (K, T, B, ...), zero elsewhere
-        (`pin`: in page-locked host memory, for `sequences.to_device`)."""
-        shape = (len(values), max(self.lengths), max(self.sizes), *values[0].shape[2:])
-        out = torch.zeros(shape, dtype=values[0].dtype, pin_memory=pin) if pin else values[0].new_zeros(shape)
-        for pos, k in enumerate(self.order):
-            out[pos, : self.lengths[k], : self.sizes[k]] = values[k]
-        return out
-
-
 def _zero_tails(buffers, plan: Plan) -> None:
     """Zero each member's steps past its end in packed (K, T, ...) buffers (the loops leave them unset)."""
     for pos, k in enumerate(plan.order):
@@ -157,9 +98,12 @@ class StackedTanhRecurrence(torch.autograd.Function):
     def forward(ctx, plan: Plan, w_rec: Tensor, in_mean: Tensor, in_var: Tensor | None = None) -> tuple[Tensor, ...]:
         space = plan.space if plan.space is not None and not plan.space.busy else None
         alloc = space.take if space is not None else fresh
-        saved = recur(in_mean, in_var, w_rec, (plan.keep, plan.keep_var), plan.counts, save=True, alloc=alloc)
-        per = 2 if plan.fd else 1
         ctx.fused = plan.fd and fused_tanh.enabled(in_mean)  # its loops leave finite tails: see `fused_tanh`
+        if not (ctx.fused or plan.sorted):
+            raise ValueError("the eager loops run the members by decreasing length: build the plan with sort=True")
+        saved = recur(in_mean, in_var, w_rec, (plan.keep, plan.keep_var), plan.counts, save=True, alloc=alloc,
+                      lengths=plan.packed_lengths)
+        per = 2 if plan.fd else 1
         if not ctx.fused:
             _zero_tails(saved[:per], plan)
         if space is not None:
@@ -289,8 +233,10 @@ class StackedFDRNN:
             p[pos].copy_(state[name])
 
     def plan(self, lengths: list[int], sizes: list[int], like: Tensor) -> Plan:
-        """How members with minibatches of T_k steps and B_k sequences are packed (`Plan`)."""
-        return Plan.build(lengths, sizes, [r.keep_hidden for r in self.rates], self.fd, like, self.space)
+        """How members with minibatches of T_k steps and B_k sequences are packed (`Plan`): in
+        member order where the fused loops run (every member every step), else by length."""
+        fused = self.fd and fused_tanh.enabled(like)
+        return Plan.build(lengths, sizes, [r.keep_hidden for r in self.rates], self.fd, like, self.space, not fused)
 
     def forward_packed(self, x: Tensor, plan: Plan) -> Tensor:
         """Training: packed member minibatches x (K, T, B, n_in), in `plan`'s order, zero past each
@@ -298,7 +244,10 @@ class StackedFDRNN:
         that order, finite everywhere (what lies past a member's own steps and sequences is padding
         for the loss to mask). The input and output layers run on all members at once, as in
         `hidden_shared` and `logit_chunks`: each member's rows as its solo layers compute them."""
-        w_ih, w_hh, b_ih, b_hh, w_out, b_out = (p.index_select(0, plan.index) for p in self.params)
+        if plan.identity:  # member order (a GPU's fused loops): nothing to gather, nor to scatter back
+            w_ih, w_hh, b_ih, b_hh, w_out, b_out = self.params
+        else:
+            w_ih, w_hh, b_ih, b_hh, w_out, b_out = (p.index_select(0, plan.index) for p in self.params)
         rates = [self.rates[k] for k in plan.order]
         size, steps, batch, n_in = x.shape
         rows = x.reshape(size, steps * batch, n_in)
@@ -323,7 +272,8 @@ class StackedFDRNN:
         for k, x in enumerate(xs):
             mean, var = vp.fd_affine(x, None, w_ih[k], b_ih[k] + b_hh[k], self.rates[k].keep_input)
             inputs += [mean, var] if plan.fd else [mean]
-        hidden = MemberRecurrence.apply(plan, self.params[1].index_select(0, plan.index), *inputs)
+        w_rec = self.params[1] if plan.identity else self.params[1].index_select(0, plan.index)
+        hidden = MemberRecurrence.apply(plan, w_rec, *inputs)
         per = 2 if plan.fd else 1
         return [self._output(hidden[per * k], hidden[per * k + 1] if plan.fd else None, w_out[k], b_out[k], r)
                 for k, r in enumerate(self.rates)]
