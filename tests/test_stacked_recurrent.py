@@ -40,3 +40,21 @@ def test_chunked_evaluation_is_bit_for_bit_the_unchunked_one(monkeypatch, steps,
     with torch.no_grad():
         for k, net in enumerate(nets):
             torch.testing.assert_close(chunked[k], net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_plans_are_by_length_for_the_eager_loops_and_in_member_order_for_the_fused_ones(monkeypatch):
+    """On the CPU (eager loops) members are packed by decreasing length; where the fused loops run
+    they stay in member order; and the eager loops refuse a plan not by length."""
+    stack = sr.StackedFDRNN([n.state_dict() for n in members()], RATES)
+    like = stack.params[0]
+    eager = stack.plan([4, 9, 6], [2, 3, 3], like)
+    assert eager.order == [1, 2, 0] and eager.counts == [3] * 4 + [2] * 2 + [1] * 3 and eager.by_length
+    assert eager.packed_lengths == [9, 6, 4] and not eager.identity
+    monkeypatch.setattr(sr.fused_tanh, "enabled", lambda x: True)
+    fused = stack.plan([4, 9, 6], [2, 3, 3], like)
+    assert fused.order == [0, 1, 2] and fused.identity and not fused.by_length and fused.counts == eager.counts
+    monkeypatch.setattr(sr.fused_tanh, "enabled", lambda x: False)
+    x = torch.zeros(3, 9, 3, 24)
+    with pytest.raises(ValueError, match="^the eager loops run the members by decreasing length: build the plan "
+                                         "with sort=True$"):
+        sr.StackedTanhRecurrence.apply(fused, stack.params[1].detach(), x, x)

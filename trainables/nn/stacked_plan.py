@@ -75,7 +75,8 @@ class Plan:
                    _index(tuple(order), like.device), fd, space)
 
     @property
-    def sorted(self) -> bool:
+    def by_length(self) -> bool:
+        """Whether the members are packed by decreasing length (as the eager loops need)."""
         return all(self.lengths[a] >= self.lengths[b] for a, b in zip(self.order, self.order[1:]))
 
     @property

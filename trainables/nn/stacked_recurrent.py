@@ -99,7 +99,7 @@ class StackedTanhRecurrence(torch.autograd.Function):
         space = plan.space if plan.space is not None and not plan.space.busy else None
         alloc = space.take if space is not None else fresh
         ctx.fused = plan.fd and fused_tanh.enabled(in_mean)  # its loops leave finite tails: see `fused_tanh`
-        if not (ctx.fused or plan.sorted):
+        if not (ctx.fused or plan.by_length):
             raise ValueError("the eager loops run the members by decreasing length: build the plan with sort=True")
         saved = recur(in_mean, in_var, w_rec, (plan.keep, plan.keep_var), plan.counts, save=True, alloc=alloc,
                       lengths=plan.packed_lengths)
