@@ -48,7 +48,7 @@ class Plan:
     lengths: list[int]
     sizes: list[int]
     order: list[int]  # member at each packed position: by decreasing length (`sort`), else k at k
-    counts: list[int]  # members still running at step t (sorted: a prefix of the packed positions)
+    counts: list[int]  # members still running at step t (by length: a prefix of the packed positions)
     keeps: list[float]  # keep_hidden per member, in member order
     keep: Tensor  # (K, 1, 1) keep_hidden, in packed order
     keep_var: Tensor  # keep (1 - keep), for the variance of the dropped h_{t-1}
