@@ -126,3 +126,17 @@ def test_tunes_silent_restart_becomes_an_error_only_while_refused():
         raise KeyError("runner_data")
     except KeyError:
         log.exception("Failed to restore the run state.")  # outside: only logged
+
+
+def test_the_result_grids_fetch_notice_goes_to_the_debug_log_only_while_a_study_runs(caplog):
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    notice = "Failed to fetch metrics for 1 trial(s):\n- a_00001: FileNotFoundError('result.json')"
+    with caplog.at_level(logging.DEBUG):
+        with ray_state.quiet_result_grid():
+            log.warning(notice)
+            log.warning("another warning")
+        log.warning(notice)  # outside: as Ray logs it
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("seqrep.ray_state", logging.DEBUG, f"Ray Tune's ResultGrid (not used by seqrep): {notice}"),
+        ("ray.tune.analysis.experiment_analysis", logging.WARNING, "another warning"),
+        ("ray.tune.analysis.experiment_analysis", logging.WARNING, notice)]

@@ -326,7 +326,7 @@ def _fit(p: StudyPlan, dataset: Any, previous: dict[str, Any] | None) -> Path:
     status = "FAILED"
     try:
         tuner = _tuner(p, dataset, parent, previous)
-        with graceful_stop(), ray_state.refuse_restart():
+        with graceful_stop(), ray_state.refuse_restart(), ray_state.quiet_result_grid():
             tuner.fit()
         status = "KILLED" if INTERRUPTED.is_set() else "FINISHED"
     except KeyboardInterrupt:

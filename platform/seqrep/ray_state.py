@@ -147,6 +147,27 @@ class _RefuseRestart(logging.Filter):
         return True
 
 
+class _ResultGridNotice(logging.Filter):
+    """Tune's ResultGrid reads every trial's result.json / progress.csv when a run ends, and after a
+    resume warned "Failed to fetch metrics" for trials whose folders Ray was rewriting, although
+    seqrep's summary and MLflow runs were complete (it reads neither the ResultGrid nor those
+    frames): the notice goes to seqrep's debug log instead."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        if message.startswith("Failed to fetch metrics for "):
+            log.debug("Ray Tune's ResultGrid (not used by seqrep): %s", message)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def quiet_result_grid():
+    """While a Tuner runs, drop Tune's ResultGrid notice "Failed to fetch metrics" (`_ResultGridNotice`)."""
+    with filtering("ray.tune.analysis.experiment_analysis", _ResultGridNotice()):
+        yield
+
+
 @contextlib.contextmanager
 def refuse_restart():
     """While a Tuner runs, Tune's "Failed to restore the run state" (after which it would start the
