@@ -128,15 +128,26 @@ def test_tunes_silent_restart_becomes_an_error_only_while_refused():
         log.exception("Failed to restore the run state.")  # outside: only logged
 
 
-def test_the_result_grids_fetch_notice_goes_to_the_debug_log_only_while_a_study_runs(caplog):
-    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+def test_the_result_grids_fetch_notice_goes_to_the_debug_log_only_while_a_study_runs(monkeypatch):
+    ray_log, ours = logging.getLogger("ray.tune.analysis.experiment_analysis"), logging.getLogger("seqrep.ray_state")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    levels = {logger: logger.level for logger in (ray_log, ours)}
+    for logger in levels:  # handlers of their own: a started Ray stops its loggers' propagation
+        monkeypatch.setattr(logger, "propagate", False)
+        monkeypatch.setattr(logger, "handlers", [handler])
+        logger.setLevel(logging.DEBUG)
     notice = "Failed to fetch metrics for 1 trial(s):\n- a_00001: FileNotFoundError('result.json')"
-    with caplog.at_level(logging.DEBUG):
+    try:
         with ray_state.quiet_result_grid():
-            log.warning(notice)
-            log.warning("another warning")
-        log.warning(notice)  # outside: as Ray logs it
-    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+            ray_log.warning(notice)
+            ray_log.warning("another warning")
+        ray_log.warning(notice)  # outside: as Ray logs it
+    finally:
+        for logger, level in levels.items():
+            logger.setLevel(level)
+    assert [(r.name, r.levelno, r.getMessage()) for r in records] == [
         ("seqrep.ray_state", logging.DEBUG, f"Ray Tune's ResultGrid (not used by seqrep): {notice}"),
         ("ray.tune.analysis.experiment_analysis", logging.WARNING, "another warning"),
         ("ray.tune.analysis.experiment_analysis", logging.WARNING, notice)]
