@@ -193,17 +193,6 @@ def stacked_forward(in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: Tensor
     return tuple(alloc(name, in_mean).copy_(arena.t[name][:, :steps]) for name in names)
 
 
-def lengths_of(counts: list[int], size: int) -> list[int]:
-    """The steps of each of `size` packed members when those running at step t are the first
-    counts[t] (counts do not increase with t, nor the lengths with the position)."""
-    lengths, steps = [], len(counts)
-    for pos in range(size):
-        while steps and counts[steps - 1] <= pos:
-            steps -= 1
-        lengths.append(steps)
-    return lengths
-
-
 def _copy_in(arena: sg.Arena, names: tuple[str, ...], values: tuple[Tensor, ...], lengths: list[int]) -> None:
     """The packed (K, T, B, H) inputs into the arena, zero past each member's end (steps `recur`
     leaves unset: the members run there, and must run on finite numbers whose gradients are 0):

@@ -33,7 +33,7 @@ def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tupl
           save: bool = False, alloc: Alloc | None = None, lengths: list[int] | None = None) -> tuple[Tensor, ...]:
     """The tanh recurrence of packed members: in_mean, in_var (K, T, B, H), w_rec (K, H, H), `plan_keep`
     the (K, 1, 1) keep and keep (1 - keep) columns; step t runs the first counts[t] members (the
-    fused loops: every member, each for its `lengths` steps, by default those counts give).
+    fused loops: every member, each for its `lengths` steps; by default all T).
 
     FD (in_var given): `FDTanhRecurrence.forward`'s operations; returns (means, variances), and with
     `save` also a_means, a_vars, var_ins. Plain (in_var None): h_t = tanh(in_t + h_{t-1} W^T);
@@ -41,7 +41,7 @@ def recur(in_mean: Tensor, in_var: Tensor | None, w_rec: Tensor, plan_keep: tupl
     (default: fresh)."""
     alloc = alloc or fresh
     if in_var is not None and fused_tanh.enabled(in_mean):  # a GPU: one fused kernel per step (`fused_tanh`)
-        lengths = lengths if lengths is not None else fused_tanh.lengths_of(counts, in_mean.shape[0])
+        lengths = lengths if lengths is not None else [in_mean.shape[1]] * in_mean.shape[0]
         return fused_tanh.stacked_forward(in_mean, in_var, w_rec, *plan_keep, lengths, save, alloc)
     size, steps, batch, hidden = in_mean.shape
     w_t = w_rec.transpose(1, 2).contiguous()  # bmm reads a transposed view a third slower, the same bits

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -123,19 +124,22 @@ class Graphs:
 
 
 _SIDE: dict = {}
+_WARMED: set = set()
 
 
 def _side_stream(device: torch.device):
     """The side stream of the forked products (one per device), with this thread's cuBLAS
-    workspaces for it made before a recording (not in a graph's memory pool)."""
+    workspaces for it made once, before a recording (not in a graph's memory pool)."""
     if device not in _SIDE:
         _SIDE[device] = torch.cuda.Stream(device)
     side = _SIDE[device]
-    with torch.cuda.stream(side):
-        one = torch.ones(1, 1, 1, device=device)
-        torch.mm(one[0], one[0])
-        torch.bmm(one, one)
-    side.synchronize()
+    if (device, threading.get_ident()) not in _WARMED:
+        with torch.cuda.stream(side):
+            one = torch.ones(1, 1, 1, device=device)
+            torch.mm(one[0], one[0])
+            torch.bmm(one, one)
+        side.synchronize()
+        _WARMED.add((device, threading.get_ident()))
     return side
 
 
