@@ -4,6 +4,7 @@ what is left from the epoch budgets, and Ray Tune's table only with --verbose.""
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import sys
 
@@ -91,6 +92,47 @@ def test_verbose_gives_ray_tunes_table_and_the_default_seqreps_view(tmp_path):
     assert not isinstance(launch._reporter(plan, None), CLIReporter)
     options.verbose = True
     assert isinstance(launch._reporter(plan, None), CLIReporter)
+
+
+def test_a_failing_display_is_logged_once_and_never_raised(monkeypatch):
+    """Ray Tune asks the reporter a last time outside its cleanup: a raise there left the study's
+    trial actors holding their slots (and a table's other studies waiting for them)."""
+    from ray.tune import CLIReporter
+
+    from seqrep import reporters
+
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    monkeypatch.setattr(logging.getLogger("seqrep.reporters"), "handlers", [handler])
+
+    def fail(self, *args):
+        raise KeyError("transfer")
+
+    monkeypatch.setattr(CLIReporter, "report", fail)
+    monkeypatch.setattr(CLIReporter, "should_report", fail)
+    shown = reporters.reporter("valid_error", "min", 15, 8, "s", parameters=["transfer"], verbose=True)
+    assert isinstance(shown, CLIReporter)
+    for _ in range(3):
+        assert shown.should_report([], done=True) is False
+        assert shown.report([], True) is None
+    assert [r.getMessage() for r in records] == [
+        "the progress display failed (the study goes on without it): KeyError: 'transfer'"]
+
+
+@pytest.mark.integration
+def test_verbose_shows_a_cohort_study_with_its_cohorts_as_ray_tunes_trials(tmp_path):
+    """Each cohort is one Ray Tune trial whose config is its index (not the space's parameters,
+    which the trial table asked for and failed on, 2026-12-04)."""
+    done = subprocess.run([sys.executable, "-m", "seqrep.cli", "search", "table7-nn-toy", "--dataset", "toy",
+                           "--trials", "4", "--max-epochs", "2", "--verbose", "--storage", str(tmp_path / "s"),
+                           "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout.split("== Status ==")[-1]
+    assert "|   cohort |   epoch |   valid_nll |" in table
+    assert "(3 TERMINATED)" in table
+    assert "4 trials (4 completed)" in done.stdout + done.stderr
+    assert "progress display failed" not in done.stdout + done.stderr
 
 
 @pytest.mark.integration

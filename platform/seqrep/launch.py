@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seqrep import cluster, cohorts, locks, progress, ray_state, searchers, studydir, summary, sync, tracking
+from seqrep import cluster, cohorts, locks, progress, ray_state, reporters, searchers, studydir, summary, sync, tracking
 from seqrep import data as datasets
 from seqrep.errors import SeqrepError
 from seqrep.interrupts import INTERRUPTED, graceful_stop
-from seqrep.method import Declaration, is_finite
+from seqrep.method import Declaration
 from seqrep.mlflow_callback import MlflowTrialCallback
 from seqrep.session import TrialSpec, run_in_ray
 from seqrep.studies import StudyPlan, check_directory, command_line
@@ -142,58 +142,9 @@ def runs(p: StudyPlan) -> int:
 
 def _reporter(p: StudyPlan, grouped: list[list[dict[str, Any]]] | None):
     """Ray's own trial table with `--verbose`, else seqrep's one-line view (`seqrep.progress`)."""
-    if p.options.verbose:
-        from ray.tune import CLIReporter
-
-        return CLIReporter(
-            metric_columns={"epoch": "epoch", p.space.metric: p.space.metric},
-            parameter_columns=list(p.space.space)[:6],
-            max_report_frequency=30,  # sort_by_metric would crash on trials stopped before any result
-        )
     sizes = [len(members) for members in grouped] if grouped is not None else None
-    return _progress_reporter(p.space.metric, p.space.mode, p.max_epochs, runs(p), sizes, p.name)
-
-
-def _progress_reporter(metric: str, mode: str, max_epochs: int, total: int, sizes: list[int] | None = None,
-                       study: str | None = None):
-    from ray.tune import ProgressReporter
-
-    class ViewReporter(ProgressReporter):
-        """Feeds the active `progress.View` with the trials' counts (it holds no view itself, so a
-        study restored from `tuner.pkl` feeds the view of the command that resumed it)."""
-
-        def should_report(self, trials, done=False):
-            return progress.active() is not None
-
-        def report(self, trials, done, *sys_info):
-            view = progress.active()
-            if view is not None:
-                view.update(trial_counts(trials, metric, mode, max_epochs, total, sizes), study)
-
-    return ViewReporter()
-
-
-def trial_counts(trials, metric: str, mode: str, max_epochs: int, total: int,
-                 sizes: list[int] | None = None) -> progress.Counts:
-    """Ray Tune's trials -> the view's counts (trials not yet generated count as pending); with
-    cohorts (`sizes`: members per cohort) a cohort trial counts as its members."""
-    done = running = failed = epochs = 0
-    best = None
-    for trial in trials:
-        result = trial.last_result or {}
-        n = sizes[int(trial.config["cohort"])] if sizes is not None else 1
-        if trial.status == "TERMINATED":
-            done, epochs = done + n, epochs + n * max_epochs
-        elif trial.status == "ERROR":
-            failed, epochs = failed + n, epochs + n * max_epochs
-        else:
-            running += n * (trial.status == "RUNNING")
-            epochs += n * int(result.get("epoch", 0) or 0)
-        value = (trial.metric_analysis.get(metric) or {}).get(mode)
-        if is_finite(value) and (best is None or (value < best if mode == "min" else value > best)):
-            best = value
-    return progress.Counts(done=done, running=running, pending=max(0, total - done - running - failed),
-                           failed=failed, epochs=epochs, best=best)
+    return reporters.reporter(p.space.metric, p.space.mode, p.max_epochs, runs(p), p.name,
+                              parameters=list(p.space.space), sizes=sizes, verbose=p.options.verbose)
 
 
 def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list, grouped: list[list[dict[str, Any]]] | None):
