@@ -68,3 +68,16 @@ def test_the_view_knows_a_study_trains_once_one_of_its_trials_ran():
     assert view.training("s")
     view.end_study("s")
     assert not view.training("s")
+
+
+def test_a_study_shares_the_slots_with_the_studies_not_ended():
+    view = FakeView()
+    turns = _Turns(["a", "b", "c"], view, slots=5)
+    assert [turns.share(n) for n in ("a", "b", "c", "other")] == [2, 2, 2, None]  # 5 / 3, rounded up
+    turns.end("a")
+    assert turns.share("b") == 3  # 5 / 2: no slot idles while b and c have trials
+    turns.end("b")
+    assert turns.share("c") == 5  # the last study takes every slot
+    turns.end("c")
+    assert turns.share("c") == 5
+    assert [_Turns(list("abcd"), view, slots=2).share("a"), _Turns(["a"], view, slots=2).share("a")] == [1, 2]

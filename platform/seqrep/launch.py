@@ -152,7 +152,7 @@ def _build_tuner(p: StudyPlan, dataset: Any, callbacks: list, grouped: list[list
     from ray.tune.logger import JsonLoggerCallback
 
     o = p.options
-    param_space, searcher = searchers.search(p.space, o.searcher, o.seed, o.max_concurrent)
+    param_space, searcher = searchers.search(p.space, o.searcher, o.seed, o.max_concurrent, p.name)
     if grouped is not None:  # one trial per cohort; the configs were drawn with the same seed
         param_space = {"cohort": tune.grid_search(list(range(len(grouped))))}
     _quiet_tune()

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import queue
 import sys
@@ -142,6 +143,7 @@ def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) ->
     with ThreadPoolExecutor(1, thread_name_prefix="seqrep-after") as afterwards, _one_ray(to_run):
         if warming is not None:
             warming.join()
+        from seqrep import slot_shares
         from seqrep.launch import runs  # Ray: imported when a study runs
 
         then = None if after is None else (lambda p: afterwards.submit(after, p))
@@ -152,7 +154,8 @@ def _run(plans: list[StudyPlan], verbose: bool, at_once: int = 0, after=None) ->
                 turns = (_Turns([p.name for p in to_run], progress.active(),
                                 cluster.slots(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent))
                          if at_once == 0 else None)
-                _run_at_once(to_run, at_once or len(to_run), then, turns)
+                with slot_shares.sharing(turns.share) if turns is not None else contextlib.nullcontext():
+                    _run_at_once(to_run, at_once or len(to_run), then, turns)
             else:
                 _run_in_turn(to_run, then)
 
@@ -223,6 +226,16 @@ class _Turns:
     def end(self, name: str) -> None:
         with self.lock:
             self.ended.add(name)
+
+    def share(self, name: str) -> int | None:
+        """How many trials study `name` may hold at once (`seqrep.slot_shares`): the slots over the
+        table's studies not ended (started or waiting), rounded up so that no slot idles while a
+        study has trials to run; None for a study not of this table."""
+        with self.lock:
+            if name not in self.order:
+                return None
+            unfinished = sum(1 for n in self.order if n not in self.ended)
+        return max(1, math.ceil(self.slots / max(1, unfinished)))
 
 
 def _run_at_once(plans: list[StudyPlan], at_once: int, after=None, turns: _Turns | None = None) -> None:

@@ -49,18 +49,20 @@ def draw(param_space: Mapping[str, Any], seed: int, samples: int) -> list[dict[s
     return configs
 
 
-def search(space: SearchSpace, searcher: str, seed: int, max_concurrent: int | None) -> tuple[dict[str, Any], Any]:
-    """The Tuner's `param_space` and search algorithm: a seeded random search, or Optuna's TPE."""
+def search(space: SearchSpace, searcher: str, seed: int, max_concurrent: int | None,
+           study: str = "") -> tuple[dict[str, Any], Any]:
+    """The Tuner's `param_space` and search algorithm: a seeded random search (holding at most the
+    study's share of the slots while `seqrep.slot_shares.sharing` says one), or Optuna's TPE."""
     if searcher == "optuna":
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
         return dict(space.fixed), OptunaSearch(space=to_optuna(space), metric=space.metric, mode=space.mode,
                                                sampler=TPESampler(seed=seed))
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from seqrep.slot_shares import SharedSlots
 
     # Ray ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator: give it here
-    return to_tune(space), BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+    return to_tune(space), SharedSlots(study, random_state=seed, max_concurrent=max_concurrent or 0)
 
 
 def scheduler(name: str, max_epochs: int):
