@@ -33,24 +33,22 @@ def _drain(generator) -> list:
     return trials
 
 
-def test_a_study_holds_at_most_its_share_and_takes_a_grown_share_once_its_trials_prove_long():
+def test_a_study_of_short_trials_holds_its_share_and_one_of_long_trials_takes_every_slot():
     share = {"s": 1}
     generator = _generator(SharedSlots, study="s")
     with slot_shares.sharing(share.get):
         first = generator.next_trial()
         assert first is not None and generator.next_trial() is None  # one live trial: its share
         share["s"] = 3  # two other studies ended
-        assert generator.next_trial() is None  # nothing finished yet: no new trial process
-        generator.on_trial_complete(first.trial_id, {"time_total_s": 4.9})  # short: hold one at once
+        assert generator.next_trial() is None  # no new trial process for a grown share
+        generator.on_trial_complete(first.trial_id, {"time_total_s": 4.9})  # short: still one at once
         second = generator.next_trial()
         assert second is not None and generator.next_trial() is None
+        share["s"] = 1
         generator.on_trial_complete(second.trial_id, {"time_total_s": SharedSlots.GROWS_AFTER_S})
-        grown = [generator.next_trial() for _ in range(4)]  # long trials: the grown share, 3 at once
-        assert None not in grown[:3] and grown[3] is None
-    # outside the block (a plain `seqrep search`): no limit but its own, here none
-    assert generator.max_concurrent == 0
-    rest = [generator.next_trial() for _ in range(2)]  # the last of six
-    assert rest[0] is not None and rest[1] is None
+        assert generator.max_concurrent == 0  # long trials: no share, only its own limit (none)
+        rest = [generator.next_trial() for _ in range(5)]  # the last four of six, at once
+        assert None not in rest[:4] and rest[4] is None
 
 
 def test_its_own_limit_caps_the_share_and_a_study_the_share_does_not_know_keeps_its_own():
@@ -61,6 +59,7 @@ def test_its_own_limit_caps_the_share_and_a_study_the_share_does_not_know_keeps_
         assert SharedSlots("other").max_concurrent == 0
     with slot_shares.sharing(lambda study: 0):
         assert SharedSlots("s").max_concurrent == 1  # never none at all
+    assert SharedSlots("s", max_concurrent=2).max_concurrent == 2  # outside a block: its own limit
 
 
 def test_the_same_configs_in_the_same_order_as_ray_tunes_generator_and_a_resumable_pickle():

@@ -8,9 +8,8 @@ study's start-up with every core idle: Table 10 on UCR CBF (4 studies, 2 slots, 
 22.6-32.3 s over six runs, with 5 to 9 trial processes. A study limited to its share of the slots
 (`seqrep.reproduce._Turns.share`: the slots over the studies not ended, rounded up) keeps one
 process per slot it holds, and its start overlaps the others' training; the share grows as
-studies end, and `SharedSlots` takes a grown share only for long trials: 22.0-22.3 s with 4
-processes (four runs), Table 7 on the toy set unchanged (124.0 s before, 123.4 s after, medians
-of two).
+studies end, and `SharedSlots` holds a study of long trials to no share: 22.0-22.3 s with 4
+processes (four runs).
 
 `sharing(share)` installs, for a block, the function that gives a study (by name) its current
 share; `SharedSlots`, a study's seeded random search, holds no more trials at once than that
@@ -53,11 +52,13 @@ class SharedSlots(BasicVariantGenerator):
     """Ray Tune's seeded random search (the same configs in the same order), holding no more trials
     at once than the study's share of the slots (`sharing`) and than `max_concurrent` (0: none).
 
-    A share that grows (other studies ended) is taken only by a study whose trials are known to be
-    long (one finished after `GROWS_AFTER_S` or more): one more trial at once is one more trial
-    process to start, which a study of short trials would wait for longer than its trials take.
-    Growing without that knowledge, Table 10's last study (cohorts of about 1 s) started one or two
-    processes that never trained (2026-12-04)."""
+    The share holds while the study's trials are short, and never grows beyond the most trials the
+    study has held at once: one more trial at once is one more trial process to start, which a
+    study of short trials would wait for longer than its trials take (growing, Table 10's last
+    study, cohorts of about 1 s, started one or two processes that never trained, 2026-12-04).
+    Once one of its trials has run `GROWS_AFTER_S` or more, a process's start is small beside its
+    trials and the study takes every free slot Ray gives it, as without shares: held to its share,
+    Table 7 on the toy set (trials of 5-35 s) ended on one slot, 3 % slower."""
 
     GROWS_AFTER_S = 5.0  # a trial process's start, 2-4 s on a busy 2-core machine
 
@@ -71,12 +72,10 @@ class SharedSlots(BasicVariantGenerator):
     def max_concurrent(self) -> int:
         """What Ray Tune's generator reads before it makes each trial."""
         share = current_share(self.study)
-        if share is None:
+        if share is None or self._longest_s >= self.GROWS_AFTER_S:
             return self._own_limit
         limit = min(share, self._own_limit) if self._own_limit > 0 else max(1, share)
-        if self._held and self._longest_s < self.GROWS_AFTER_S:
-            limit = min(limit, self._held)
-        return limit
+        return min(limit, self._held) if self._held else limit
 
     @max_concurrent.setter
     def max_concurrent(self, value: int) -> None:
