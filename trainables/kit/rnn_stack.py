@@ -118,12 +118,12 @@ class Stacked:
         """One pass over the training split, each member in its own minibatch order; mean NLL per frame."""
         epochs = [list(batches(self.splits["train"], self.batch_size, self.generators[k], pool=POOL)) for k in self.ids]
         total, frames = torch.zeros(len(self.ids), device=self.device), [0] * len(self.ids)
-        train_step = self._packed_step if packed_training(self.device) else self._member_step
+        packed = packed_training(self.device)
         for step in zip(*epochs):
             counts = [int(b.mask.sum()) for b in step]
             for p in self.net.params:
                 p.grad = None
-            total += train_step(step, counts)
+            total += self._packed_step(step) if packed else self._member_step(step, counts)
             self.climin.step()
             frames = [f + n for f, n in zip(frames, counts)]
         return [value / f for value, f in zip(total.tolist(), frames)]
@@ -137,7 +137,7 @@ class Stacked:
         sum(nll / n for nll, n in zip(nlls, counts)).backward()  # each member: the gradient of its own loss
         return torch.stack([nll.detach() for nll in nlls])
 
-    def _packed_step(self, step: tuple, counts: list[int]) -> torch.Tensor:
+    def _packed_step(self, step: tuple) -> torch.Tensor:
         """`_member_step` on packed minibatches (`StackedFDRNN.forward_packed`): packed on the host,
         moved at once; the inputs are the targets shifted by one step on the device."""
         plan = self.net.plan([b.x.shape[0] for b in step], [b.x.shape[1] for b in step], self.net.params[0])
@@ -147,7 +147,7 @@ class Stacked:
         inputs = torch.zeros_like(x)
         inputs[:, 1:] = x[:, :-1]
         nlls = frame_nll(self.net.forward_packed(inputs, plan), x, mask).sum((1, 2))  # (K,), packed order
-        frames = mask.sum((1, 2))  # each member's `counts` entry, in packed order (whole numbers: exact)
+        frames = mask.sum((1, 2))  # each member's frame count, in packed order (whole numbers: exact)
         (nlls / frames).sum().backward()  # each member: the gradient of its own loss, nll / frames
         nlls = nlls.detach()
         return nlls if plan.identity else torch.empty_like(nlls).index_copy_(0, plan.index, nlls)
