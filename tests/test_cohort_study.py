@@ -153,8 +153,8 @@ def test_a_cohort_study_whose_driver_is_sigkilled_resumes_with_its_grouping(tmp_
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (f"seqrep: study nn-one-shape-toy: Ray Tune's run state was cut short when its driver was killed "
-            f"({state.name}); resuming from the copy seqrep kept in ray-state/") in done.stdout
+    assert (f"seqrep: study nn-one-shape-toy: Ray Tune's run state was cut short or not yet written when its driver was "
+            f"killed ({state.name}); resuming from the copy seqrep kept in ray-state/") in done.stdout
     assert cohorts.read(study) == grouping
     frame = summary.read(study)
     assert len(frame) == 6 and frame["trial_id"].is_unique and set(frame["status"]) == {"completed"}

@@ -78,6 +78,24 @@ def test_without_a_whole_copy_the_resume_is_refused_and_names_the_file(study):
     assert (study / "ray" / EXPERIMENT).exists()  # nothing removed
 
 
+def test_a_missing_experiment_state_is_taken_from_the_kept_copy(study):
+    (study / "ray" / EXPERIMENT).unlink()  # the driver was killed before Tune's copy wrote it
+    assert ray_state.repair(study) == [EXPERIMENT]
+    assert json.loads((study / "ray" / EXPERIMENT).read_text())["runner_data"] == {"epoch": 7}
+
+
+def test_without_an_experiment_state_or_a_copy_the_resume_is_refused_and_nothing_changes(study):
+    (study / "ray" / EXPERIMENT).unlink()
+    (study / ray_state.KEPT_DIR / EXPERIMENT).unlink()
+    before = sorted(f.name for f in (study / "ray").iterdir())
+    with pytest.raises(SeqrepError) as err:
+        ray_state.repair(study)
+    assert str(err.value) == (
+        f"--resume: {study / 'ray'} holds no Ray Tune run state (experiment_state-*.json) and seqrep kept no "
+        f"copy in {study / ray_state.KEPT_DIR}; start the study again under another --name")
+    assert sorted(f.name for f in (study / "ray").iterdir()) == before
+
+
 def test_the_keeper_copies_each_new_save_once(tmp_path):
     staging, study = tmp_path / "staging", tmp_path / "study"
     keeper = ray_state.StateKeeper(study)
@@ -115,7 +133,7 @@ def test_a_copy_that_cannot_be_made_is_warned_of_once_and_the_study_goes_on(tmp_
 
 def test_tunes_silent_restart_becomes_an_error_only_while_refused():
     log = logging.getLogger("ray.tune.execution.tune_controller")
-    with ray_state.refuse_restart(), pytest.raises(SeqrepError) as err:
+    with ray_state.refuse_restart(), pytest.raises(ray_state.RestoreRefused) as err:
         try:
             raise KeyError("runner_data")
         except KeyError:

@@ -117,6 +117,31 @@ def test_existing_studies_are_refused_or_resumed_without_duplicates(tmp_path):
     assert json.loads((p.directory / "study.json").read_text())["attempts"] == 2
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("tuner", r"--resume: Ray Tune could not read the study's Tuner from .*tuner\.pkl \(.*\); start the study again"),
+    ("no state", r"--resume: .*ray holds no Ray Tune run state \(experiment_state-\*\.json\) and seqrep kept no copy"),
+    ("empty state", r"--resume: Ray Tune could not restore the study's run state \(KeyError\('runner_data'\)\) and "
+                    r"would start it over"),
+])
+def test_a_refused_resume_leaves_the_finished_study_as_it_was(tmp_path, damage, message):
+    p = studies.plan("table7-nn-toy", "toy", options(tmp_path, trials=2, max_epochs=2))
+    launch.run_study(p)
+    ray_dir = p.directory / "ray"
+    if damage == "tuner":
+        (ray_dir / "tuner.pkl").write_bytes(b"garbage")
+    for state in ray_dir.glob("experiment_state-*.json"):
+        state.write_text("{}") if damage == "empty state" else state.unlink()
+    if damage == "no state":
+        for state in (p.directory / "ray-state").glob("experiment_state-*.json"):
+            state.unlink()
+    before = {f: (p.directory / f).read_bytes() for f in ("study.json", ".finished", "trials.parquet")}
+    with pytest.raises(SeqrepError, match=message):
+        launch.run_study(studies.plan("table7-nn-toy", "toy", options(tmp_path, trials=2, max_epochs=2, resume=True)))
+    assert {f: (p.directory / f).read_bytes() for f in before} == before
+    _, parents, children = runs_of(p.options.tracking_uri, p.name)
+    assert [r.info.status for r in parents] == ["FINISHED"] and len(children) == 2
+
+
 def test_optuna_searcher_is_seeded(tmp_path):
     configs = []
     for run in ("a", "b"):

@@ -220,18 +220,44 @@ def _open_study(p: StudyPlan, previous: dict[str, Any] | None) -> str:
     return parent
 
 
-def _tuner(p: StudyPlan, dataset: Any, parent: str, previous: dict[str, Any] | None):
-    grouped = _cohorts(p, previous)
-    if previous is not None:
-        from ray import tune
-
-        _quiet_tune()
-        return tune.Tuner.restore(str(p.directory / studydir.RAY_DIR), trainable=_trainable(p, dataset, grouped),
-                                  resume_unfinished=True)
+def _new_tuner(p: StudyPlan, dataset: Any, parent: str):
+    grouped = _cohorts(p, None)
     child_tags = {"seqrep.space": p.space.name, "seqrep.dataset": p.dataset, "seqrep.method": p.space.method}
     callback = MlflowTrialCallback(p.tracking_uri, p.name, parent, p.directory, child_tags,
                                    Declaration.from_json(p.declares), grouped)
     return _build_tuner(p, dataset, [callback], grouped)
+
+
+def _restored_tuner(p: StudyPlan, dataset: Any, previous: dict[str, Any]):
+    """The study's Tuner as Ray Tune saved it in `tuner.pkl` (with its MLflow callback), read before
+    anything of the study changes."""
+    from ray import tune
+
+    _repair_ray_state(p)
+    _quiet_tune()
+    path = p.directory / studydir.RAY_DIR
+    try:
+        return tune.Tuner.restore(str(path), trainable=_trainable(p, dataset, _cohorts(p, previous)),
+                                  resume_unfinished=True)
+    except Exception as err:  # noqa: BLE001 - whatever an unreadable tuner.pkl raises
+        raise SeqrepError(f"--resume: Ray Tune could not read the study's Tuner from {path / 'tuner.pkl'} "
+                          f"({err!r}); start the study again under another --name") from err
+
+
+def _put_back(p: StudyPlan, previous: dict[str, Any], finished: str | None, parent_status: str | None) -> None:
+    """Undo `_open_study` for a resume Ray Tune refused before any trial ran: the record, the
+    finished mark and the parent run's status and attempts as they were."""
+    studydir.write_record(p.directory, previous)
+    if finished is not None:
+        (p.directory / studydir.FINISHED_FILE).write_text(finished)
+    if parent_status is None:
+        return
+    try:
+        tracking.reopen_run(p.tracking_uri, previous["parent_run_id"], {"seqrep.attempts": previous.get("attempts", 1)})
+        if parent_status != "RUNNING":  # a killed driver's parent run was never ended
+            tracking.finish_parent(p.tracking_uri, previous["parent_run_id"], [], parent_status)
+    except Exception as err:  # noqa: BLE001 - the study folder is whole either way
+        log.warning("could not set MLflow run %s back to %s: %s", previous["parent_run_id"], parent_status, err)
 
 
 def _close_study(p: StudyPlan, parent: str, status: str, resumed: bool) -> Path:
@@ -265,26 +291,33 @@ def _close_study(p: StudyPlan, parent: str, status: str, resumed: bool) -> Path:
 def _repair_ray_state(p: StudyPlan) -> None:
     replaced = ray_state.repair(p.directory)
     if replaced:
-        print(f"seqrep: study {p.name}: Ray Tune's run state was cut short when its driver was killed "
-              f"({', '.join(replaced)}); resuming from the copy seqrep kept in {ray_state.KEPT_DIR}/", flush=True)
+        print(f"seqrep: study {p.name}: Ray Tune's run state was cut short or not yet written when its driver was "
+              f"killed ({', '.join(replaced)}); resuming from the copy seqrep kept in {ray_state.KEPT_DIR}/", flush=True)
 
 
 def _fit(p: StudyPlan, dataset: Any, previous: dict[str, Any] | None) -> Path:
     cluster.check_resources(p.options.cpus_per_trial, p.options.gpus_per_trial)
-    if previous is not None:  # before anything of the study changes
-        _repair_ray_state(p)
+    tuner = before = None
+    if previous is not None:  # read before anything of the study changes
+        tuner = _restored_tuner(p, dataset, previous)
+        before = studydir.finished_at(p.directory), tracking.run_status(p.tracking_uri, previous["parent_run_id"])
     parent = _open_study(p, previous)
     status = "FAILED"
     try:
-        tuner = _tuner(p, dataset, parent, previous)
+        tuner = tuner or _new_tuner(p, dataset, parent)
         with graceful_stop(), ray_state.refuse_restart(), ray_state.quiet_result_grid():
             tuner.fit()
         status = "KILLED" if INTERRUPTED.is_set() else "FINISHED"
+    except ray_state.RestoreRefused:
+        status = "REFUSED"
+        _put_back(p, previous, *before)
+        raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        out = _close_study(p, parent, status, previous is not None)
+        if status != "REFUSED":
+            out = _close_study(p, parent, status, previous is not None)
     if status == "KILLED":
         raise KeyboardInterrupt
     return out

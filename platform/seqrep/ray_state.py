@@ -10,8 +10,8 @@ and silently starts the experiment over on top of the old one.
 So seqrep keeps a copy of its own: `StateKeeper`, a Tune callback, copies the staging files into
 `<study>/ray-state/` after each save (a new folder swapped in by renames, so the copy is always one
 whole save), and `repair`, run before a resume, puts that copy back when a state file in
-`<study>/ray/` cannot be read. `refuse_restart` turns Tune's silent restart, for any other reason,
-into an error.
+`<study>/ray/` cannot be read, or the experiment state is missing there. `refuse_restart` turns Tune's
+silent restart, for any other reason, into an error (`RestoreRefused`: no trial has run again).
 """
 
 from __future__ import annotations
@@ -63,25 +63,36 @@ def unreadable(folder: Path) -> list[Path]:
     return [f for f in state_files(folder) if not _readable(f)]
 
 
+class RestoreRefused(SeqrepError):
+    """Ray Tune could not restore a study's run state; no trial of the study has run again."""
+
+
 def repair(study: Path) -> list[str]:
-    """Make `<study>/ray/`'s run state readable before Tune restores it: each unreadable file is
-    replaced by the kept copy; the names replaced (none when all were whole). A SeqrepError when
-    there is no whole copy to take."""
+    """Make `<study>/ray/`'s run state whole before Tune restores it: each unreadable file, and the
+    experiment state when it is missing, is taken from the kept copy; the names taken (none when
+    all were whole). A SeqrepError, before anything is changed, when there is no whole copy."""
     ray_dir, kept = Path(study) / studydir.RAY_DIR, Path(study) / KEPT_DIR
     bad = unreadable(ray_dir)
-    if not bad:
+    missing = not any(ray_dir.glob(EXPERIMENT_STATE))
+    if not bad and not missing:
         return []
     # `keep` swaps folders by renames: between two of them only the previous copy, `.old`, exists
-    whole = [d for d in (kept, _old(kept)) if state_files(d) and not unreadable(d)]
-    if not whole:
+    whole = [d for d in (kept, _old(kept)) if any(d.glob(EXPERIMENT_STATE)) and not unreadable(d)]
+    if not whole and bad:
         raise SeqrepError(f"--resume: Ray Tune's run state {bad[0]} is unreadable (its driver was killed while "
                           f"writing it) and seqrep kept no whole copy in {kept}; start the study again under "
                           "another --name")
+    if not whole:
+        raise SeqrepError(f"--resume: {ray_dir} holds no Ray Tune run state ({EXPERIMENT_STATE}) and seqrep kept "
+                          f"no copy in {kept}; start the study again under another --name")
     for f in bad:
         f.unlink()
+    taken = {f.name for f in bad}
     for f in state_files(whole[0]):
+        if missing and fnmatch.fnmatch(f.name, EXPERIMENT_STATE):
+            taken.add(f.name)
         atomic_write(ray_dir / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
-    return sorted(f.name for f in bad)
+    return sorted(taken)
 
 
 class StateKeeper(tune.Callback):
@@ -142,7 +153,7 @@ class _RefuseRestart(logging.Filter):
     def filter(self, record):
         if record.getMessage() == "Failed to restore the run state.":
             cause = record.exc_info[1] if record.exc_info else None
-            raise SeqrepError(f"--resume: Ray Tune could not restore the study's run state ({cause!r}) and "
+            raise RestoreRefused(f"--resume: Ray Tune could not restore the study's run state ({cause!r}) and "
                               "would start it over; start the study again under another --name")
         return True
 

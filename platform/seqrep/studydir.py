@@ -54,6 +54,12 @@ def is_finished(directory: Path) -> bool:
     return (Path(directory) / SUMMARY_FILE).exists() and (Path(directory) / FINISHED_FILE).exists()
 
 
+def finished_at(directory: Path) -> str | None:
+    """When the study last finished (the finished mark's text), None while it is unfinished."""
+    mark = Path(directory) / FINISHED_FILE
+    return mark.read_text() if mark.exists() else None
+
+
 def load_runs(directory: Path) -> dict[str, str]:
     """trial id -> MLflow child run id (empty before the first trial started)."""
     path = Path(directory) / RUNS_FILE

@@ -147,6 +147,15 @@ def reopen_run(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
         c.set_tag(run_id, k, str(v))
 
 
+def run_status(uri: str, run_id: str) -> str | None:
+    """A run's status (RUNNING, FINISHED, FAILED, KILLED), None when the store cannot say."""
+    try:
+        return client(uri).get_run(run_id).info.status
+    except Exception as err:  # noqa: BLE001 - an unknown status is only not put back
+        log.warning("could not read the status of MLflow run %s: %s", run_id, err)
+        return None
+
+
 def finish_parent(uri: str, run_id: str, artifacts: Iterable[Path], status: str = "FINISHED") -> None:
     c = client(uri)
     for path in artifacts:
