@@ -155,6 +155,44 @@ def test_test_error_is_the_pipelines_bit_for_bit(classes):
 
 
 @verified
+@pytest.mark.parametrize("classes", [2, 3, 7])
+def test_a_cohorts_members_judged_together_get_the_pipelines_errors(classes):
+    """`logreg_cv_errors` and `logreg_errors` fit all members' regressions together (problems of one
+    shape and dtype evaluated at once): each member's errors are the pipeline's, one at a time; a
+    member the fast path leaves (integer embeddings) takes the pipeline among the others."""
+    rng = np.random.default_rng([classes, 99])
+    y = rng.permutation(np.arange(45) % classes)
+    y_test = rng.permutation(np.arange(60) % classes)
+    members, tests = [], []
+    for i, kind in enumerate(KINDS[:4] * 2):
+        dtype, d = (np.float32, 16) if i % 3 else (np.float64, 16 if i % 2 else 5)  # three groups of shapes
+        means = rng.normal(size=(classes, d))
+        members.append(np.ascontiguousarray((rng.normal(size=(45, d)) + means[y]), dtype=dtype))
+        tests.append(np.ascontiguousarray((rng.normal(size=(60, d)) + means[y_test]), dtype=dtype))
+        if kind == "badly scaled":
+            members[-1] *= np.asarray(10.0 ** rng.uniform(-4, 4, size=d), dtype=dtype)
+    members[5], tests[5] = (np.round(4 * a).astype(np.int64) for a in (members[5], tests[5]))  # the pipeline's
+    expected = [reference_cv(e, y)[0] for e in members]
+    assert judges.logreg_cv_errors(members, y) == expected
+    expected_test = [float((judges.logistic_regression().fit(e, y).predict(t) != y_test).mean())
+                     for e, t in zip(members, tests)]
+    assert judges.logreg_errors(members, y, tests, y_test) == expected_test
+
+
+@verified
+def test_on_an_unverified_scipy_the_judges_fit_through_scipys_minimize(monkeypatch):
+    from trainables.kit import lbfgsb
+
+    rng = np.random.default_rng(12)
+    members = [random_case(rng, 40, 8, 3, np.float32, "overlapping")[0] for _ in range(3)]
+    y = rng.permutation(np.arange(40) % 3)
+    expected = [reference_cv(e, y)[0] for e in members]
+    monkeypatch.setattr(lbfgsb, "available", lambda: False)
+    monkeypatch.setattr(lbfgsb, "minimize_many", None)  # never called
+    assert judges.logreg_cv_errors(members, y) == expected
+
+
+@verified
 def test_labels_need_not_be_0_to_k():
     """`logreg_error` takes any integer labels, as the pipeline does (its classes_ sorted)."""
     rng = np.random.default_rng(5)

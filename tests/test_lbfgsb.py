@@ -63,6 +63,33 @@ def test_the_stopping_rules_are_scipys(maxiter, maxfun, status):
 
 
 @verified
+def test_problems_minimised_together_take_each_its_own_iterates():
+    """`minimize_many`: each problem's result is its `minimize` result to the bit; problems that end
+    earlier leave the later evaluations (fewer rows), and a problem's rows are its own."""
+    rng = np.random.default_rng(11)
+    problems = []
+    for scale in (0.1, 1.0, 4.0, 0.5, 2.0):  # separations that need different numbers of evaluations
+        x = rng.normal(size=(24, 16)).astype(np.float32)
+        y = (rng.random(24) < 0.5).astype(np.float32)
+        problems.append((x + scale * y[:, None], y))
+    options = {"maxiter": 1000, "maxls": 50, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps}
+    rows = []
+
+    def losses(points, indices):
+        rows.append(list(indices))
+        pairs = [_logistic(w, *problems[i], 1 / 24) for w, i in zip(points, indices)]
+        return [f for f, _ in pairs], [g for _, g in pairs]
+
+    together = lbfgsb.minimize_many(losses, [np.zeros(17, np.float32)] * len(problems), **options)
+    alone = [lbfgsb.minimize(_logistic, np.zeros(17, np.float32), (x, y, 1 / 24), **options) for x, y in problems]
+    for a, b in zip(together, alone):
+        _same(a, b)
+    assert len({r.nfev for r in alone}) > 1 and rows[0] == list(range(len(problems)))
+    assert len(rows) == max(r.nfev for r in alone) and len(rows[-1]) < len(problems)
+    assert [sum(i in r for r in rows) for i in range(len(problems))] == [r.nfev for r in alone]
+
+
+@verified
 def test_a_function_called_with_a_copy_it_may_overwrite():
     def spoiling(w):
         loss, grad = _rosenbrock(w)

@@ -44,7 +44,7 @@ label vector (`_folds`).
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -79,31 +79,50 @@ def logreg_cv_error(e: np.ndarray, y: np.ndarray) -> float:
     time on Table 10's small sets): a multiple of 1/N, so equal errors compare equal (the
     improved rule).
     """
+    return logreg_cv_errors([e], y)[0]
+
+
+def logreg_cv_errors(embeddings: Sequence[np.ndarray], y: np.ndarray) -> list[float]:
+    """`logreg_cv_error(e, y)` of each embedding e of the same labelled points (a cohort's members),
+    the same numbers; their folds' regressions are fitted together (`_judge_many`)."""
     k = min(5, int(np.bincount(y).min()))
     if k < 2:
         raise SeqrepError(f"a stratified validation needs at least 2 training examples per class, "
                           f"but a class has {k}")
-    predicted = np.empty_like(y)
-    for fit_rows, held_out in _folds(y, k, e):
-        predicted[held_out] = _judge(e[fit_rows], y[fit_rows], e[held_out])
-    return float((predicted != y).mean())
+    folds = [_folds(y, k, e) for e in embeddings]
+    labels = iter(_judge_many([(e[fit_rows], y[fit_rows], e[held_out])
+                               for e, splits in zip(embeddings, folds) for fit_rows, held_out in splits]))
+    errors = []
+    for splits in folds:
+        predicted = np.empty_like(y)
+        for _, held_out in splits:
+            predicted[held_out] = next(labels)
+        errors.append(float((predicted != y).mean()))
+    return errors
 
 
 def logreg_error(e_train: np.ndarray, y_train: np.ndarray, e_test: np.ndarray, y_test: np.ndarray) -> float:
     """Test error of the logistic regression fitted on all of (e_train, y_train)."""
-    e_test = np.nan_to_num(e_test, posinf=1e30, neginf=-1e30)  # an exploding test sequence is misjudged, not fatal
-    return float((_judge(e_train, y_train, e_test) != y_test).mean())
+    return logreg_errors([e_train], y_train, [e_test], y_test)[0]
 
 
-def _judge(e_fit: np.ndarray, y_fit: np.ndarray, e_predict: np.ndarray) -> np.ndarray:
-    """`logistic_regression().fit(e_fit, y_fit).predict(e_predict)`: by `_fit_predict` where it
-    takes the input, by the pipeline itself otherwise (the same labels either way)."""
-    if _fast() is not None and _plain(e_fit, y_fit, e_predict):
-        try:
-            return _fit_predict(e_fit, y_fit, e_predict)
-        except _Unsupported:
-            pass
-    return logistic_regression().fit(e_fit, y_fit).predict(e_predict)
+def logreg_errors(e_train: Sequence[np.ndarray], y_train: np.ndarray, e_test: Sequence[np.ndarray],
+                  y_test: np.ndarray) -> list[float]:
+    """`logreg_error` of each pair of training and test embeddings, fitted together."""
+    # an exploding test sequence is misjudged, not fatal
+    problems = [(train, y_train, np.nan_to_num(test, posinf=1e30, neginf=-1e30)) for train, test in zip(e_train, e_test)]
+    return [float((labels != y_test).mean()) for labels in _judge_many(problems)]
+
+
+def _judge_many(problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """`logistic_regression().fit(e_fit, y_fit).predict(e_predict)` of each problem: by `_fit_predict_many`
+    where it takes the input, by the pipeline itself otherwise (the same labels either way)."""
+    fast = [i for i, problem in enumerate(problems) if _fast() is not None and _plain(*problem)]
+    labels: list[np.ndarray | None] = [None] * len(problems)
+    for i, predicted in zip(fast, _fit_predict_many([problems[i] for i in fast])):
+        labels[i] = predicted
+    return [predicted if predicted is not None else logistic_regression().fit(e_fit, y_fit).predict(e_predict)
+            for predicted, (e_fit, y_fit, e_predict) in zip(labels, problems)]
 
 
 def one_nn_error(e_db: np.ndarray, y_db: np.ndarray, e: np.ndarray, y: np.ndarray) -> float:
@@ -196,14 +215,33 @@ def _fit_predict(e_fit: np.ndarray, y_fit: np.ndarray, e_predict: np.ndarray) ->
 
     Raises `_Unsupported` where the pipeline would compute differently or raise (non-finite data,
     one class); the caller then runs the pipeline."""
-    mean, scale = _scaler_fit(e_fit)
-    x = _scaler_transform(e_fit, mean, scale)
-    classes = np.unique(y_fit)  # LogisticRegression.classes_ (sorted, as xp.unique_values gives)
-    if len(classes) < 2:
+    [predicted] = _fit_predict_many([(e_fit, y_fit, e_predict)])
+    if predicted is None:
         raise _Unsupported
-    coef, intercept = _logistic_fit(x, y_fit, classes)
-    x = _scaler_transform(e_predict, mean, scale)
-    # LinearClassifierMixin.decision_function and predict
+    return predicted
+
+
+def _fit_predict_many(problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray | None]:
+    """`_fit_predict` of each problem, None for a problem it leaves to the pipeline; the regressions
+    are fitted together (`_logistic_fit_many`)."""
+    scaled = []
+    for e_fit, y_fit, e_predict in problems:
+        mean, scale = _scaler_fit(e_fit)
+        classes = np.unique(y_fit)  # LogisticRegression.classes_ (sorted, as xp.unique_values gives)
+        try:
+            if len(classes) < 2:
+                raise _Unsupported
+            scaled.append((_scaler_transform(e_fit, mean, scale), y_fit, classes,
+                           _scaler_transform(e_predict, mean, scale)))
+        except _Unsupported:
+            scaled.append(None)
+    taken = [problem for problem in scaled if problem is not None]
+    fits = iter(_logistic_fit_many([(x, y, classes) for x, y, classes, _ in taken]))
+    return [None if problem is None else _predict(problem[3], problem[2], *next(fits)) for problem in scaled]
+
+
+def _predict(x: np.ndarray, classes: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """LinearClassifierMixin.decision_function's `X @ coef_.T + intercept_`, then predict's labels."""
     scores = x @ coef.T + intercept
     if scores.shape[1] == 1:
         indices = (scores.reshape(-1) > 0).astype(np.intp)
@@ -257,35 +295,57 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[np
 
     What `_logistic_regression_path` does for lbfgs, an l2 penalty, fit_intercept, no weights and no
     warm start (`check_input=False`, as `fit` calls it)."""
+    return _logistic_fit_many([(x, y, classes)])[0]
+
+
+def _logistic_fit_many(problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`_logistic_fit(x, y, classes)` of each problem. Problems of one shape, dtype and number of
+    classes are fitted together: L-BFGS-B runs each on its own iterates (`lbfgsb.minimize_many`)
+    and one `_LossGradient.many` call evaluates all that want an evaluation, to the same bits."""
     fast = _fast()
-    n_samples, n_features = x.shape
-    n_classes = len(classes)
-    binary = n_classes == 2
-    if binary:
-        w0 = np.zeros(n_features + 1, dtype=x.dtype)
-        mask = y == classes[1]  # classes[1] is the positive label
+    groups: dict[tuple, list[int]] = {}
+    for i, (x, _, classes) in enumerate(problems):
+        groups.setdefault((x.shape, x.dtype.str, len(classes)), []).append(i)
+    fitted: list = [None] * len(problems)
+    for (shape, _, n_classes), members in groups.items():
+        starts, targets = zip(*(_start(*problems[i]) for i in members))
+        xs, ys = np.stack([problems[i][0] for i in members]), np.stack(targets)
+        loss = _LossGradient(fast.binomial() if n_classes == 2 else fast.multinomial(n_classes=n_classes),
+                             None if n_classes == 2 else n_classes)
+        l2_reg_strength = 1.0 / (_C * shape[0])
+        options = {"maxiter": _MAX_ITER, "maxls": 50, "gtol": _TOL, "ftol": 64 * np.finfo(float).eps}
+        if lbfgsb.available():  # scipy.optimize.minimize's loop without its wrappers, the same iterates
+            results = lbfgsb.minimize_many(lambda w, rows: loss.many(w, xs[rows], ys[rows], l2_reg_strength),
+                                           list(starts), **options)
+        else:
+            results = [fast.minimize(loss, w0, method="L-BFGS-B", jac=True,
+                                     args=(problems[i][0], target, None, l2_reg_strength, 1),
+                                     options={**options, **fast.iprint_options}, callback=None)
+                       for i, w0, target in zip(members, starts, targets)]
+        for i, result in zip(members, results):
+            fast.check_optimize_result("lbfgs", result, _MAX_ITER, extra_warning_msg=fast.convergence_msg)
+            fitted[i] = _coefficients(result.x, n_classes, problems[i][0].dtype)
+    return fitted
+
+
+def _start(x: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The path's zero start and its targets: y in [0, 1] for two classes (HalfBinomialLoss; classes[1]
+    is the positive label), else the class indices (LabelEncoder().fit(classes).transform(y))."""
+    n_classes, n_features = len(classes), x.shape[1]
+    if n_classes == 2:
         target = np.ones(y.shape, dtype=x.dtype)
-        target[~mask] = 0.0  # HalfBinomialLoss takes y in [0, 1]
-        loss = _LossGradient(fast.binomial(), None)
-    else:
-        target = np.searchsorted(classes, y).astype(x.dtype)  # LabelEncoder().fit(classes).transform(y)
-        w0 = np.zeros((n_classes, n_features + 1), order="F", dtype=x.dtype).ravel(order="F")
-        loss = _LossGradient(fast.multinomial(n_classes=n_classes), n_classes)
-    l2_reg_strength = 1.0 / (_C * n_samples)
-    args, options = (x, target, None, l2_reg_strength, 1), {"maxiter": _MAX_ITER, "maxls": 50, "gtol": _TOL,
-                                                             "ftol": 64 * np.finfo(float).eps}
-    if lbfgsb.available():  # scipy.optimize.minimize's loop without its wrappers, the same iterates
-        result = lbfgsb.minimize(loss, w0, args, **options)
-    else:
-        result = fast.minimize(loss, w0, method="L-BFGS-B", jac=True, args=args,
-                               options={**options, **fast.iprint_options}, callback=None)
-    fast.check_optimize_result("lbfgs", result, _MAX_ITER, extra_warning_msg=fast.convergence_msg)
-    w = result.x
-    # the path's coefs and fit's split of them into coef_ and intercept_
-    if binary:
-        coef = np.stack([np.asarray(w.copy(order="K"), dtype=x.dtype)])[0, ...]
+        target[~(y == classes[1])] = 0.0
+        return np.zeros(n_features + 1, dtype=x.dtype), target
+    w0 = np.zeros((n_classes, n_features + 1), order="F", dtype=x.dtype).ravel(order="F")
+    return w0, np.searchsorted(classes, y).astype(x.dtype)
+
+
+def _coefficients(w: np.ndarray, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The path's coefs and fit's split of them into `coef_` and `intercept_`."""
+    if n_classes == 2:
+        coef = np.stack([np.asarray(w.copy(order="K"), dtype=dtype)])[0, ...]
         return coef[:-1][None, :], coef[-1:]
-    coef = np.stack([np.asarray(np.reshape(w, (n_classes, -1), order="F").copy(order="K"), dtype=x.dtype)])[0, ...]
+    coef = np.stack([np.asarray(np.reshape(w, (n_classes, -1), order="F").copy(order="K"), dtype=dtype)])[0, ...]
     return coef[:, :-1], coef[:, -1]
 
 
@@ -327,3 +387,36 @@ class _LossGradient:
             grad[:, -1] = grad_pointwise.sum(axis=0)
             grad = grad.ravel(order="F")
         return loss, grad
+
+    def many(self, coefs: np.ndarray, x: np.ndarray, y: np.ndarray, l2_reg_strength: float) -> tuple[list, np.ndarray]:
+        """`self(coefs[p], x[p], y[p], None, l2_reg_strength, 1)` for every problem p at once, the same
+        bits: the products are NumPy's stacked matmuls (one BLAS call per problem, as alone), the
+        Cython loss is pointwise, and each sum runs over one problem's rows as alone."""
+        n_problems, n_samples, n_features = x.shape
+        if self.n_classes is None:
+            intercept, weights = coefs[:, -1], coefs[:, :-1]
+            raw_prediction = ((x @ np.asarray(weights, dtype=x.dtype)[:, :, None])[:, :, 0]
+                              + np.asarray(intercept, dtype=x.dtype)[:, None]).reshape(-1)
+        else:  # each row's F-order (n_classes, n_features + 1) matrix
+            weights = coefs.reshape(n_problems, n_features + 1, self.n_classes).transpose(0, 2, 1)
+            intercept, weights = weights[:, :, -1], weights[:, :, :-1]
+            raw_prediction = (x @ np.asarray(weights, dtype=x.dtype).transpose(0, 2, 1)
+                              + np.asarray(intercept, dtype=x.dtype)[:, None, :]).reshape(n_problems * n_samples, -1)
+        loss, grad_pointwise = self.base_loss.loss_gradient(y_true=y.reshape(-1), raw_prediction=raw_prediction,
+                                                            sample_weight=None, n_threads=1)
+        sums = loss.reshape(n_problems, n_samples).sum(axis=1) / n_samples
+        # the l2 penalty's dot of each K-order ravel (a problem's F-order weights: the transposed rows)
+        flat = (weights if self.n_classes is None else weights.transpose(0, 2, 1)).reshape(n_problems, -1)
+        dot = np.matmul if self.n_classes is None else np.dot  # as `__call__`: `weights @ weights`, `np.dot`
+        losses = [float(total) + float(0.5 * l2_reg_strength * dot(w, w)) for total, w in zip(sums, flat)]
+        grad_pointwise = grad_pointwise.reshape(n_problems, n_samples, -1)
+        grad_pointwise /= n_samples
+        if self.n_classes is None:
+            grad = np.empty_like(coefs, dtype=weights.dtype)
+            grad[:, :n_features] = (x.transpose(0, 2, 1) @ grad_pointwise)[:, :, 0] + l2_reg_strength * weights
+            grad[:, -1] = grad_pointwise[:, :, 0].sum(axis=1)
+            return losses, grad
+        grad = np.empty((n_problems, n_features + 1, self.n_classes), dtype=weights.dtype)
+        grad[:, :n_features, :] = (grad_pointwise.transpose(0, 2, 1) @ x + l2_reg_strength * weights).transpose(0, 2, 1)
+        grad[:, -1, :] = grad_pointwise.sum(axis=1)
+        return losses, grad.reshape(n_problems, -1)

@@ -9,6 +9,9 @@ evaluation inlined: the same `setulb` calls on the same arrays, the function eva
 points cast to x0's dtype (as `ScalarFunction` casts them), the same evaluation count for `maxfun`,
 the same stopping rules, and an `OptimizeResult` with the same fields but `hess_inv`.
 
+`minimize_many` runs several such problems at once, each on its own iterates, with one call of a
+vectorised function per round of evaluations (the judges fit each member's folds that way).
+
 It is used only on the SciPy versions it was checked against (`VERIFIED_SCIPY`, compared bit for
 bit with `scipy.optimize.minimize` in `tests/test_lbfgsb.py`); `available()` says whether it is.
 """
@@ -51,20 +54,61 @@ def minimize(fun: Callable[..., tuple[float, np.ndarray]], x0: np.ndarray, args:
 
     `fun(x, *args)` returns the loss and its gradient. Raises RuntimeError when SciPy is not a
     verified version (check `available()` first)."""
+    steps = _iterates(np.asarray(x0), maxiter=maxiter, maxls=maxls, gtol=gtol, ftol=ftol, maxcor=maxcor, maxfun=maxfun)
+    point = next(steps)
+    while True:
+        try:
+            point = steps.send(_evaluate(fun, point, args))
+        except StopIteration as done:
+            return done.value
+
+
+def minimize_many(fun: Callable[[np.ndarray, list[int]], tuple[Any, Any]], x0s: list[np.ndarray], **options) -> list:
+    """`minimize` of several problems at once, each taking exactly the iterates it takes alone.
+
+    `fun(points, problems)` evaluates the problems numbered `problems` (indices into `x0s`), one
+    row of `points` each, and returns their losses and gradients (a row each); it is called with
+    every problem that wants an evaluation, so that one vectorised evaluation serves them all
+    (problems end after different numbers of evaluations: later calls have fewer rows). The
+    options are `minimize`'s; one `OptimizeResult` per problem, in order."""
+    steps = [_iterates(np.asarray(x0), **options) for x0 in x0s]
+    wanted = {i: next(s) for i, s in enumerate(steps)}
+    results: list[Any] = [None] * len(steps)
+    while wanted:
+        problems = sorted(wanted)
+        values, grads = fun(np.stack([wanted[i] for i in problems]), problems)
+        wanted = {}
+        for i, value, grad in zip(problems, values, grads):
+            try:
+                wanted[i] = steps[i].send(_checked(value, grad))
+            except StopIteration as done:
+                results[i] = done.value
+    return results
+
+
+def _iterates(x0: np.ndarray, *, maxiter: int = 15000, maxls: int = 20, gtol: float = 1e-5,
+              ftol: float = 2.2204460492503131e-09, maxcor: int = 10, maxfun: int = 15000):
+    """SciPy's loop as a generator: yields each point at which it wants the loss (in x0's dtype), is
+    sent `(loss, gradient)` as `_evaluate` makes them, and returns the `OptimizeResult`. Checks the
+    SciPy version and the options when made, not when first advanced."""
     routines = _setulb()
     if routines is None:
         raise RuntimeError("the lean L-BFGS-B loop is verified only on SciPy " + ", ".join(sorted(VERIFIED_SCIPY)))
+    if not maxls > 0:
+        raise ValueError('maxls must be positive.')
+    return _loop(routines, x0, maxiter, maxls, gtol, ftol, maxcor, maxfun)
+
+
+def _loop(routines, x0, maxiter, maxls, gtol, ftol, maxcor, maxfun):
     setulb, status_messages, task_messages = routines
     from scipy.optimize import OptimizeResult
 
-    if not maxls > 0:
-        raise ValueError('maxls must be positive.')
-    x0 = np.asarray(x0).ravel()
+    x0 = x0.ravel()
     n, = x0.shape
     m, factr = maxcor, ftol / np.finfo(float).eps
     dtype = x0.dtype if np.issubdtype(x0.dtype, np.floating) else np.float64  # ScalarFunction's x dtype
     at = x0.astype(dtype)  # ScalarFunction evaluates at x0 when it is made
-    f, grad = _evaluate(fun, at, args)
+    f, grad = yield at
     nfev = 1  # and as many gradients: ScalarFunction's njev is its nfev here
 
     nbd = np.zeros(n, np.int32)
@@ -83,7 +127,7 @@ def minimize(fun: Callable[..., tuple[float, np.ndarray]], x0: np.ndarray, args:
         if task[0] == 3:
             if not (x == at).all():  # ScalarFunction.fun_and_grad's cache (np.array_equal of equal shapes)
                 at = x.astype(dtype)
-                f, grad = _evaluate(fun, at, args)
+                f, grad = yield at
                 nfev += 1
             f_arg, g = f, grad
         elif task[0] == 1:
@@ -107,7 +151,10 @@ def minimize(fun: Callable[..., tuple[float, np.ndarray]], x0: np.ndarray, args:
 
 def _evaluate(fun: Callable, x: np.ndarray, args: tuple) -> tuple[Any, np.ndarray]:
     """What `ScalarFunction` makes of `fun(x)` (through `MemoizeJac`): a scalar loss, a 1-d gradient."""
-    value, grad = fun(np.copy(x), *args)
+    return _checked(*fun(np.copy(x), *args))
+
+
+def _checked(value: Any, grad: Any) -> tuple[Any, np.ndarray]:
     if not np.isscalar(value):
         try:
             value = np.asarray(value).item()

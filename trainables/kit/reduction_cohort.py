@@ -45,7 +45,7 @@ import torch
 
 from seqrep.method import ClassificationData, SeqrepError, Session, is_finite
 from trainables.kit.improvement import ImprovementSession
-from trainables.kit.judges import logreg_cv_error, logreg_error
+from trainables.kit.judges import logreg_cv_errors, logreg_errors
 from trainables.kit.reduction_config import Problem, ReductionConfig
 from trainables.kit.reduction_data import load_classification, normalise
 from trainables.kit.reduction_run import Make, batch_size, build_optimizer, build_problem, run, seeded_generators
@@ -208,10 +208,12 @@ class ReductionCohort:
         return torch.cat([torch.cat([p.embed(x, mask, False, None).double().cpu() for x, mask in chunks], dim=1)
                           for p in passes])
 
-    def valid_error(self, e_train: torch.Tensor) -> float:
-        if not bool(torch.isfinite(e_train).all()):  # an exploding net: the member diverged
-            return math.nan
-        return logreg_cv_error(e_train.numpy(), self.y_all)
+    def valid_errors(self, e_train: torch.Tensor, members: list[int]) -> dict[int, float]:
+        """Each member's `valid_error` from its row of `e_train` (the members' regressions fitted
+        together, the numbers of one at a time); NaN for a member whose embeddings are not finite."""
+        finite = [k for k in members if bool(torch.isfinite(e_train[k]).all())]  # else an exploding net: diverged
+        errors = dict(zip(finite, logreg_cv_errors([e_train[k].numpy() for k in finite], self.y_all) if finite else []))
+        return {k: errors.get(k, math.nan) for k in members}
 
     def evaluation_point(self):
         return self.optimizer.evaluation_point() if self.optimizer is not None else contextlib.nullcontext()
@@ -242,15 +244,15 @@ class ReductionCohort:
         train_chunks = self.chunks(self.seqs)
         if fresh:
             e_train = self.embed(self.model, self.configs, train_chunks, self.problem)
-            for k, session in enumerate(self.sessions):
-                session.initial = self.valid_error(e_train[k])
+            for k, error in self.valid_errors(e_train, list(range(self.model.size))).items():
+                self.sessions[k].initial = error
         active = list(range(self.model.size))
         ctx = self.context
         for epoch in range(self.progress[0].start, ctx.max_epochs + 1):
             losses = self.train_epoch()
             with torch.no_grad(), self.evaluation_point():
                 e_train = self.embed(self.model, self.configs, train_chunks, self.problem)
-                valid = {k: prefixed("valid", {"error": self.valid_error(e_train[k])}) for k in active}
+                valid = {k: prefixed("valid", {"error": error}) for k, error in self.valid_errors(e_train, active).items()}
                 candidates = {k: self.model.member_state(k) for k in active
                               if is_finite(valid[k].get(ctx.metric))
                               and ctx.better(valid[k][ctx.metric], self.progress[k].best)}
@@ -273,13 +275,15 @@ class ReductionCohort:
             e_train = self.embed(stack, configs, self.chunks(self.seqs))
             e_test = self.embed(stack, configs, self.chunks(self.test_seqs))
         y_test = np.asarray(self.data.y_test)
+        finite = [i for i in range(len(best)) if bool(torch.isfinite(e_train[i]).all())]
+        tests = dict(zip(finite, logreg_errors([e_train[i].numpy() for i in finite], self.y_all,
+                                               [e_test[i].numpy() for i in finite], y_test)))
         for k in members:
             progress, session = self.progress[k], self.sessions[k]
             final: dict[str, float] = {"best_epoch": progress.best_epoch}
             if progress.best_state is not None:
                 i = best.index(k)
-                test = (logreg_error(e_train[i].numpy(), self.y_all, e_test[i].numpy(), y_test)
-                        if bool(torch.isfinite(e_train[i]).all()) else math.nan)
+                test = tests.get(i, math.nan)
                 final.update(progress.best_valid)
                 final.update(prefixed("test", {"error": test}))
                 save_embeddings(session.artifact_dir, e_test[i].numpy(), y_test, self.data.classes,
