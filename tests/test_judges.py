@@ -1,8 +1,9 @@
 """The fast logistic-regression judges give the reference pipeline's results to the last bit.
 
-`trainables.kit.judges` fits and predicts without scikit-learn's per-call layers; these tests hold
-it to `logistic_regression()` (StandardScaler + LogisticRegression) with exact equality: the same
-errors, the same predicted labels of every fold, and the same fitted scaler and coefficients.
+`trainables.kit.judges` fits and predicts (through `trainables.kit.logreg_replica`) without
+scikit-learn's per-call layers; these tests hold it to `logistic_regression()` (StandardScaler +
+LogisticRegression) with exact equality: the same errors, the same predicted labels of every fold,
+and the same fitted scaler and coefficients.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from seqrep.method import SeqrepError
 from trainables.kit import judges
+from trainables.kit import logreg_replica as replica
 
 
 def _sklearn_version() -> str:
@@ -23,11 +25,11 @@ def _sklearn_version() -> str:
     return sklearn.__version__
 
 
-# the comparisons hold the fast path to the pipeline; on a scikit-learn not in _VERIFIED_SKLEARN the
+# the comparisons hold the fast path to the pipeline; on a scikit-learn not in VERIFIED_SKLEARN the
 # judges run the pipeline itself (test_an_unverified_scikit_learn_uses_the_pipeline), and a new
 # version is verified by running this file with it added there
-verified = pytest.mark.skipif(judges._fast() is None, reason=f"scikit-learn {_sklearn_version()} is not in "
-                              "trainables.kit.judges._VERIFIED_SKLEARN: the judges run the reference pipeline")
+verified = pytest.mark.skipif(replica.routines() is None, reason=f"scikit-learn {_sklearn_version()} is not in "
+                              "trainables.kit.logreg_replica.VERIFIED_SKLEARN: the judges run the reference pipeline")
 
 
 def reference_cv(e: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray], list]:
@@ -47,12 +49,12 @@ def reference_cv(e: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray],
 def assert_identical_fit(model, e_fit: np.ndarray, y_fit: np.ndarray) -> None:
     """The fast scaler and regression reproduce the pipeline's fitted attributes exactly."""
     scaler, regression = model[0], model[-1]
-    mean, scale = judges._scaler_fit(e_fit)
+    mean, scale = replica.scaler_fit(e_fit)
     assert mean.dtype == scaler.mean_.dtype and np.array_equal(mean, scaler.mean_)
     assert scale.dtype == scaler.scale_.dtype and np.array_equal(scale, scaler.scale_)
-    x = judges._scaler_transform(e_fit, mean, scale)
+    x = replica.scaler_transform(e_fit, mean, scale)
     assert np.array_equal(x, scaler.transform(e_fit))
-    coef, intercept = judges._logistic_fit(x, y_fit, np.unique(y_fit))
+    coef, intercept = replica.logistic_fit(x, y_fit, np.unique(y_fit))
     assert coef.dtype == regression.coef_.dtype and coef.shape == regression.coef_.shape
     assert np.array_equal(coef, regression.coef_) and np.array_equal(intercept, regression.intercept_)
 
@@ -65,7 +67,7 @@ def assert_same_as_reference(e: np.ndarray, y: np.ndarray, coefficients: bool = 
     k = min(5, int(np.bincount(y).min()))
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=judges.SPLIT_SEED).split(e, y)
     for (fit_rows, held_out), labels, model in zip(folds, fold_labels, models):
-        fast = judges._fit_predict(e[fit_rows], y[fit_rows], e[held_out])
+        fast = replica.fit_predict(e[fit_rows], y[fit_rows], e[held_out])
         assert fast.dtype == labels.dtype
         np.testing.assert_array_equal(fast, labels)
         if coefficients:
@@ -150,7 +152,7 @@ def test_test_error_is_the_pipelines_bit_for_bit(classes):
             expected_labels = model.predict(np.nan_to_num(e_test, posinf=1e30, neginf=-1e30))
             expected = float((expected_labels != y_test).mean())
             assert judges.logreg_error(e, y, e_test, y_test) == expected
-            fast = judges._fit_predict(e, y, np.nan_to_num(e_test, posinf=1e30, neginf=-1e30))
+            fast = replica.fit_predict(e, y, np.nan_to_num(e_test, posinf=1e30, neginf=-1e30))
             np.testing.assert_array_equal(fast, expected_labels)
 
 
@@ -202,7 +204,7 @@ def test_labels_need_not_be_0_to_k():
         e_test = rng.normal(size=(40, 6)).astype(np.float32)
         y_test = rng.choice(np.array(labels, dtype=np.int32), size=40)
         labels_expected = judges.logistic_regression().fit(e, y).predict(e_test)
-        np.testing.assert_array_equal(judges._fit_predict(e, y, e_test), labels_expected)
+        np.testing.assert_array_equal(replica.fit_predict(e, y, e_test), labels_expected)
         assert judges.logreg_error(e, y, e_test, y_test) == float((labels_expected != y_test).mean())
 
 
@@ -211,7 +213,7 @@ def test_uncommon_inputs_take_the_pipeline():
     rng = np.random.default_rng(3)
     e, y = random_case(rng, 40, 5, 3, np.float32, "overlapping")
     expected, _, _ = reference_cv(e, y)
-    assert not judges._plain(np.asfortranarray(e), y)
+    assert not replica.plain(np.asfortranarray(e), y)
     assert judges.logreg_cv_error(np.asfortranarray(e), y) == reference_cv(np.asfortranarray(e), y)[0]
     assert judges.logreg_cv_error(e.astype(np.float16), y) == reference_cv(e.astype(np.float16), y)[0]
     assert judges.logreg_cv_error(e, y.astype(np.int32)) == expected
@@ -252,14 +254,14 @@ def test_convergence_warning_is_kept():
 
     rng = np.random.default_rng(11)
     e, y = random_case(rng, 30, 4, 3, np.float64, "overlapping")
-    x = judges._scaler_transform(e, *judges._scaler_fit(e))
-    original = judges._MAX_ITER
+    x = replica.scaler_transform(e, *replica.scaler_fit(e))
+    original = replica.MAX_ITER
     try:
-        judges._MAX_ITER = 2
+        replica.MAX_ITER = 2
         with pytest.warns(ConvergenceWarning, match="failed to converge after 2 iteration"):
-            coef, intercept = judges._logistic_fit(x, y, np.unique(y))
+            coef, intercept = replica.logistic_fit(x, y, np.unique(y))
     finally:
-        judges._MAX_ITER = original
+        replica.MAX_ITER = original
     with pytest.warns(ConvergenceWarning, match="failed to converge after 2 iteration"):
         model = judges.logistic_regression().set_params(logisticregression__max_iter=2).fit(e, y)
     assert np.array_equal(coef, model[-1].coef_) and np.array_equal(intercept, model[-1].intercept_)
@@ -269,16 +271,16 @@ def test_an_unverified_scikit_learn_uses_the_pipeline(monkeypatch):
     rng = np.random.default_rng(6)
     e, y = random_case(rng, 30, 16, 3, np.float32, "overlapping")
     expected, _, _ = reference_cv(e, y)
-    monkeypatch.setattr(judges, "_VERIFIED_SKLEARN", ())
-    judges._fast.cache_clear()
+    monkeypatch.setattr(replica, "VERIFIED_SKLEARN", ())
+    replica.routines.cache_clear()
     try:
-        assert judges._fast() is None
+        assert replica.routines() is None
         calls = []
         original = judges.logistic_regression
         monkeypatch.setattr(judges, "logistic_regression", lambda: calls.append(1) or original())
         assert judges.logreg_cv_error(e, y) == expected and len(calls) == 5
     finally:
-        judges._fast.cache_clear()
+        replica.routines.cache_clear()
 
 
 def test_folds_are_stratified_kfolds_and_cached():
