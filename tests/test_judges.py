@@ -158,10 +158,12 @@ def test_test_error_is_the_pipelines_bit_for_bit(classes):
 
 @verified
 @pytest.mark.parametrize("classes", [2, 3, 7])
-def test_a_cohorts_members_judged_together_get_the_pipelines_errors(classes):
+@pytest.mark.parametrize("stacked_bytes, calls", [(replica.STACKED_BYTES, 3), (1, 35)])
+def test_a_cohorts_members_judged_together_get_the_pipelines_errors(classes, stacked_bytes, calls, monkeypatch):
     """`logreg_cv_errors` and `logreg_errors` fit all members' regressions together (problems of one
-    shape and dtype evaluated at once): each member's errors are the pipeline's, one at a time; a
-    member the fast path leaves (integer embeddings) takes the pipeline among the others."""
+    shape and dtype evaluated at once, as many as `STACKED_BYTES` of data allow): each member's errors
+    are the pipeline's, one at a time; a member the fast path leaves (integer embeddings) takes the
+    pipeline among the others."""
     rng = np.random.default_rng([classes, 99])
     y = rng.permutation(np.arange(45) % classes)
     y_test = rng.permutation(np.arange(60) % classes)
@@ -175,7 +177,12 @@ def test_a_cohorts_members_judged_together_get_the_pipelines_errors(classes):
             members[-1] *= np.asarray(10.0 ** rng.uniform(-4, 4, size=d), dtype=dtype)
     members[5], tests[5] = (np.round(4 * a).astype(np.int64) for a in (members[5], tests[5]))  # the pipeline's
     expected = [reference_cv(e, y)[0] for e in members]
+    minimize_many, made = replica.lbfgsb.minimize_many, []
+    monkeypatch.setattr(replica.lbfgsb, "minimize_many",
+                        lambda f, x0s, **options: made.append(len(x0s)) or minimize_many(f, x0s, **options))
+    monkeypatch.setattr(replica, "STACKED_BYTES", stacked_bytes)
     assert judges.logreg_cv_errors(members, y) == expected
+    assert len(made) == calls and sum(made) == 35  # 3 shapes and dtypes; or, capped, each fold alone
     expected_test = [float((judges.logistic_regression().fit(e, y).predict(t) != y_test).mean())
                      for e, t in zip(members, tests)]
     assert judges.logreg_errors(members, y, tests, y_test) == expected_test
