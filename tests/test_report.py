@@ -105,6 +105,15 @@ def test_report_of_a_folder_that_is_no_study_is_one_line(tmp_path, capsys):
                                        f"`seqrep reproduce table7 --out {tmp_path}`\n")
 
 
+@pytest.mark.parametrize("target", ["folder", "folder/missing"])
+def test_report_of_a_path_that_is_no_study_says_so(tmp_path, capsys, target):
+    (tmp_path / "folder").mkdir()
+    assert main(["report", str(tmp_path / target)]) == 2
+    assert capsys.readouterr().err == (f"seqrep: error: {tmp_path / target} is not a seqrep study (no study.json); give "
+                                       "a study folder that `seqrep search` wrote, or a table that `seqrep reproduce` "
+                                       "rebuilt (e.g. table7)\n")
+
+
 def test_the_html_table_shows_numbers_as_the_markdown_does_and_words_as_they_are():
     # a table's "ours" column holds numbers and words (a pooling function), so the CSV reads it back as text
     assert report._number_or_text("0.02447552447552448") == "0.0245"

@@ -145,6 +145,9 @@ def cmd_report(args) -> int:
     target = Path(args.target)
     if studydir.read_record(target) is not None:
         pages = report.study_report(target)
+    elif target.is_dir() or len(target.parts) > 1:  # a path, not a table's name
+        raise SeqrepError(f"{target} is not a seqrep study (no study.json); give a study folder that `seqrep "
+                          "search` wrote, or a table that `seqrep reproduce` rebuilt (e.g. table7)")
     else:
         pages = report.table_report(args.target, Path(args.out))
     print(f"seqrep: wrote {' and '.join(str(p) for p in pages)}")
