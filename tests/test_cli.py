@@ -100,6 +100,14 @@ def test_data_list_shows_the_generated_toy_set(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "data", "list", "--data-dir", str(tmp_path))
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[:-1]}
     assert code == 0 and rows["toy"] == "generated" and rows["jsb"] == "missing"
+    assert out.splitlines()[-1] == f"data directory: {tmp_path}"
+
+
+def test_data_list_of_a_folder_that_does_not_exist_says_so(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "data", "list", "--data-dir", str(tmp_path / "nowhere"))
+    assert code == 0 and out.splitlines()[-1] == (
+        f"data directory: {tmp_path / 'nowhere'} (no such folder: `seqrep data download` makes it, or point "
+        "--data-dir or $SEQREP_DATA at your data)")
 
 
 @pytest.mark.integration

@@ -187,7 +187,8 @@ def cmd_data(args) -> int:
         if args.action == "verify" and not missing and entry.files:
             state = data.verify(name, root)
         print(f"{name:<22} {state:<12} {entry.description}")
-    print(f"data directory: {root}")
+    print(f"data directory: {root}" + ("" if root.is_dir() else " (no such folder: `seqrep data download` makes it, "
+                                       "or point --data-dir or $SEQREP_DATA at your data)"))
     return 1 if (args.action == "verify" and missing_any) else 0
 
 
