@@ -154,7 +154,7 @@ class _RefuseRestart(logging.Filter):
         if record.getMessage() == "Failed to restore the run state.":
             cause = record.exc_info[1] if record.exc_info else None
             raise RestoreRefused(f"--resume: Ray Tune could not restore the study's run state ({cause!r}) and "
-                              "would start it over; start the study again under another --name")
+                                 "would start it over; start the study again under another --name")
         return True
 
 
