@@ -14,7 +14,10 @@ lower ratio than 15.
 - cohort: one `seqrep.session.run_local_cohort("osp", ...)` over the same configs and seeds.
 
 Both sides judge every member every epoch by the same scikit-learn logistic regression (5-fold
-cross-validated on CBF's 30 training series), which a cohort cannot share: it bounds the ratio.
+cross-validated on CBF's 30 training series). A cohort fits its members' regressions together
+(`judges.logreg_cv_errors`: one stacked loss evaluation for all, but each member's own L-BFGS-B
+iterates), a solo trial its five folds together; the iterates themselves cannot be shared, and
+they bound the ratio.
 Each trial keeps its test embeddings (the report draws the selected trial's t-SNE map).
 
 One torch thread and one BLAS thread (threadpoolctl, applied after scikit-learn's SciPy has loaded

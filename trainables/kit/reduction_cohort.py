@@ -11,8 +11,9 @@ finish its solo `train(config, session)` would make, up to the float rounding of
   then stacked), with its own transfer, pooling, init_std and spectral radius;
 - its minibatch order and stochastic pooling's draws, from its own generators (seed + 1, seed + 2);
 - its rmsprop step rate, decay and momentum and its L2 penalty weight, as (K, 1) columns;
-- its per-epoch judgement: the logistic regression of `trainables.kit.judges` (scikit-learn, one
-  member at a time) on its own embeddings, at climin's resting point; its best state, plateau
+- its per-epoch judgement: the logistic regression of `trainables.kit.judges` on its own
+  embeddings, at climin's resting point (the members' regressions are fitted together, each to the
+  numbers it gets alone: `judges.logreg_cv_errors`); its best state, plateau
   mark, `valid_initial_error` / `valid_improved` (`trainables.kit.improvement`), test error at the
   best state, test embeddings (for the report's t-SNE map) and model file;
 - divergence: a member whose training loss or validation error is not finite is finished
