@@ -235,10 +235,9 @@ def _restored_tuner(p: StudyPlan, dataset: Any, previous: dict[str, Any]):
 
     _repair_ray_state(p)
     _quiet_tune()
-    path = p.directory / studydir.RAY_DIR
+    path, trainable = p.directory / studydir.RAY_DIR, _trainable(p, dataset, _cohorts(p, previous))
     try:
-        return tune.Tuner.restore(str(path), trainable=_trainable(p, dataset, _cohorts(p, previous)),
-                                  resume_unfinished=True)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True)
     except Exception as err:  # noqa: BLE001 - whatever an unreadable tuner.pkl raises
         raise SeqrepError(f"--resume: Ray Tune could not read the study's Tuner from {path / 'tuner.pkl'} "
                           f"({err!r}); start the study again under another --name") from err
@@ -304,7 +303,8 @@ def _fit(p: StudyPlan, dataset: Any, previous: dict[str, Any] | None) -> Path:
     parent = _open_study(p, previous)
     status = "FAILED"
     try:
-        tuner = tuner or _new_tuner(p, dataset, parent)
+        if tuner is None:
+            tuner = _new_tuner(p, dataset, parent)
         with graceful_stop(), ray_state.refuse_restart(), ray_state.quiet_result_grid():
             tuner.fit()
         status = "KILLED" if INTERRUPTED.is_set() else "FINISHED"

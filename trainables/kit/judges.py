@@ -81,7 +81,7 @@ def logreg_errors(e_train: Sequence[np.ndarray], y_train: np.ndarray, e_test: Se
 def _judge_many(problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """`logistic_regression().fit(e_fit, y_fit).predict(e_predict)` of each problem: by `replica.fit_predict_many`
     where it takes the input, by the pipeline itself otherwise (the same labels either way)."""
-    fast = [i for i, problem in enumerate(problems) if replica.routines() is not None and replica.plain(*problem)]
+    fast = [i for i, problem in enumerate(problems) if replica.plain(*problem)] if replica.routines() else []
     labels: list[np.ndarray | None] = [None] * len(problems)
     for i, predicted in zip(fast, replica.fit_predict_many([problems[i] for i in fast])):
         labels[i] = predicted

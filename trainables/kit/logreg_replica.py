@@ -281,40 +281,17 @@ class LossGradient:
         self.base_loss, self.n_classes = base_loss, n_classes
 
     def __call__(self, coef, x, y, sample_weight, l2_reg_strength, n_threads):
-        n_samples, n_features = x.shape
-        if self.n_classes is None:
-            intercept, weights = coef[-1], coef[:-1]
-            raw_prediction = x @ np.asarray(weights, dtype=x.dtype) + np.asarray(intercept, dtype=x.dtype)
-        else:
-            weights = coef.reshape((self.n_classes, -1), order="F")
-            intercept, weights = weights[:, -1], weights[:, :-1]
-            raw_prediction = x @ np.asarray(weights, dtype=x.dtype).T + np.asarray(intercept, dtype=x.dtype)
-        loss, grad_pointwise = self.base_loss.loss_gradient(y_true=y, raw_prediction=raw_prediction,
-                                                            sample_weight=sample_weight, n_threads=n_threads)
-        loss = float(loss.sum() / n_samples)  # np.sum's reduction, without its dispatch
-        # LinearModelLoss.l2_penalty (squared_norm: the dot of the K-order ravel)
-        if weights.ndim == 1:
-            norm2_w = weights @ weights
-        else:
-            flat = weights.ravel(order="K")
-            norm2_w = np.dot(flat, flat)
-        loss += float(0.5 * l2_reg_strength * norm2_w)
-        grad_pointwise /= n_samples
-        if self.n_classes is None:
-            grad = np.empty_like(coef, dtype=weights.dtype)
-            grad[:n_features] = x.T @ grad_pointwise + l2_reg_strength * weights
-            grad[-1] = grad_pointwise.sum()
-        else:
-            grad = np.empty((self.n_classes, n_features + 1), dtype=weights.dtype, order="F")
-            grad[:, :n_features] = grad_pointwise.T @ x + l2_reg_strength * weights
-            grad[:, -1] = grad_pointwise.sum(axis=0)
-            grad = grad.ravel(order="F")
-        return loss, grad
+        """One problem, as `scipy.optimize.minimize` calls it (`many` of a stack of one)."""
+        if sample_weight is not None:
+            raise ValueError("LossGradient replicates the loss without sample weights only")
+        [loss], grad = self.many(coef[None], x[None], y[None], l2_reg_strength)
+        return loss, grad[0]
 
     def many(self, coefs: np.ndarray, x: np.ndarray, y: np.ndarray, l2_reg_strength: float) -> tuple[list, np.ndarray]:
-        """`self(coefs[p], x[p], y[p], None, l2_reg_strength, 1)` for every problem p at once, the same
-        bits: the products are NumPy's stacked matmuls (one BLAS call per problem, as alone), the
-        Cython loss is pointwise, and each sum runs over one problem's rows as alone."""
+        """The loss and gradient of every problem p (`coefs[p]`, `x[p]`, `y[p]`) at once, each to the
+        bits `loss_gradient` gives it alone: the products are NumPy's stacked matmuls (one BLAS call
+        per problem, as alone), the Cython loss is pointwise, and each sum runs over one problem's
+        rows; the l2 penalty is `squared_norm`'s dot of each problem's K-order ravel."""
         n_problems, n_samples, n_features = x.shape
         if self.n_classes is None:
             intercept, weights = coefs[:, -1], coefs[:, :-1]
@@ -328,9 +305,9 @@ class LossGradient:
         loss, grad_pointwise = self.base_loss.loss_gradient(y_true=y.reshape(-1), raw_prediction=raw_prediction,
                                                             sample_weight=None, n_threads=1)
         sums = loss.reshape(n_problems, n_samples).sum(axis=1) / n_samples
-        # the l2 penalty's dot of each K-order ravel (a problem's F-order weights: the transposed rows)
+        # LinearModelLoss.l2_penalty: the dot of each K-order ravel (F-order weights: the transposed rows)
         flat = (weights if self.n_classes is None else weights.transpose(0, 2, 1)).reshape(n_problems, -1)
-        dot = np.matmul if self.n_classes is None else np.dot  # as `__call__`: `weights @ weights`, `np.dot`
+        dot = np.matmul if self.n_classes is None else np.dot  # scikit-learn's `weights @ weights`, `np.dot`
         losses = [float(total) + float(0.5 * l2_reg_strength * dot(w, w)) for total, w in zip(sums, flat)]
         grad_pointwise = grad_pointwise.reshape(n_problems, n_samples, -1)
         grad_pointwise /= n_samples
