@@ -26,7 +26,8 @@ the 4H rows of an LSTM's matrices are read in torch's gate order i, f, g, o by `
 the thesis's order xi, iota, nu, o by `lstm`), so FD with every rate 0 equals the deterministic
 net. The input projections of all time steps are computed before the recurrence, which then does
 only the recurrent matrix products (two per step under FD: one for the mean, one for the variance).
-The FD tanh loop (fixed rates) is `FDTanhRecurrence`, whose backward is written out; the others run
+The FD tanh loop (fixed rates) is `FDTanhRecurrence`, the sigmoid loop and any loop with learned rates
+`fd_recurrence.FDRecurrence`, both with their backward written out; the LSTM loops run
 through autograd.
 
 Extensions for STORN and the deep Markov model (Chapter 4):
@@ -65,6 +66,7 @@ from torch import Tensor, nn
 
 from trainables.nn import fused_tanh, lstm_cells
 from trainables.nn import variance as vp
+from trainables.nn.fd_recurrence import FDRecurrence
 from trainables.nn.initialise import set_spectral_radius, sparsify_columns
 
 __all__ = ["BidirectionalFD", "FastDropoutRNN", "reverse_padded", "set_spectral_radius"]
@@ -205,6 +207,8 @@ class FastDropoutRNN(nn.Module):
         keep = self.keep_hidden
         if self.cell == "tanh" and not isinstance(keep, Tensor):
             return FDTanhRecurrence.apply(in_mean, in_var, w_rec, keep)
+        if self.cell in ("tanh", "sigmoid"):  # sigmoid units, or a learned keep
+            return FDRecurrence.apply(in_mean, in_var, w_rec, keep, self.cell)
         w_rec_sq = w_rec.square()
         h_mean = x.new_zeros(x.shape[1], self.n_hidden)
         h_var = x.new_zeros(x.shape[1], self.n_hidden)
