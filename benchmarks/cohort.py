@@ -28,12 +28,12 @@ third of a solo trial's 200 epochs, and a cohort cannot share it. With `--plots`
 One torch thread (what a study trial gets), the two sides alternating, median of `--repeats`
 ratios. On the CPU the clock is this process's CPU time (with one thread the wall time of an idle
 machine, and unmoved by other jobs on a shared one); on a GPU the wall time. One line per case: `cohort method=<name> K=<k> device=<cpu|cuda> ratio=<sequential/cohort>`.
-Cases `reduction` and `rnn` live in `benchmarks/cohort_reduction.py` and `benchmarks/cohort_rnn.py`
-(each a `main(k, device) -> str` returning its line); a file not written yet prints a `skipped:`
+Cases `reduction`, `rnn` and `storn` live in `benchmarks/cohort_reduction.py`, `benchmarks/cohort_rnn.py`
+and `benchmarks/cohort_storn.py` (each a `main(k, device) -> str` returning its line); a file not written yet prints a `skipped:`
 line. `--smoke` shrinks the run of the regression cases (tests); `--cases` picks cases.
 
     python benchmarks/cohort.py [--epochs 200] [--fawn-epochs 100] [--repeats 3]
-                                [--cases mlp,mdn,fd,mlp-padded,mdn-padded,fd-padded,fawn,reduction,rnn]
+                                [--cases mlp,mdn,fd,mlp-padded,mdn-padded,fd-padded,fawn,reduction,rnn,storn]
                                 [--smoke]
 """
 
@@ -56,7 +56,7 @@ from seqrep.method import TrialContext
 from seqrep.session import run_local, run_local_cohort
 
 K = 16
-CASES = ("mlp", "mdn", "fd", "mlp-padded", "mdn-padded", "fd-padded", "fawn", "reduction", "rnn")
+CASES = ("mlp", "mdn", "fd", "mlp-padded", "mdn-padded", "fd-padded", "fawn", "reduction", "rnn", "storn")
 # each method's fixed keys (table7-nn-toy, table7-dn-toy, table7-fd-toy)
 REGRESSION = {"mlp": {}, "mdn": {"components": 1}, "fd": {}, "mlp-padded": {}, "mdn-padded": {"components": 1},
               "fd-padded": {}}

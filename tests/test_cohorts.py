@@ -142,3 +142,31 @@ def test_a_config_alone_is_a_cohort_of_one_only_where_the_method_says_its_cohort
     nn = studies.plan("table7-nn-toy", "toy", options)
     nn.directory.mkdir(parents=True)
     assert launch._cohorts(nn, None) is None and cohorts.read(nn.directory) is None
+
+
+def test_storn_trains_cohorts_only_where_its_trials_get_a_gpu(tmp_path, monkeypatch):
+    """`COHORT_DEVICES`: a STORN cohort on one CPU thread is slower than its members one after another
+    (README, "Cohorts"), so a study of CPU trials trains one config per trial; with a GPU share per
+    trial its configs are grouped by their shape (here: by latent_units, the only shape key drawn)."""
+    import os
+
+    from seqrep import cluster, launch, studies
+    from trainables import mlp, storn
+
+    assert storn.COHORT_DEVICES == ("cuda",) and launch.cohorts_pay(mlp, 0.0) and launch.cohorts_pay(mlp, 0.5)
+    assert not launch.cohorts_pay(storn, 0.0) and launch.cohorts_pay(storn, 0.25)
+    if not os.environ.get("SEQREP_DATA"):
+        pytest.skip("SEQREP_DATA is not set: planning a table13-storn study needs JSB Chorales")
+    monkeypatch.setattr(cluster, "slots", lambda cpus, gpus, max_concurrent: 1)
+    for gpus in (0.0, 0.25):
+        options = studies.StudyOptions(storage=str(tmp_path / f"s{gpus}"), seed=0, trials=12, gpus_per_trial=gpus,
+                                       data_dir=os.environ["SEQREP_DATA"])
+        plan = studies.plan("table13-storn", "jsb", options)
+        plan.directory.mkdir(parents=True)
+        grouped = launch._cohorts(plan, None)
+        if gpus == 0.0:
+            assert grouped is None and cohorts.read(plan.directory) is None
+            continue
+        latents = [c["latent_units"] for c in searchers.draw(searchers.to_tune(plan.space), 0, 12)]
+        assert sorted(len(members) for members in grouped) == sorted(latents.count(v) for v in set(latents))
+        assert all(len({c["latent_units"] for c in members}) == 1 for members in grouped)

@@ -102,3 +102,58 @@ def test_sigmoid_net_with_learned_rates_trains_through_it():
             continue
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
     assert float(grads[[n for n, _ in net.named_parameters()].index("keep_logits")].abs().min()) > 0
+
+
+@pytest.mark.parametrize("transfer", ["sigmoid", "tanh"])
+def test_member_axis_runs_each_member_as_its_own_recurrence(transfer):
+    """K = 3 members (T, K, B, H) with their own W_rec and keep (K, 1, 1): each member's outputs and
+    gradients (W_rec's and keep's its own) those of its solo recurrence (float64, 1e-12)."""
+    g = torch.Generator().manual_seed(7)
+    steps, members = 5, 3
+    in_mean = torch.randn(steps, members, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    in_var = torch.rand(steps, members, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w_rec = (0.5 * torch.randn(members, 8, 8, generator=g, dtype=torch.float64)).requires_grad_()
+    logits = torch.tensor([0.2, 1.0, 2.5], dtype=torch.float64, requires_grad=True)
+    keep = torch.sigmoid(logits).reshape(members, 1, 1)
+    out = FDRecurrence.apply(in_mean, in_var, w_rec, keep, transfer)
+    grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
+    got = torch.autograd.grad(out, (in_mean, in_var, w_rec, logits), grads_out)
+    for k in range(members):
+        solo = FDRecurrence.apply(in_mean[:, k], in_var[:, k], w_rec[k], torch.sigmoid(logits[k]), transfer)
+        for a, b in zip(out, solo):
+            torch.testing.assert_close(a[:, k], b, rtol=1e-12, atol=1e-12)
+        want = torch.autograd.grad(solo, (in_mean, in_var, w_rec, logits), [o[:, k] for o in grads_out])
+        torch.testing.assert_close(got[0][:, k], want[0][:, k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1][:, k], want[1][:, k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[2][k], want[2][k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[3][k], want[3][k], rtol=1e-12, atol=1e-12)
+        assert float(want[3][k]) != 0.0
+
+
+@pytest.mark.parametrize("transfer", ["sigmoid", "tanh"])
+def test_active_members_run_only_their_own_steps(transfer):
+    """`active`: members ordered longest first, lengths 6, 4 and 4; step t runs the first active[t]. Each
+    member's outputs over its own steps and its gradients are its solo recurrence's on those steps
+    (float64, 1e-12); the rows past its end are 0 and take no gradient."""
+    g = torch.Generator().manual_seed(11)
+    lengths, members = [6, 4, 4], 3
+    in_mean = torch.randn(6, members, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    in_var = torch.rand(6, members, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w_rec = (0.5 * torch.randn(members, 8, 8, generator=g, dtype=torch.float64)).requires_grad_()
+    logits = torch.tensor([0.2, 1.0, 2.5], dtype=torch.float64, requires_grad=True)
+    active = [sum(1 for n in lengths if n > t) for t in range(6)]
+    assert active == [3, 3, 3, 3, 1, 1]
+    out = FDRecurrence.apply(in_mean, in_var, w_rec, torch.sigmoid(logits).reshape(-1, 1, 1), transfer, active)
+    assert float(out[0][4:, 1:].detach().abs().sum()) == 0.0 and float(out[1][4:, 1:].detach().abs().sum()) == 0.0
+    grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
+    got = torch.autograd.grad(out, (in_mean, in_var, w_rec, logits), grads_out)
+    assert float(got[0][4:, 1:].abs().sum()) == 0.0
+    for k, steps in enumerate(lengths):
+        solo = FDRecurrence.apply(in_mean[:steps, k], in_var[:steps, k], w_rec[k], torch.sigmoid(logits[k]), transfer)
+        for a, b in zip(out, solo):
+            torch.testing.assert_close(a[:steps, k], b, rtol=1e-12, atol=1e-12)
+        want = torch.autograd.grad(solo, (in_mean, in_var, w_rec, logits), [o[:steps, k] for o in grads_out])
+        torch.testing.assert_close(got[0][:steps, k], want[0][:steps, k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1][:steps, k], want[1][:steps, k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[2][k], want[2][k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[3][k], want[3][k], rtol=1e-12, atol=1e-12)

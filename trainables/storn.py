@@ -37,6 +37,10 @@ times: z = the mode of q(z | x), i.e. its mean, and x_30:39 <- the mode of p(x |
 Gaussian's mean) and `samples.png` (Figure 16: 50 samples after a 20-step stimulus, z_{1:20} drawn
 from q(z | stimulus), z_{21:100} from the prior, each generated mean fed back as the next input).
 
+Cohorts (`train_cohort`, `COHORT_KEYS`; `trainables.kit.storn_cohort`): trials of one shape train
+as one stacked model, each reported as its solo run; only where trials get a GPU
+(`COHORT_DEVICES`): on a CPU thread the cohort was the slower (README, "Cohorts").
+
 Choices the thesis leaves open: the number of latent units, the initial recognition dropout rates,
 the minibatch size, the epoch budget (selected on validation), the variance floor 1e-6 added to
 sigma^2_t (so that a rate learned to 0 cannot make log q infinite), and which steps "30 to 40" are
@@ -55,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqrep.method import MethodConfig, Session
-from trainables.kit import sequence_vae
+from trainables.kit import sequence_vae, storn_cohort
 from trainables.kit.sequence_models import (
     at_least_one,
     climin_optimizer,
@@ -269,24 +273,45 @@ def write_figures(model: Storn, test, directory, device: torch.device, seed: int
     plot_channels(directory / "samples.png", series, "50 samples after a 20-step stimulus, cf. thesis Figure 16")
 
 
-def train(config: Config, session: Session) -> None:
-    ctx = session.context
-    data, splits, device = sequence_trial(session, config.likelihood, "storn")
+def new_model(config: Config, n_features: int, seed: int) -> Storn:
+    """The trial's nets as its `train` draws them: torch's default initialisation under
+    `torch.manual_seed(seed)` (which leaves the global generator where the training draws its
+    z samples from), then the thesis's (`Storn.initialise`) from a generator of its own."""
+    torch.manual_seed(seed)
+    model = Storn(n_features, config)
+    model.initialise(config, torch.Generator().manual_seed(seed))
+    return model
 
-    torch.manual_seed(ctx.seed)
-    model = Storn(data.n_features, config)
-    model.initialise(config, torch.Generator().manual_seed(ctx.seed))
-    model.to(device)
-    optimizer = climin_optimizer(config, model.parameters())
+
+def evaluation_hooks(model: Storn, config: Config, splits, device: torch.device, session: Session):
+    """`extra(split)` (the one-step `mse` on Gaussian data) and `on_finish()` (Figures 15 and 16)."""
+    seed = session.context.seed
 
     def extra(split: str) -> dict[str, float]:
         if config.likelihood != "gaussian":
             return {}
-        return {"mse": one_step_mse(model, splits[split], config.mse_samples, device, ctx.seed + 3)}
+        return {"mse": one_step_mse(model, splits[split], config.mse_samples, device, seed + 3)}
 
     def on_finish() -> None:
         if config.likelihood == "gaussian":
-            write_figures(model, splits["test"], session.artifact_dir, device, ctx.seed + 4)
+            write_figures(model, splits["test"], session.artifact_dir, device, seed + 4)
 
+    return extra, on_finish
+
+
+def train(config: Config, session: Session) -> None:
+    data, splits, device = sequence_trial(session, config.likelihood, "storn")
+    model = new_model(config, data.n_features, session.context.seed).to(device)
+    optimizer = climin_optimizer(config, model.parameters())
+    extra, on_finish = evaluation_hooks(model, config, splits, device, session)
     sequence_vae.fit_sgvb(session, model, optimizer, splits, config, extra=extra, on_finish=on_finish,
                           evaluation_point=optimizer.climin_point)
+
+
+COHORT_KEYS = storn_cohort.COHORT_KEYS
+
+
+def train_cohort(configs: list[Config], sessions: list[Session]) -> None:
+    """Train K trials of one shape as one stacked model (`trainables.kit.storn_cohort`)."""
+    storn_cohort.train_cohort(configs, sessions, new_model=new_model, hooks=evaluation_hooks)
+COHORT_DEVICES = ("cuda",)  # on CPU threads a STORN cohort trains slower than its members alone (README, "Cohorts")

@@ -91,7 +91,7 @@ def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[st
 
     module = methods.resolve(p.space.method)
     keys = cohort_keys(module)
-    if keys is None:
+    if keys is None or not cohorts_pay(module, o.gpus_per_trial):
         return None
     configs = searchers.draw(searchers.to_tune(p.space), o.seed, p.trials)
     grouping = cohorts.group(configs, keys, o.cohort_size, getattr(module, "cohort_group", None))
@@ -103,6 +103,12 @@ def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[st
     line = cohorts.describe(grouped, keys, getattr(module, "COHORT_PADDED", ()))
     print(f"seqrep: study {p.name}: {line}; see {studydir.COHORTS_FILE}", flush=True)
     return grouped
+
+
+def cohorts_pay(module, gpus_per_trial: float) -> bool:
+    """Whether the method's cohorts train faster on the device its trials get: `COHORT_DEVICES`
+    (default both) names "cuda" for trials with a GPU share, "cpu" for the others."""
+    return ("cuda" if gpus_per_trial > 0 else "cpu") in getattr(module, "COHORT_DEVICES", ("cpu", "cuda"))
 
 
 def _quiet_tune() -> None:

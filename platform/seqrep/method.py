@@ -15,7 +15,9 @@ to one may also define `cohort_group(config)`, the value by which the engine gro
 place of their `COHORT_KEYS` values), and `COHORT_PADDED`, the keys its members may then differ
 in (named in the study log), and `COHORT_OF_ONE = True` where its `train_cohort` trains even one
 config faster than its `train` does: a study whose configs share no shape then still trains them
-through it, each a cohort of one. Each member session is a whole `Session`: its context holds
+through it, each a cohort of one; and `COHORT_DEVICES`, where its cohorts pay only on some devices
+("cpu", "cuda"; default both): a study whose trials get another device trains one config per trial.
+Each member session is a whole `Session`: its context holds
 the member's own seed (and shares data set, epoch budget, selection and device with the others),
 and the trainer calls its `report` every epoch and its `finish` once, with exactly the metrics the
 member's solo `train` would report, so a member is one Parquet row and one MLflow run like any

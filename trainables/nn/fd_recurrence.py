@@ -14,7 +14,7 @@ the same operations as the autograd loop, so the same numbers (tests/test_fd_rec
 compares them with `==`). The backward pass is backpropagation through time by hand: the
 transfer's partial derivatives for all steps at once after the loop (`moment_jacobians.sigmoid`,
 `variance.tanh_backward_into`), two (B, H) x (H, H) products per step, W_rec's gradient as two
-products over all steps (`recurrent.w_rec_gradient`), and the learned keep's gradient
+products over all steps, and the learned keep's gradient
 
     dL/dkeep = sum_t <dL/da_mean_t, E[h_{t-1}] W_rec^T> + <dL/da_var_t, (V[h_{t-1}] + (1 - 2 keep) E[h_{t-1}]^2) (W_rec^2)^T>
              = <W_rec, G_mean^T E[h]> + sum_t <dL/dvar_in_t, V[h_{t-1}] + (1 - 2 keep) E[h_{t-1}]^2>,
@@ -28,7 +28,7 @@ float64, the tests).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -38,6 +38,10 @@ from trainables.nn import variance as vp
 from trainables.nn.variance import ALPHA, BETA, PROBIT_SCALE
 
 Transfer = Literal["tanh", "sigmoid"]
+# the sigmoid's partial derivatives are computed for as many steps at once as hold this many numbers
+# per tensor (~1 MB): all of a solo batch's steps, or a few of a cohort's, whose (T, K, B, H)
+# temporaries would otherwise each be tens of MB, fresh pages from the kernel every minibatch
+JACOBIAN_ELEMENTS = 2**18
 
 
 def sigmoid_into(mean: Tensor, var: Tensor, out_mean: Tensor, out_var: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,72 +62,118 @@ _INTO = {"sigmoid": sigmoid_into, "tanh": vp.tanh_into}
 
 class FDRecurrence(torch.autograd.Function):
     """forward(in_mean, in_var: (T, B, H), w_rec: (H, H), keep: float or 0-d tensor, transfer)
-    -> (E[h], V[h]): (T, B, H) each (module docstring)."""
+    -> (E[h], V[h]): (T, B, H) each (module docstring).
+
+    With a member axis (a cohort's K nets at once, `trainables.kit.storn_stack`): in_mean, in_var
+    (T, K, B, H), w_rec (K, H, H), keep a float or a (K, 1, 1) tensor; every product is then one
+    batched product over the members, and W_rec's and keep's gradients are each member's own.
+    `active` (with a member axis): for every step, how many members, from the first, run it
+    (non-increasing: members ordered by their sequences' lengths, longest first); the rows of
+    the others stay 0 and take no gradient."""
 
     @staticmethod
-    def forward(ctx, in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float | Tensor,
-                transfer: Transfer) -> tuple[Tensor, Tensor]:
+    def forward(ctx, in_mean: Tensor, in_var: Tensor, w_rec: Tensor, keep: float | Tensor, transfer: Transfer,
+                active: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         if transfer not in _INTO:
             raise ValueError(f"transfer must be one of {', '.join(_INTO)}, got {transfer!r}")
         into = _INTO[transfer]
         w_rec_sq = w_rec.square()
-        a_means, a_vars = torch.empty_like(in_mean), torch.empty_like(in_var)
-        means, variances = torch.empty_like(in_mean), torch.empty_like(in_var)
-        var_ins = torch.empty_like(in_var)  # keep V[h_{t-1}] + keep (1 - keep) E[h_{t-1}]^2
+        new = torch.empty_like if active is None else torch.zeros_like  # rows past a member's end stay 0
+        a_means, a_vars, means, variances = new(in_mean), new(in_var), new(in_mean), new(in_var)
+        var_ins = new(in_var)  # keep V[h_{t-1}] + keep (1 - keep) E[h_{t-1}]^2
         h_mean = in_mean.new_zeros(in_mean.shape[1:])
         h_var = torch.zeros_like(h_mean)
-        noise = keep * (1.0 - keep)
+        rows = _Rows(w_rec.transpose(-2, -1), w_rec_sq.transpose(-2, -1), keep, keep * (1.0 - keep))
         for t in range(in_mean.shape[0]):
-            a_mean = torch.add(in_mean[t], (h_mean @ w_rec.T).mul_(keep), out=a_means[t])
-            var_in = torch.add(torch.mul(h_var, keep), h_mean.square().mul_(noise), out=var_ins[t])
-            a_var = torch.add(in_var[t], var_in @ w_rec_sq.T, out=a_vars[t])
-            h_mean, h_var = into(a_mean, a_var, means[t], variances[t])
+            n = None if active is None else active[t]
+            w_t, w_sq_t, keep_n, noise = rows[n]
+            h_mean, h_var = h_mean[:n], h_var[:n]
+            a_mean = torch.add(in_mean[t, :n], (h_mean @ w_t).mul_(keep_n), out=a_means[t, :n])
+            var_in = torch.add(torch.mul(h_var, keep_n), h_mean.square().mul_(noise), out=var_ins[t, :n])
+            a_var = torch.add(in_var[t, :n], var_in @ w_sq_t, out=a_vars[t, :n])
+            h_mean, h_var = into(a_mean, a_var, means[t, :n], variances[t, :n])
         learned = isinstance(keep, Tensor)
-        ctx.transfer, ctx.keep = transfer, None if learned else keep
+        ctx.transfer, ctx.keep, ctx.active = transfer, None if learned else keep, active
         ctx.save_for_backward(a_means, a_vars, means, variances, var_ins, w_rec, keep if learned else None)
         return means, variances
 
     @staticmethod
     def backward(ctx, grad_means: Tensor, grad_variances: Tensor):
         a_means, a_vars, means, variances, var_ins, w_rec, keep_tensor = ctx.saved_tensors
-        learned = keep_tensor is not None
-        keep = keep_tensor.detach() if learned else ctx.keep
+        keep = ctx.keep if keep_tensor is None else keep_tensor.detach()
+        learned = keep_tensor is not None and ctx.needs_input_grad[3]
+        active = ctx.active
         w_rec_sq = w_rec.square()
-        grad_a_means, grad_a_vars = torch.empty_like(a_means), torch.empty_like(a_vars)
+        new = torch.empty_like if active is None else torch.zeros_like
+        grad_a_means, grad_a_vars = new(a_means), new(a_vars)
         grad_var_ins = torch.zeros_like(a_vars) if learned else None  # dL/dvar_in_t, t >= 1
         step_back = _step_back(ctx.transfer, a_means, a_vars, means, grad_a_means, grad_a_vars)
-        grad_h_mean, grad_h_var = grad_means[-1], grad_variances[-1]
+        rows = _Rows(w_rec, w_rec_sq, keep, 2.0 * keep * (1.0 - keep))
+        last = None if active is None else active[-1]
+        grad_h_mean, grad_h_var = grad_means[-1, :last], grad_variances[-1, :last]
         for t in range(a_means.shape[0] - 1, -1, -1):
-            grad_a_mean, grad_a_var = step_back(t, grad_h_mean, grad_h_var)
+            n = None if active is None else active[t]
+            grad_a_mean, grad_a_var = step_back(t, n, grad_h_mean, grad_h_var)
             if t == 0:
                 break
-            grad_var_in = torch.matmul(grad_a_var, w_rec_sq, out=grad_var_ins[t] if learned else None)
-            grad_h_mean = (grad_means[t - 1] + keep * (grad_a_mean @ w_rec)
-                           + (2.0 * keep * (1.0 - keep)) * grad_var_in * means[t - 1])
-            grad_h_var = grad_variances[t - 1] + keep * grad_var_in
-        rows = lambda x: x[1:].reshape(-1, w_rec.shape[0])  # noqa: E731  steps 1..T-1; h_0 = 0 adds nothing
-        mean_product = rows(grad_a_means).T @ means[:-1].reshape(-1, w_rec.shape[0])  # G_mean^T E[h_{t-1}]
+            w, w_sq, keep_n, twice_noise = rows[n]
+            grad_var_in = torch.matmul(grad_a_var, w_sq, out=grad_var_ins[t, :n] if learned else None)
+            grad_h_mean = grad_means[t - 1, :n] + keep_n * (grad_a_mean @ w) + twice_noise * grad_var_in * means[t - 1, :n]
+            grad_h_var = grad_variances[t - 1, :n] + keep_n * grad_var_in
+            if active is not None and active[t - 1] > n:  # members whose sequences end at step t - 1
+                grad_h_mean = torch.cat([grad_h_mean, grad_means[t - 1, n:active[t - 1]]])
+                grad_h_var = torch.cat([grad_h_var, grad_variances[t - 1, n:active[t - 1]]])
+        mean_product = _step_products(grad_a_means[1:], means[:-1])  # G_mean^T E[h_{t-1}]; h_0 = 0 adds nothing
         grad_w = keep * mean_product
-        grad_w += 2.0 * w_rec * (rows(grad_a_vars).T @ rows(var_ins))
+        grad_w += 2.0 * w_rec * _step_products(grad_a_vars[1:], var_ins[1:])
         grad_keep = None
-        if learned and ctx.needs_input_grad[3]:
+        if learned:
             slope = torch.addcmul(variances[:-1], means[:-1].square(), 1.0 - 2.0 * keep)  # d var_in / d keep
-            grad_keep = ((w_rec * mean_product).sum() + (grad_var_ins[1:] * slope).sum()).reshape(keep_tensor.shape)
-        return grad_a_means, grad_a_vars, grad_w, grad_keep, None
+            per_step = (grad_var_ins[1:] * slope).sum((-2, -1))  # (T-1,) or (T-1, K)
+            grad_keep = ((w_rec * mean_product).sum((-2, -1)) + per_step.sum(0)).reshape(keep_tensor.shape)
+        return grad_a_means, grad_a_vars, grad_w, grad_keep, None, None
+
+
+class _Rows:
+    """(matrix, squared matrix, keep, noise term) of the first n members (all for n = None), sliced once per n."""
+
+    def __init__(self, w: Tensor, w_sq: Tensor, keep: float | Tensor, noise: float | Tensor):
+        self.values, self.cache = (w, w_sq, keep, noise), {}
+
+    def __getitem__(self, n: int | None) -> tuple:
+        if n not in self.cache:
+            self.cache[n] = tuple(v if n is None or not isinstance(v, Tensor) or v.dim() < 3 else v[:n]
+                                  for v in self.values)
+        return self.cache[n]
+
+
+def _step_products(grads: Tensor, values: Tensor) -> Tensor:
+    """sum_t grads_t^T values_t: (H, H) from (T, B, H) tensors, (K, H, H) from (T, K, B, H) ones."""
+    if grads.dim() == 3:
+        return grads.reshape(-1, grads.shape[-1]).T @ values.reshape(-1, values.shape[-1])
+    rows = lambda x: x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[-1])  # noqa: E731  (K, T*B, H)
+    return rows(grads).transpose(-2, -1) @ rows(values)
 
 
 def _step_back(transfer: Transfer, a_means: Tensor, a_vars: Tensor, means: Tensor, grad_a_means: Tensor,
                grad_a_vars: Tensor):
-    """`step_back(t, dL/dE[h_t], dL/dV[h_t])` -> (dL/da_mean_t, dL/da_var_t), written into the buffers."""
+    """`step_back(t, n, dL/dE[h_t], dL/dV[h_t])` -> (dL/da_mean_t, dL/da_var_t) of the first n rows
+    of step t (all for n = None), written into the buffers."""
     if transfer == "tanh":
-        return lambda t, grad_mean, grad_var: vp.tanh_backward_into(a_means[t], a_vars[t], means[t], grad_mean,
-                                                                    grad_var, grad_a_means[t], grad_a_vars[t])
-    jacobian = moment_jacobians.sigmoid(a_means, a_vars)[2]  # every step's partial derivatives at once
+        return lambda t, n, grad_mean, grad_var: vp.tanh_backward_into(
+            a_means[t, :n], a_vars[t, :n], means[t, :n], grad_mean, grad_var, grad_a_means[t, :n], grad_a_vars[t, :n])
+    per_step = a_means[0].numel()
+    chunk = max(1, JACOBIAN_ELEMENTS // per_step)
+    held: dict[str, Any] = {"start": a_means.shape[0]}
 
-    def step_back(t: int, grad_mean: Tensor, grad_var: Tensor) -> tuple[Tensor, Tensor]:
-        grad_a_mean = torch.mul(grad_mean, jacobian.mean_mean[t], out=grad_a_means[t])
-        grad_a_mean.addcmul_(grad_var, jacobian.var_mean[t])
-        grad_a_var = torch.mul(grad_mean, jacobian.mean_var[t], out=grad_a_vars[t])
-        return grad_a_mean, grad_a_var.addcmul_(grad_var, jacobian.var_var[t])
+    def step_back(t: int, n: int | None, grad_mean: Tensor, grad_var: Tensor) -> tuple[Tensor, Tensor]:
+        if t < held["start"]:  # the partial derivatives of the next chunk of steps (going back), at once
+            start = max(0, t + 1 - chunk)
+            held["start"], held["jacobian"] = start, moment_jacobians.sigmoid(a_means[start:t + 1], a_vars[start:t + 1])[2]
+        jacobian, i = held["jacobian"], t - held["start"]
+        grad_a_mean = torch.mul(grad_mean, jacobian.mean_mean[i, :n], out=grad_a_means[t, :n])
+        grad_a_mean.addcmul_(grad_var, jacobian.var_mean[i, :n])
+        grad_a_var = torch.mul(grad_mean, jacobian.mean_var[i, :n], out=grad_a_vars[t, :n])
+        return grad_a_mean, grad_a_var.addcmul_(grad_var, jacobian.var_var[i, :n])
 
     return step_back
