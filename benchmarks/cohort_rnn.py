@@ -62,15 +62,31 @@ def clock(device: str) -> float:
     return time.process_time()
 
 
-def once(configs: list[dict], contexts: list[TrialContext], device: str) -> tuple[float, float, float, float]:
+def once(method: str, configs: list[dict], contexts: list[TrialContext], device: str) -> tuple[float, float, float, float]:
     """(sequential, cohort) seconds by the ratio's clock, then by the wall clock."""
     start, wall = clock(device), time.perf_counter()
     for config, context in zip(configs, contexts):
-        run_local("rnn", config, context)
+        run_local(method, config, context)
     sequential, sequential_wall = clock(device) - start, time.perf_counter() - wall
     start, wall = clock(device), time.perf_counter()
-    run_local_cohort("rnn", configs, contexts)
+    run_local_cohort(method, configs, contexts)
     return sequential, clock(device) - start, sequential_wall, time.perf_counter() - wall
+
+
+def compare(method: str, configs: list[dict], contexts: list[TrialContext], device: str,
+            repeats: int) -> tuple[float, float]:
+    """After a warm-up (two members, one epoch on a few sequences), `repeats` alternations of the
+    sequential and the cohort run, a line each; the median ratios (the clock's, the wall's)."""
+    data = contexts[0].data
+    small = SequenceData(data.name, data.train[:16], data.valid[:8], data.test[:8])
+    once(method, configs[:2], [dataclasses.replace(c, data=small, max_epochs=1) for c in contexts[:2]], device)
+    times = []
+    for _ in range(repeats):  # each repeat's line as it ends
+        times.append(once(method, configs, contexts, device))
+        sequential, cohort, sequential_wall, cohort_wall = times[-1]
+        print(f"sequential {sequential:.1f} s, cohort {cohort:.1f} s ({'cpu' if device == 'cpu' else 'wall'}); "
+              f"wall: sequential {sequential_wall:.1f} s, cohort {cohort_wall:.1f} s", flush=True)
+    return statistics.median(s / c for s, c, _, _ in times), statistics.median(s / c for _, _, s, c in times)
 
 
 def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | None = None, repeats: int = 3,
@@ -87,17 +103,7 @@ def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | Non
         jsb = dataclasses.replace(jsb, train=jsb.train[:sequences])
     contexts = [TrialContext(dataset="jsb", data=jsb, max_epochs=epochs, seed=seed, metric="valid_nll", mode="min",
                              device=device) for seed in range(k)]
-    configs = draw_configs(k, hidden=hidden)
-    small = SequenceData("jsb", jsb.train[:16], jsb.valid[:8], jsb.test[:8])
-    once(configs[:2], [dataclasses.replace(c, data=small, max_epochs=1) for c in contexts[:2]], device)  # warm-up
-    times = []
-    for _ in range(repeats):  # each repeat's line as it ends
-        times.append(once(configs, contexts, device))
-        sequential, cohort, sequential_wall, cohort_wall = times[-1]
-        print(f"sequential {sequential:.1f} s, cohort {cohort:.1f} s ({'cpu' if device == 'cpu' else 'wall'}); "
-              f"wall: sequential {sequential_wall:.1f} s, cohort {cohort_wall:.1f} s", flush=True)
-    ratio = statistics.median(s / c for s, c, _, _ in times)
-    wall_ratio = statistics.median(s / c for _, _, s, c in times)
+    ratio, wall_ratio = compare("rnn", draw_configs(k, hidden=hidden), contexts, device, repeats)
     print(f"hidden_units={hidden} wall-time ratio={wall_ratio:.2f}")
     return f"cohort method=rnn K={k} device={device} ratio={ratio:.2f}"
 

@@ -13,7 +13,7 @@ pass with K = 1 draws, the test pass at the best state with `--is-samples` draws
 the space's 100 make the test pass, which a cohort runs member by member as the solo runs do,
 cost a dozen epochs), the per-epoch checkpoint); `--sequences` limits the training split to its
 first N sequences. One torch thread (what a study trial gets), the two sides alternating after one
-small warm-up, median of `--repeats` ratios. The ratio is of process CPU time on the CPU, of wall
+small warm-up, median of `--repeats` ratios (`cohort_rnn.compare`). The ratio is of process CPU time on the CPU, of wall
 time (synchronised) on a GPU. Last line: `cohort method=storn K=<k> device=<cpu|cuda>
 ratio=<sequential/cohort>`, or `cohort method=storn skipped: <reason>`.
 
@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
-import statistics
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from seqrep import data as datasets
 from seqrep import memory
-from seqrep.data.base import SequenceData
 from seqrep.method import SeqrepError, TrialContext
-from seqrep.session import run_local, run_local_cohort
 
 SPACE = {  # table13-storn's choices; latent_units fixed, step_rate log-uniform in [0.01, 1]
     "p_drop_input": [0.0, 0.1, 0.2], "p_drop_hidden": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], "p_drop_output": [0.0, 0.2, 0.5],
@@ -55,22 +53,12 @@ def draw_configs(k: int, seed: int = 0, latent: int = 32, is_samples: int = 1, h
                  **{key: values[rng.integers(len(values))] for key, values in SPACE.items()}) for _ in range(k)]
 
 
-def clock(device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        return time.perf_counter()
-    return time.process_time()
-
-
-def once(configs: list[dict], contexts: list[TrialContext], device: str) -> tuple[float, float, float, float]:
-    """(sequential, cohort) seconds by the ratio's clock, then by the wall clock."""
-    start, wall = clock(device), time.perf_counter()
-    for config, context in zip(configs, contexts):
-        run_local("storn", config, context)
-    sequential, sequential_wall = clock(device) - start, time.perf_counter() - wall
-    start, wall = clock(device), time.perf_counter()
-    run_local_cohort("storn", configs, contexts)
-    return sequential, clock(device) - start, sequential_wall, time.perf_counter() - wall
+def _cohort_rnn():
+    """`benchmarks/cohort_rnn.py` (the benchmarks are scripts, not a package): its `compare`."""
+    spec = importlib.util.spec_from_file_location("benchmarks_cohort_rnn", Path(__file__).resolve().parent / "cohort_rnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | None = None, repeats: int = 3,
@@ -89,16 +77,7 @@ def main(k: int = 16, device: str = "cpu", epochs: int = 1, sequences: int | Non
     contexts = [TrialContext(dataset="jsb", data=jsb, max_epochs=epochs, seed=seed, metric="valid_elbo_nll", mode="min",
                              device=device) for seed in range(k)]
     configs = draw_configs(k, latent=latent, is_samples=is_samples, hidden=hidden)
-    small = SequenceData("jsb", jsb.train[:16], jsb.valid[:8], jsb.test[:8])
-    once(configs[:2], [dataclasses.replace(c, data=small, max_epochs=1) for c in contexts[:2]], device)  # warm-up
-    times = []
-    for _ in range(repeats):  # each repeat's line as it ends
-        times.append(once(configs, contexts, device))
-        sequential, cohort, sequential_wall, cohort_wall = times[-1]
-        print(f"sequential {sequential:.1f} s, cohort {cohort:.1f} s ({'cpu' if device == 'cpu' else 'wall'}); "
-              f"wall: sequential {sequential_wall:.1f} s, cohort {cohort_wall:.1f} s", flush=True)
-    ratio = statistics.median(s / c for s, c, _, _ in times)
-    wall_ratio = statistics.median(s / c for _, _, s, c in times)
+    ratio, wall_ratio = _cohort_rnn().compare("storn", configs, contexts, device, repeats)
     print(f"latent_units={latent} wall-time ratio={wall_ratio:.2f}")
     return f"cohort method=storn K={k} device={device} ratio={ratio:.2f}"
 

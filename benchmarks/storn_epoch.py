@@ -37,22 +37,28 @@ CONFIG = dict(latent_units=32, p_drop_input=0.1, p_drop_hidden=0.2, p_drop_outpu
               decay=0.9, sigma2=0.01, sigma2_in=0.01, rho=4.2, nu=25)
 
 
+def autograd_loop(in_mean, in_var, w_rec, keep, transfer: str):
+    """The FD recurrence through autograd, step by step: `FastDropoutRNN._fd_hidden`'s loop before
+    `FDRecurrence` (also the reference of tests/test_fd_recurrence.py)."""
+    rule = vp.sigmoid if transfer == "sigmoid" else vp.tanh
+    h_mean = in_mean.new_zeros(in_mean.shape[1:])
+    h_var = torch.zeros_like(h_mean)
+    means, variances = [], []
+    for in_mean_t, in_var_t in zip(in_mean.unbind(0), in_var.unbind(0)):
+        a_mean = in_mean_t + keep * (h_mean @ w_rec.T)
+        a_var = in_var_t + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec.square().T
+        h_mean, h_var = rule(a_mean, a_var)
+        means.append(h_mean)
+        variances.append(h_var)
+    return torch.stack(means), torch.stack(variances)
+
+
 class AutogradLoop:
-    """`FDRecurrence.apply`'s signature, run as the autograd loop it replaced."""
+    """`FDRecurrence.apply`'s signature (solo nets), run as `autograd_loop`."""
 
     @staticmethod
     def apply(in_mean, in_var, w_rec, keep, transfer, active=None):
-        rule = vp.sigmoid if transfer == "sigmoid" else vp.tanh
-        h_mean = in_mean.new_zeros(in_mean.shape[1:])
-        h_var = torch.zeros_like(h_mean)
-        means, variances = [], []
-        for in_mean_t, in_var_t in zip(in_mean.unbind(0), in_var.unbind(0)):
-            a_mean = in_mean_t + keep * (h_mean @ w_rec.T)
-            a_var = in_var_t + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec.square().T
-            h_mean, h_var = rule(a_mean, a_var)
-            means.append(h_mean)
-            variances.append(h_var)
-        return torch.stack(means), torch.stack(variances)
+        return autograd_loop(in_mean, in_var, w_rec, keep, transfer)
 
 
 def once(splits, n_features: int, epochs: int, baseline: bool) -> float:

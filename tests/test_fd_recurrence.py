@@ -9,25 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cohort_checks import load_benchmark
 from trainables.nn import variance as vp
 from trainables.nn.fd_recurrence import FDRecurrence, sigmoid_into
 from trainables.nn.recurrent import FastDropoutRNN
 
-RULES = {"sigmoid": vp.sigmoid, "tanh": vp.tanh}
-
-
-def autograd_loop(in_mean, in_var, w_rec, keep, transfer):
-    """The recurrence through autograd, step by step, as `_fd_hidden` ran it before `FDRecurrence`."""
-    h_mean = in_mean.new_zeros(in_mean.shape[1:])
-    h_var = torch.zeros_like(h_mean)
-    means, variances = [], []
-    for in_mean_t, in_var_t in zip(in_mean.unbind(0), in_var.unbind(0)):
-        a_mean = in_mean_t + keep * (h_mean @ w_rec.T)
-        a_var = in_var_t + (keep * h_var + keep * (1.0 - keep) * h_mean.square()) @ w_rec.square().T
-        h_mean, h_var = RULES[transfer](a_mean, a_var)
-        means.append(h_mean)
-        variances.append(h_var)
-    return torch.stack(means), torch.stack(variances)
+autograd_loop = load_benchmark("storn_epoch").autograd_loop  # the loop as `_fd_hidden` ran it before
 
 
 def inputs(steps: int, dtype: torch.dtype, seed: int = 2):

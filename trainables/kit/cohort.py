@@ -13,8 +13,9 @@ run is the float rounding of the batched kernels (a batched matmul sums in anoth
 moves a member's numbers by about 1e-7 relative per epoch.
 
 Here: the checks of a cohort's sessions (`check_sessions`), the all-or-none restart
-(`restored_states`) and one member's epoch bookkeeping (`Member`: best state, selection,
-divergence, the final metrics), all as `trainables.kit.training.fit` does them for a solo trial.
+(`restored_states`), one member's epoch bookkeeping (`Member`: best state, selection,
+divergence, the final metrics), all as `trainables.kit.training.fit` does them for a solo trial,
+and the epoch loop around them (`run_epochs`).
 """
 from __future__ import annotations
 
@@ -154,3 +155,28 @@ class Member:
         `{"model": state dict at the best state, "config": ...}`; None without a best state)."""
         self.session.finish(self.final(test), model, status)
         self.finished = True
+
+
+def run_epochs(members: Sequence[Member], restore: Callable[[Member, Mapping[str, Any]], Progress],
+               epoch: Callable[[list[Member], int], list[Deferred]],
+               finish: Callable[[list[Member], str], None]) -> None:
+    """The cohort's epoch loop: every member's progress from its checkpoint on a restart
+    (`restore(member, state)`), then `epoch(active members, epoch)` up to the epoch budget while a
+    member is unfinished (it returns the checkpoints it reported, expired before the next epoch
+    trains: `Deferred`), then `finish(members, "completed")` for the members still going."""
+    sessions = [m.session for m in members]
+    states = restored_states(sessions)
+    start = 1
+    if states is not None:
+        for member, state in zip(members, states):
+            member.progress = restore(member, state)
+        start = members[0].progress.start
+    reported: list[Deferred] = []
+    for number in range(start, sessions[0].context.max_epochs + 1):
+        active = [m for m in members if not m.finished]
+        if not active:
+            break
+        for checkpoint in reported:  # the last epoch's stay readable while the members finish
+            checkpoint.expire()
+        reported = epoch(active, number)
+    finish([m for m in members if not m.finished], "completed")

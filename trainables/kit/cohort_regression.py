@@ -54,7 +54,7 @@ from torch import nn
 
 from seqrep.method import RegressionData, SeqrepError, Session
 from trainables.kit import regression_fit
-from trainables.kit.cohort import Deferred, Member, Stateful, check_sessions, restored_states
+from trainables.kit.cohort import Deferred, Member, Stateful, check_sessions, run_epochs
 from trainables.kit.padded_networks import pad
 from trainables.kit.predictive_plot import plot_predictive
 from trainables.kit.regression_config import RegressionConfig
@@ -324,18 +324,5 @@ def train_regression_cohort(configs: Sequence[RegressionConfig], sessions: Seque
     check_sessions(configs, sessions)
     members = [Member(k, config, session) for k, (config, session) in enumerate(zip(configs, sessions))]
     cohort = StackedRegression(members, regression_fit.load(sessions[0]), build, heads, max_grad_norms, stack)
-    states = restored_states(sessions)
-    start = 1
-    if states is not None:
-        for member, state in zip(members, states):
-            member.progress = cohort.restore(member, state)
-        start = members[0].progress.start
-    reported: list[Deferred] = []
-    for epoch in range(start, sessions[0].context.max_epochs + 1):
-        active = [m for m in members if not m.finished]
-        if not active:
-            break
-        for checkpoint in reported:  # the last epoch's stay readable while the members finish
-            checkpoint.expire()
-        reported = _epoch(cohort, active, epoch, title)
-    _finish(cohort, [m for m in members if not m.finished], "completed", title)
+    run_epochs(members, cohort.restore, lambda active, epoch: _epoch(cohort, active, epoch, title),
+               lambda going, status: _finish(cohort, going, status, title))

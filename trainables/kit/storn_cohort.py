@@ -42,7 +42,7 @@ import torch
 
 from seqrep.method import Session
 from trainables.kit import sequence_vae
-from trainables.kit.cohort import Deferred, Member, Stateful, check_sessions, restored_states
+from trainables.kit.cohort import Deferred, Member, Stateful, check_sessions, run_epochs
 from trainables.kit.sequence_models import climin_optimizer, sequence_trial
 from trainables.kit.storn_stack import StackedStorn, lay_out
 from trainables.kit.training import Progress, clone_state
@@ -207,18 +207,4 @@ def train_cohort(configs: Sequence, sessions: Sequence[Session], *, new_model: C
     check_sessions(configs, sessions)
     members = [Member(k, config, session) for k, (config, session) in enumerate(zip(configs, sessions))]
     cohort = StornCohort(configs, sessions, new_model, hooks)
-    states = restored_states(sessions)
-    start = 1
-    if states is not None:
-        for member, state in zip(members, states):
-            member.progress = cohort.restore(member, state)
-        start = members[0].progress.start
-    reported: list[Deferred] = []
-    for epoch in range(start, sessions[0].context.max_epochs + 1):
-        active = [m for m in members if not m.finished]
-        if not active:
-            break
-        for checkpoint in reported:
-            checkpoint.expire()
-        reported = _epoch(cohort, active, epoch)
-    cohort.finish([m for m in members if not m.finished], "completed")
+    run_epochs(members, cohort.restore, lambda active, epoch: _epoch(cohort, active, epoch), cohort.finish)
