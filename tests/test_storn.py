@@ -255,3 +255,29 @@ def test_table13_shows_the_dmm_row_with_an_empty_thesis_cell():
     assert dmm_row["thesis"] == "" and dmm_row["space"] == "table13-dmm" and math.isnan(dmm_row["ours"])
     assert "| jsb | DMM |  |  |  |" in tables.to_markdown("table13", frame).splitlines()
     assert ("table13-dmm", "jsb") in tables.studies_for("table13", ["jsb"])
+
+
+@pytest.mark.parametrize("method", ["storn", "dmm"])
+def test_a_resumed_trial_goes_on_as_an_uninterrupted_one(method):
+    """The checkpoint keeps the z generator with the minibatch order's (`sequence_vae.Generators`):
+    resumed from its epoch-2 checkpoint, a trial's epochs 3 and 4 and final metrics are the
+    uninterrupted trial's, exactly. A checkpoint that holds the order's state alone (written before
+    the z samples had a generator of their own) still restores, leaving the z generator as it is."""
+    from trainables.kit.sequence_vae import Generators
+
+    data = TINY[tiny_sequences(f"tiny-rolls-resume-{method}", gaussian=False)]
+    config = dict(hidden_units=6, recognition_units=5, latent_units=2, batch_size=4, is_samples=3) \
+        if method == "storn" else dict(latent_units=2, rnn_units=6, transition_units=6, emission_units=6, batch_size=4,
+                                       is_samples=3)
+    ctx = lambda epochs: TrialContext(dataset="rolls", data=data, max_epochs=epochs, seed=1,  # noqa: E731
+                                      metric="valid_elbo_nll", mode="min")
+    whole = run_local(method, config, ctx(4))
+    first = run_local(method, config, ctx(2))
+    rest = run_local(method, config, ctx(4), resume_from=first.checkpoint)
+    assert rest.history == whole.history[2:] and rest.final == whole.final
+
+    order, noise = torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)
+    before = noise.get_state()
+    Generators(order, noise).set_state(torch.Generator().manual_seed(7).get_state())
+    assert torch.equal(order.get_state(), torch.Generator().manual_seed(7).get_state())
+    assert torch.equal(noise.get_state(), before)

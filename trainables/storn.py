@@ -275,8 +275,9 @@ def write_figures(model: Storn, test, directory, device: torch.device, seed: int
 
 def new_model(config: Config, n_features: int, seed: int) -> Storn:
     """The trial's nets as its `train` draws them: torch's default initialisation under
-    `torch.manual_seed(seed)` (which leaves the global generator where the training draws its
-    z samples from), then the thesis's (`Storn.initialise`) from a generator of its own."""
+    `torch.manual_seed(seed)` (where the global generator is then, the training's z generator
+    starts: `sequence_vae.noise_generator`), then the thesis's (`Storn.initialise`) from a
+    generator of its own."""
     torch.manual_seed(seed)
     model = Storn(n_features, config)
     model.initialise(config, torch.Generator().manual_seed(seed))

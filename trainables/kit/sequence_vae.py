@@ -74,17 +74,50 @@ class SplitStats(NamedTuple):
     features: int
 
 
+def noise_generator(device: torch.device, seed: int) -> torch.Generator:
+    """The generator a trial draws its training z samples from, made right after its model was
+    built under `torch.manual_seed(seed)`: on the CPU a copy of torch's global generator there, on
+    a GPU a generator seeded `seed`, the device's default one after `torch.manual_seed(seed)` (the
+    trials drew from those before they had a generator of their own: the same draws)."""
+    if device.type == "cuda":
+        return torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator()
+    generator.set_state(torch.get_rng_state())
+    return generator
+
+
+class Generators:
+    """Minibatch orders and z samples as the one `generator` whose state a checkpoint keeps
+    (`training.Progress`): the two states end to end. A checkpoint written before the z samples
+    had a generator of their own holds the order's alone; restoring it leaves the z generator as
+    it is (where the model left it, as those trials resumed)."""
+
+    def __init__(self, order: torch.Generator, noise: torch.Generator):
+        self.order, self.noise = order, noise
+
+    def get_state(self) -> Tensor:
+        return torch.cat([self.order.get_state(), self.noise.get_state()])
+
+    def set_state(self, state: Tensor) -> None:
+        size = self.order.get_state().numel()
+        self.order.set_state(state[:size].clone())
+        if state.numel() > size:
+            self.noise.set_state(state[size:].clone())
+
+
 @torch.no_grad()
 def make_train_epoch(model, optimizer: torch.optim.Optimizer, train: Sequence[Tensor], batch_size: int,
-                     order: torch.Generator, grad_norm: float | None, device: torch.device) -> Callable[[], float]:
-    """One SGVB pass over `train` in length-bucketed minibatches (order drawn from `order`): the
-    negative bound per frame is minimised, gradients renormalised above `grad_norm`; the pass
-    returns the mean negative bound per training frame."""
+                     order: torch.Generator, grad_norm: float | None, device: torch.device,
+                     noise: torch.Generator | None = None) -> Callable[[], float]:
+    """One SGVB pass over `train` in length-bucketed minibatches (order drawn from `order`, z
+    samples from `noise`; None: torch's global generator): the negative bound per frame is
+    minimised, gradients renormalised above `grad_norm`; the pass returns the mean negative bound
+    per training frame."""
 
     def train_epoch() -> float:
         total, frames = torch.zeros((), device=device), 0
         for batch in batches(train, batch_size, order, pool=4):
-            loss, n = sgvb_loss(model, batch.x.to(device), batch.mask.to(device))
+            loss, n = sgvb_loss(model, batch.x.to(device), batch.mask.to(device), noise)
             optimizer.zero_grad(set_to_none=True)
             (loss / n).backward()
             renormalise_gradients(model.parameters(), grad_norm)
@@ -164,17 +197,19 @@ def fit_sgvb(session: Session, model, optimizer: torch.optim.Optimizer, splits: 
     """Train a latent-variable sequence model by SGVB through `trainables.kit.training.fit`.
 
     Minibatches of `config.batch_size` sequences in orders drawn from a generator seeded with the
-    trial's seed + 1 (it travels with the checkpoint), gradients
-    renormalised above `config.grad_norm`; `nll` with K = `config.valid_is_samples` draws on the
-    validation and `config.is_samples` on the test split (common random numbers: the trial's
-    seed + 2), plus `extra(split)`.
+    trial's seed + 1, z samples from `noise_generator` (call this right after building the model
+    under `torch.manual_seed(seed)`; both generators travel with the checkpoint, so a resumed trial
+    goes on as an uninterrupted one), gradients renormalised above `config.grad_norm`; `nll` with
+    K = `config.valid_is_samples` draws on the validation and `config.is_samples` on the test
+    split (common random numbers: the trial's seed + 2), plus `extra(split)`.
     """
     ctx = session.context
     device = torch.device(ctx.device)
     order = torch.Generator().manual_seed(ctx.seed + 1)
+    noise = noise_generator(device, ctx.seed)
     train_epoch = make_train_epoch(model, optimizer, splits["train"], config.batch_size, order, config.grad_norm,
-                                   device)
+                                   device, noise)
     evaluate = make_evaluate(model, splits, device, ctx.seed + 2,
                              {"valid": config.valid_is_samples, "test": config.is_samples}, extra)
     fit(session, model=model, optimizer=optimizer, train_epoch=train_epoch, evaluate=evaluate, config=config.to_dict(),
-        generator=order, on_finish=on_finish, evaluation_point=evaluation_point)
+        generator=Generators(order, noise), on_finish=on_finish, evaluation_point=evaluation_point)

@@ -12,8 +12,8 @@ device (`kit.cohort.check_sessions`).
 
 Training (`storn_stack.StackedStorn`): each member is initialised as its solo run (`new_model`:
 its seed, nu, rho), draws its minibatch orders from its own generator (seed + 1, as
-`sequence_vae.fit_sgvb`) and its z samples from its own generator in the state its solo run's
-global generator has after building the model, and takes Adadelta's (or rmsprop's) step with its
+`sequence_vae.fit_sgvb`) and its z samples from its own (`sequence_vae.noise_generator`, made as its
+solo run makes it), and takes Adadelta's (or rmsprop's) step with its
 own hyperparameters (`nn.stacked_climin.StackedClimin`, climin's look-ahead point).
 
 Evaluation is the solo run's, member by member: each member keeps its solo `Storn` module, into
@@ -30,8 +30,9 @@ layout (`training.Progress.checkpoint`: its `Storn` state dict, log sigma includ
 optimiser's state dict and its minibatch generator), built only if its session reads it
 (`kit.cohort.Deferred`). A member whose training loss or selection metric is not finite reports
 that epoch without a checkpoint, is finished `diverged` (test metrics at its best state) and
-leaves the stack. On a restart all members resume from checkpoints of one epoch; as in a solo run,
-the z generator starts again where the model left it (a solo checkpoint does not hold it).
+leaves the stack. On a restart all members resume from checkpoints of one epoch, their minibatch
+order and z generators included (`sequence_vae.Generators`), so a resumed cohort goes on as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -55,16 +56,6 @@ COHORT_KEYS = ("likelihood", "bidirectional", "recognition_variance", "cell", "l
 POOL = 4  # `sequence_vae.make_train_epoch`'s length buckets
 
 
-def _noise(device: torch.device, seed: int) -> torch.Generator:
-    """The generator a solo run draws its z samples from, in its state right after `new_model`:
-    torch's global CPU generator there, or on a GPU the device's default one, seeded `seed`."""
-    if device.type == "cuda":
-        return torch.Generator(device=device).manual_seed(seed)
-    generator = torch.Generator()
-    generator.set_state(torch.get_rng_state())
-    return generator
-
-
 class StornCohort:
     """The members' stacked model and optimiser, their solo modules for evaluation, their generators."""
 
@@ -75,7 +66,7 @@ class StornCohort:
         self.shells, self.noise = [], []
         for c, session in zip(configs, sessions):
             self.shells.append(new_model(c, data.n_features, session.context.seed).to(self.device))
-            self.noise.append(_noise(self.device, session.context.seed))
+            self.noise.append(sequence_vae.noise_generator(self.device, session.context.seed))
         self.stack = StackedStorn(self.shells, configs, self.device)
         self.climin = StackedClimin(self.stack.params, config.optimizer, [c.step_rate for c in configs],
                                     [c.decay for c in configs], [c.momentum for c in configs],
@@ -149,13 +140,17 @@ class StornCohort:
     def checkpoint(self, member: Member, epoch: int) -> Deferred:
         k = member.index
         build = lambda: member.progress.checkpoint(  # noqa: E731
-            epoch, Stateful(self.model_state(k)), Stateful(self.optimizer_state(k)), self.orders[k])
+            epoch, Stateful(self.model_state(k)), Stateful(self.optimizer_state(k)), self.generators(k))
         return Deferred(build)
 
     def restore(self, member: Member, state: dict[str, Any]) -> Progress:
         k = member.index
         return Progress.restore(state, Stateful(load=functools.partial(self.load_model, k)),
-                                Stateful(load=functools.partial(self.load_optimizer, k)), self.orders[k])
+                                Stateful(load=functools.partial(self.load_optimizer, k)), self.generators(k))
+
+    def generators(self, k: int) -> sequence_vae.Generators:
+        """Member k's minibatch-order and z generators as its solo run checkpoints them."""
+        return sequence_vae.Generators(self.orders[k], self.noise[k])
 
     def finish(self, members: Sequence[Member], status: str) -> None:
         """`training.finish` for each member: test metrics and figures at its best state, then `finish`."""
