@@ -55,7 +55,8 @@ def draw_configs(k: int, seed: int = 0, latent: int = 32, is_samples: int = 1, h
 
 def _cohort_rnn():
     """`benchmarks/cohort_rnn.py` (the benchmarks are scripts, not a package): its `compare`."""
-    spec = importlib.util.spec_from_file_location("benchmarks_cohort_rnn", Path(__file__).resolve().parent / "cohort_rnn.py")
+    path = Path(__file__).resolve().parent / "cohort_rnn.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_cohort_rnn", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -81,14 +81,13 @@ class StackedStorn:
         lengths = [x.shape[0] for x, _, _ in batches]
         self.order = sorted(range(len(batches)), key=lambda k: -lengths[k])
         self.active = [sum(1 for k in self.order if lengths[k] > t) for t in range(max(lengths))]
-        self.index = torch.tensor(self.order, device=self.params[0].device)
         self.rows = {name: p.unbind(0) for name, p in zip(self.names, self.params)}  # one backward node each
         xs = [x for x, _, _ in batches]
         mean, var = self._recognise(xs, [mask for _, mask, _ in batches])
         losses = []
         zs = [m + v.sqrt() * eps[0] for m, v, (_, _, eps) in zip(mean, var, batches)]
         outputs = self._net("generating", [torch.cat([shift(x), z], -1) for x, z in zip(xs, zs)],
-                            [self.gen_keeps[k] for k in range(len(batches))], self.n_latent)
+                            self.gen_keeps, self.n_latent)
         for (x, mask, _), (out_mean, out_var), m, v in zip(batches, outputs, mean, var):
             if self.likelihood == "bernoulli":
                 logits = out_mean / torch.sqrt(1.0 + vp.PROBIT_SCALE * out_var)  # FastDropoutRNN.forward
@@ -119,7 +118,8 @@ class StackedStorn:
     def _learned(self, prefix: str) -> list[tuple[Tensor, Tensor, Tensor]]:
         return [tuple(torch.sigmoid(logits[i]) for i in range(3)) for logits in self.rows[f"{prefix}.keep_logits"]]
 
-    def _net(self, prefix: str, xs: list[Tensor], keeps: list[tuple], n_undropped: int = 0) -> list[tuple[Tensor, Tensor]]:
+    def _net(self, prefix: str, xs: list[Tensor], keeps: list[tuple],
+             n_undropped: int = 0) -> list[tuple[Tensor, Tensor]]:
         """`FastDropoutRNN.moments` of every member's net `prefix` on its own inputs x_k (T_k, B_k, D):
         its input and output layers on its own rows (the solo operations), the recurrences of all
         members as one `FDRecurrence` over (T, K, B, H), longest first."""

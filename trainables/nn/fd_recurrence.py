@@ -16,7 +16,8 @@ transfer's partial derivatives for all steps at once after the loop (`moment_jac
 `variance.tanh_backward_into`), two (B, H) x (H, H) products per step, W_rec's gradient as two
 products over all steps, and the learned keep's gradient
 
-    dL/dkeep = sum_t <dL/da_mean_t, E[h_{t-1}] W_rec^T> + <dL/da_var_t, (V[h_{t-1}] + (1 - 2 keep) E[h_{t-1}]^2) (W_rec^2)^T>
+    dL/dkeep = sum_t <dL/da_mean_t, E[h_{t-1}] W_rec^T>
+                     + <dL/da_var_t, (V[h_{t-1}] + (1 - 2 keep) E[h_{t-1}]^2) (W_rec^2)^T>
              = <W_rec, G_mean^T E[h]> + sum_t <dL/dvar_in_t, V[h_{t-1}] + (1 - 2 keep) E[h_{t-1}]^2>,
 
 with G_mean^T E[h] the product W_rec's gradient needs anyway and dL/dvar_in_t = dL/da_var_t W_rec^2,
@@ -118,7 +119,8 @@ class FDRecurrence(torch.autograd.Function):
                 break
             w, w_sq, keep_n, twice_noise = rows[n]
             grad_var_in = torch.matmul(grad_a_var, w_sq, out=grad_var_ins[t, :n] if learned else None)
-            grad_h_mean = grad_means[t - 1, :n] + keep_n * (grad_a_mean @ w) + twice_noise * grad_var_in * means[t - 1, :n]
+            grad_h_mean = (grad_means[t - 1, :n] + keep_n * (grad_a_mean @ w)
+                           + twice_noise * grad_var_in * means[t - 1, :n])
             grad_h_var = grad_variances[t - 1, :n] + keep_n * grad_var_in
             if active is not None and active[t - 1] > n:  # members whose sequences end at step t - 1
                 grad_h_mean = torch.cat([grad_h_mean, grad_means[t - 1, n:active[t - 1]]])
@@ -169,7 +171,8 @@ def _step_back(transfer: Transfer, a_means: Tensor, a_vars: Tensor, means: Tenso
     def step_back(t: int, n: int | None, grad_mean: Tensor, grad_var: Tensor) -> tuple[Tensor, Tensor]:
         if t < held["start"]:  # the partial derivatives of the next chunk of steps (going back), at once
             start = max(0, t + 1 - chunk)
-            held["start"], held["jacobian"] = start, moment_jacobians.sigmoid(a_means[start:t + 1], a_vars[start:t + 1])[2]
+            held["start"] = start
+            held["jacobian"] = moment_jacobians.sigmoid(a_means[start:t + 1], a_vars[start:t + 1])[2]
         jacobian, i = held["jacobian"], t - held["start"]
         grad_a_mean = torch.mul(grad_mean, jacobian.mean_mean[i, :n], out=grad_a_means[t, :n])
         grad_a_mean.addcmul_(grad_var, jacobian.var_mean[i, :n])
