@@ -6,9 +6,7 @@ a trial draws it, and one solo training epoch.
   in minibatches of similar length (`trainables.rnn`'s metrics);
 - `build_model`: the trial's `FastDropoutRNN`, initialised from its seed exactly as `trainables.rnn`
   draws it (so a cohort member starts where its solo run starts);
-- `train_epoch`: one pass over the training split in the order the `order` generator draws;
-- `optimizer_defaults`: the hyperparameters a solo run's climin optimiser keeps in its
-  `param_groups` (what its checkpoint's `optimizer` entry holds beside the state).
+- `train_epoch`: one pass over the training split in the order the `order` generator draws.
 """
 
 from __future__ import annotations
@@ -71,11 +69,6 @@ def initialise_model(model: FastDropoutRNN, config: Any, seed: int) -> FastDropo
 def order_generator(seed: int) -> torch.Generator:
     """The generator a trial draws its minibatch orders from."""
     return torch.Generator().manual_seed(seed + 1)
-
-
-def optimizer_defaults(config: Any) -> dict[str, Any]:
-    """The hyperparameters of the trial's climin optimiser, as its `state_dict()["param_groups"]` holds them."""
-    return dict(climin_optimizer(config, [torch.zeros(1)]).defaults)
 
 
 def train_epoch(model: FastDropoutRNN, optimizer, train: list[torch.Tensor], config: Any, order: torch.Generator,

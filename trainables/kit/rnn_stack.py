@@ -23,13 +23,13 @@ from typing import Any, Callable
 import torch
 
 from trainables.kit.rnn_model import (POOL, build_model, evaluate_nll, frame_nll, initialise_model, new_model,
-                                      optimizer_defaults, order_generator, train_epoch)
-from trainables.kit.sequence_models import climin_optimizer
+                                      order_generator, train_epoch)
+from trainables.kit.sequence_models import climin_optimizer, optimizer_defaults
 from trainables.kit.training import clone_state
 from trainables.nn.initialise import in_threads
 from trainables.nn.sequences import batches, pad, shift, to_device
 from trainables.nn.stacked_climin import StackedClimin
-from trainables.nn.stacked_recurrent import NAMES, Rates, StackedFDRNN
+from trainables.nn.stacked_recurrent import Rates, StackedFDRNN
 
 Splits = dict[str, list[torch.Tensor]]
 Metrics = dict[str, float]
@@ -82,13 +82,10 @@ class _MemberOptimizer:
         self.stack, self.k = stack, k
 
     def state_dict(self) -> dict[str, Any]:
-        entries = self.stack.climin.member_state(self.stack.ids.index(self.k))
-        return {"state": dict(enumerate(entries)),
-                "param_groups": [{**self.stack.defaults[self.k], "params": list(range(len(entries)))}]}
+        return self.stack.climin.member_state_dict(self.stack.ids.index(self.k), self.stack.defaults[self.k])
 
     def load_state_dict(self, state) -> None:
-        entries = [state["state"][i] for i in range(len(NAMES))]
-        self.stack.climin.load_member(self.stack.ids.index(self.k), entries)
+        self.stack.climin.load_member_state_dict(self.stack.ids.index(self.k), state)
 
 
 def packed_training(device: torch.device) -> bool:

@@ -7,7 +7,9 @@
   rates, climin optimiser, initialisation with ν, gradient renormalisation, batch size) and of the
   importance sampler's K, for `MethodConfig.check`;
 - `climin_optimizer`: climin's rmsprop or Adadelta with Nesterov momentum (`trainables.nn.optim`)
-  from a config's `optimizer`, `step_rate`, `decay`, `momentum` and `offset` (Section 1.3).
+  from a config's `optimizer`, `step_rate`, `decay`, `momentum` and `offset` (Section 1.3), and
+  `optimizer_defaults`, the hyperparameters its `param_groups` hold (what a checkpoint's
+  `optimizer` entry holds beside the state; cohorts write their members' in that layout).
 """
 
 from __future__ import annotations
@@ -108,3 +110,8 @@ def climin_optimizer(config: Any, parameters) -> RmsProp | Adadelta:
         return RmsProp(parameters, step_rate=config.step_rate, decay=config.decay, momentum=config.momentum)
     return Adadelta(parameters, step_rate=config.step_rate, decay=config.decay, momentum=config.momentum,
                     offset=config.offset)
+
+
+def optimizer_defaults(config: Any) -> dict[str, Any]:
+    """The hyperparameters of the trial's climin optimiser, as its `state_dict()["param_groups"]` holds them."""
+    return dict(climin_optimizer(config, [torch.zeros(1)]).defaults)

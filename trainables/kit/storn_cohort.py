@@ -45,7 +45,7 @@ import torch
 from seqrep.method import Session
 from trainables.kit import sequence_vae
 from trainables.kit.cohort import Deferred, Member, Stateful, check_sessions, run_epochs
-from trainables.kit.sequence_models import climin_optimizer, sequence_trial
+from trainables.kit.sequence_models import optimizer_defaults, sequence_trial
 from trainables.kit.storn_stack import StackedStorn, lay_out
 from trainables.kit.training import Progress, clone_state
 from trainables.nn.sequences import batches
@@ -80,7 +80,7 @@ class StornCohort:
                 shell, self.splits, self.device, session.context.seed + 2,
                 {"valid": c.valid_is_samples, "test": c.is_samples}, extra))
             self.on_finish.append(on_finish)
-        self.defaults = [dict(climin_optimizer(c, [torch.zeros(1)]).defaults) for c in configs]
+        self.defaults = [optimizer_defaults(c) for c in configs]
         self.ids = list(range(len(configs)))
 
     def train_epoch(self) -> list[float]:
@@ -130,12 +130,10 @@ class StornCohort:
 
     def optimizer_state(self, k: int) -> dict[str, Any]:
         """Member k's optimiser state in its solo climin optimiser's `state_dict` layout."""
-        entries = self.climin.member_state(self.ids.index(k))
-        return {"state": dict(enumerate(entries)),
-                "param_groups": [{**self.defaults[k], "params": list(range(len(entries)))}]}
+        return self.climin.member_state_dict(self.ids.index(k), self.defaults[k])
 
     def load_optimizer(self, k: int, state: dict[str, Any]) -> None:
-        self.climin.load_member(self.ids.index(k), [state["state"][i] for i in range(len(self.stack.names))])
+        self.climin.load_member_state_dict(self.ids.index(k), state)
 
     def checkpoint(self, member: Member, epoch: int) -> Deferred:
         k = member.index

@@ -123,6 +123,17 @@ class StackedClimin:
         views = {name: self._views(value) for name, value in self.state.items()}
         return [{name: views[name][i][pos].clone() for name in self.state} for i in range(len(self.params))]
 
+    def member_state_dict(self, pos: int, defaults: dict) -> dict:
+        """Member `pos`'s state as its solo climin optimiser's `state_dict()`; `defaults`: the
+        hyperparameters of its parameter group."""
+        entries = self.member_state(pos)
+        return {"state": dict(enumerate(entries)),
+                "param_groups": [{**defaults, "params": list(range(len(entries)))}]}
+
+    def load_member_state_dict(self, pos: int, state: dict) -> None:
+        """`load_member` from a solo optimiser's `state_dict()` (`member_state_dict`'s layout)."""
+        self.load_member(pos, [state["state"][i] for i in range(len(self.params))])
+
     @torch.no_grad()
     def load_member(self, pos: int, state: list[dict[str, Tensor]]) -> None:
         views = {name: self._views(value) for name, value in self.state.items()}
