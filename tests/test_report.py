@@ -154,6 +154,53 @@ def test_the_selected_trials_embeddings_become_its_tsne_map_and_no_other_trials(
     assert (study / "figures" / "one-tsne.png").stat().st_size > 5000
 
 
+def draw_png(path: Path, width_px: int) -> None:
+    """A figure as a trial draws one (`plot_predictive`, `storn.plot_channels`), `width_px` wide."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=(width_px / 100, 3), dpi=100)
+    fig.gca().plot([0, 1], [1, 0])
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("as_member", [False, True])
+def test_the_section_names_the_selected_trial_and_shows_the_figures_it_drew(tmp_path, as_member):
+    study = make_study(tmp_path, "one", 3, n=5)
+    trials = summary.read(study)
+    best, worst = trials.sort_values("valid_nll")["trial_id"].iloc[[0, -1]]
+    row = trials.set_index("trial_id").loc[best]
+    folder = study / "ray" / best / "checkpoint_000003"
+    if as_member:
+        trials.assign(cohort=np.where(trials["trial_id"] == best, "c0", None),
+                      trial_id=trials["trial_id"].where(trials["trial_id"] != best, "c0-m2")
+                      ).to_parquet(study / studydir.SUMMARY_FILE)
+        folder, best = study / "ray" / "c0" / "checkpoint_000001" / "m2", "c0-m2"
+    draw_png(folder / "predictive.png", 640)
+    draw_png(folder / "samples.png", 1400)  # 48 channels: a row of its own on the page
+    draw_png(study / "ray" / worst / "checkpoint_000003" / "predictive.png", 640)  # not the table's pick
+    assert main(["report", str(study)]) == 0
+    page, md = (study / "report.html").read_text(), (study / "report.md").read_text()
+    assert page.count("<img") == 5 and page.count('class="wide"') == 2  # the scatter row and samples.png
+    assert page.count('<img alt="one-trial-predictive"') == 1 and page.count('<img alt="one-trial-samples"') == 1
+    assert "![one-trial-samples](figures/one-trial-samples.png)" in md
+    assert (study / "figures" / "one-trial-predictive.png").read_bytes() == (folder / "predictive.png").read_bytes()
+    line = (f"- selected trial {best} (valid_nll {row['valid_nll']:.4g}; hidden_layers=1, "
+            f"transfer={row['config.transfer']}, hidden_units={row['config.hidden_units']}, batch_size=10, "
+            f"step_rate={row['config.step_rate']:.4g}, decay=0.9, momentum=0.5)")
+    assert line in md.splitlines()
+
+
+def test_a_selected_trial_without_a_kept_folder_is_named_and_draws_nothing(tmp_path):
+    study = make_study(tmp_path, "one", 3, n=4)
+    assert main(["report", str(study)]) == 0
+    md = (study / "report.md").read_text()
+    assert md.count("- selected trial t") == 1 and "-trial-" not in md and md.count("![") == 3
+
+
 def test_the_tsne_map_is_fitted_on_one_thread(tmp_path, monkeypatch):
     """The report's t-SNE runs while other studies train: its OpenMP gradient gets one thread."""
     from sklearn.manifold import TSNE

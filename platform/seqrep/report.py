@@ -8,7 +8,9 @@ metric (Optuna's fANOVA evaluator on an in-memory Optuna study built from the Pa
 selection metric against the most important parameters, and, where the study's method keeps its
 trials' test embeddings (the sequence-reduction methods), the t-SNE map of the selected trial's
 (Figure 9; drawn here rather than in every trial, where it cost more than a Table 10 trial's
-training). The HTML page is self-contained (figures embedded); the Markdown page links the PNG
+training). Each searched study's section names its selected trial (its selection metric and
+searched parameters) and shows the figures that trial drew itself (`trial_figures`: Figure 6 of a
+toy regression, Figures 15-16 of STORN on motion capture). The HTML page is self-contained (figures embedded); the Markdown page links the PNG
 files written beside it. The expected-best numbers are also written to the study folder
 (`expected_best.csv`)."""
 
@@ -18,6 +20,8 @@ import base64
 import dataclasses
 import html
 import math
+import shutil
+import struct
 from pathlib import Path
 from typing import Mapping
 
@@ -31,6 +35,7 @@ from seqrep.expected import bootstrap_band, expected_best
 
 EXPECTED_FILE = "expected_best.csv"
 EMBEDDINGS_FILE = "embeddings.npz"  # a trial's test embeddings (`trainables.kit.tsne`), Figure 9's input
+WIDE_PIXELS = 1000  # a figure at least this wide gets a row of its own on the HTML page
 
 
 def _load(study_dir: Path) -> tuple[dict, pd.DataFrame]:
@@ -90,23 +95,61 @@ def _param(value, distribution):
     return type(distribution.low)(value)
 
 
-def selected_embeddings(study_dir: Path, record: dict, trials: pd.DataFrame) -> tuple[str, Path] | None:
-    """The selected trial of a searched study (the table's pick) and its kept test embeddings,
-    where its method keeps them; None otherwise."""
+def selected_trial(study_dir: Path, record: dict, trials: pd.DataFrame) -> tuple[pd.Series, Path | None] | None:
+    """The selected trial of a searched study (the table's pick: its Parquet row) and its kept
+    folder (None where it kept none); None when no trial can be selected."""
     declares = Declaration.from_json(record.get("declares"))
     best = tables.best_trial(trials, record.get("metric", ""), record.get("mode", "min"), declares.row_requires)
     if best is None:
         return None
     cohort = best.get("cohort")
-    folder = cohorts.kept_folder(study_dir, str(best["trial_id"]), cohort if isinstance(cohort, str) else None)
-    path = folder / EMBEDDINGS_FILE if folder is not None else None
-    return (str(best["trial_id"]), path) if path is not None and path.is_file() else None
+    return best, cohorts.kept_folder(study_dir, str(best["trial_id"]), cohort if isinstance(cohort, str) else None)
+
+
+def selected_embeddings(study_dir: Path, record: dict, trials: pd.DataFrame) -> tuple[str, Path] | None:
+    """The selected trial of a searched study and its kept test embeddings, where its method keeps
+    them; None otherwise."""
+    selected = selected_trial(study_dir, record, trials)
+    if selected is None or selected[1] is None:
+        return None
+    path = selected[1] / EMBEDDINGS_FILE
+    return (str(selected[0]["trial_id"]), path) if path.is_file() else None
+
+
+def trial_figures(folder: Path | None) -> list[Path]:
+    """The figures a trial drew itself and kept with its model (PNG files of its kept folder, by
+    name): Figure 6's predictive distribution of a toy regression trial (`predictive.png`), STORN's
+    Figures 15 and 16 on motion capture (`imputation.png`, `samples.png`)."""
+    return sorted(folder.glob("*.png")) if folder is not None else []
+
+
+def selected_text(best: pd.Series, metric: str, searched: list[str]) -> str:
+    """One line naming the selected trial, its selection metric and its searched parameters."""
+    def shown(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    params = ", ".join(f"{k}={shown(best[f'config.{k}'])}" for k in searched
+                       if f"config.{k}" in best.index and not _missing(best[f"config.{k}"]))
+    value = f"{metric} {shown(float(best[metric]))}" if metric in best.index else ""
+    return f"selected trial {best['trial_id']} ({'; '.join(p for p in (value, params) if p)})"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def grid_keys(record: dict) -> list[str]:
     """The study space's grid parameters (Table 8's `split`): one trial per value, not a random draw."""
-    space = spaces.load(record.get("space_path") or record["space"], check_config=False)
-    return [k for k, d in space.space.items() if d.kind == "grid"]
+    return [k for k, d in _space(record).space.items() if d.kind == "grid"]
+
+
+def searched_keys(record: dict) -> list[str]:
+    """The study space's searched parameters, in the space's order."""
+    return [k for k, d in _space(record).space.items() if d.kind != "grid"]
+
+
+def _space(record: dict) -> spaces.SearchSpace:
+    return spaces.load(record.get("space_path") or record["space"], check_config=False)
 
 
 def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics: tuple[str, ...] = ()) -> dict:
@@ -136,18 +179,33 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics:
         top = list(found)[:3]
         images.append(figures.scatter(tables.finished(trials, record["metric"]), top, record["metric"],
                                       name, out / f"{name}-scatter.png"))
-    selected = selected_embeddings(study_dir, record, trials)
+    selected = None if grid else selected_trial(study_dir, record, trials)
+    lines = []
     if selected is not None:
-        drawn = figures.tsne(selected[1], name, selected[0], out / f"{name}-tsne.png")
+        best, folder = selected
+        lines.append(selected_text(best, record.get("metric", ""), searched_keys(record)))
+        kept = folder / EMBEDDINGS_FILE if folder is not None else None
+        drawn = figures.tsne(kept, name, str(best["trial_id"]), out / f"{name}-tsne.png") \
+            if kept is not None and kept.is_file() else None
         images += [drawn] if drawn is not None else []
+        # copied beside the page: the Markdown page links them, and a study folder may be moved or pruned
+        images += [Path(shutil.copyfile(p, out / f"{name}-trial-{p.stem}.png")) for p in trial_figures(folder)]
     return {"name": name, "dir": study_dir, "trials": len(trials), "curve": curve, "grid": grid,
-            "importance": found, "images": images}
+            "importance": found, "images": images, "lines": lines}
 
 
 def _img_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    wide = ' class="wide"' if path.stem.endswith("-scatter") else ""  # one panel per parameter: a row of its own
+    # one panel per parameter, or a trial's figure of many panels (STORN's 48 channels): a row of its own
+    wide = ' class="wide"' if path.stem.endswith("-scatter") or _png_width(path) >= WIDE_PIXELS else ""
     return f'<img alt="{html.escape(alt)}"{wide} src="data:image/png;base64,{data}">'
+
+
+def _png_width(path: Path) -> int:
+    """A PNG's width in pixels, from its header (0 for anything else)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return struct.unpack(">I", head[16:20])[0] if head[:8] == b"\x89PNG\r\n\x1a\n" else 0
 
 
 def _curve_text(curve: pd.DataFrame | None) -> str:
@@ -168,7 +226,7 @@ def _pages(title: str, table_md: str, table_html: str, sections: list[dict], hea
             "configuration, or fewer than three finished trials)"
         about = (f"a grid over {', '.join(s['grid'])}: one trial per value, not a random search, so no "
                  f"expected best of n; the test metrics per value are below" if s.get("grid") else _curve_text(s["curve"]))
-        lines = [f"{s['trials']} trials; {about}", f"fANOVA importance: {ranking}"]
+        lines = [f"{s['trials']} trials; {about}", f"fANOVA importance: {ranking}", *s.get("lines", ())]
         md += [f"## {s['name']}", "", *[f"- {line}" for line in lines], ""]
         md += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in s["images"]] + [""]
         body += [f"<h2>{html.escape(s['name'])}</h2>", *[f"<p>{html.escape(line)}</p>" for line in lines],
