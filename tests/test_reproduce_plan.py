@@ -21,3 +21,33 @@ def test_whole_table_with_no_data_at_all_names_what_to_fetch(tmp_path):
     needed = tables.studies_for("table11")
     with pytest.raises(SeqrepError, match=r"data set 'tidigits' needs .*which is not in the data directory"):
         reproduce._available_studies("table11", needed, str(tmp_path))
+
+
+def test_a_space_that_searches_nothing_runs_one_trial_whatever_trials_says(tmp_path, capsys):
+    """Its trials would repeat one run: a trial's seed is a hash of the study seed and its config."""
+    from seqrep import launch, results, searchers, studies
+
+    options = studies.StudyOptions(storage=str(tmp_path / "s"), seed=0, trials=3)
+    fawn = studies.plan("table7-fawn-vb-toy", "toy", options)
+    assert fawn.trials == 1 and launch.runs(fawn) == 1
+    assert capsys.readouterr().out == (
+        "seqrep: table7-fawn-vb-toy searches nothing (a fixed configuration): 1 trial, not 3, since its trials "
+        "would repeat one run (same config, same seed); --repeats R runs it with R seeds\n")
+    drawn = searchers.draw(searchers.to_tune(fawn.space), 0, 3)  # what three trials would have run
+    assert len({results.trial_seed(0, c) for c in drawn}) == 1 and drawn[0] == drawn[1] == drawn[2]
+    nn = studies.plan("table7-nn-toy", "toy", options)
+    assert nn.trials == 3 and capsys.readouterr().out == ""
+    assert studies.plan("table7-fawn-vb-toy", "toy", studies.StudyOptions(storage=str(tmp_path / "s"))).trials == 1
+    assert capsys.readouterr().out == ""  # the space's own count: nothing to say
+
+
+def test_a_grid_that_searches_nothing_else_runs_each_value_once(tmp_path, capsys):
+    import os
+
+    from seqrep import launch, studies
+
+    if not os.environ.get("SEQREP_DATA"):
+        pytest.skip("SEQREP_DATA is not set: planning a table8 study needs the UCI Boston housing data")
+    grid = studies.plan("table8-fawn-vb", "uci-boston", studies.StudyOptions(storage=str(tmp_path / "s"), trials=2))
+    assert grid.trials == 1 and launch.runs(grid) == 10  # the space's ten splits
+    assert "searches nothing (a fixed configuration): 1 trial per grid value, not 2" in capsys.readouterr().out

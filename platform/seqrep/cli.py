@@ -38,7 +38,8 @@ def _budget_flags() -> argparse.ArgumentParser:
     """The budget and placement flags shared by `search` and `reproduce`."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("budget and placement")
-    g.add_argument("--trials", type=_flag("--trials"), help="number of trials (default: the space's)")
+    g.add_argument("--trials", type=_flag("--trials"),
+                   help="number of trials (default: the space's; 1 for a space that searches nothing)")
     g.add_argument("--max-epochs", type=_flag("--max-epochs"), help="epochs per trial (default: the space's)")
     g.add_argument("--seed", type=int, default=0, help="seed of the search and the trials (default 0)")
     g.add_argument("--name", help="study name (default: SPACE-DATASET; for reproduce, a prefix)")

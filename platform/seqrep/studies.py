@@ -154,6 +154,19 @@ def _no_count(space: spaces.SearchSpace) -> int:
     raise SeqrepError(f"space {space.name} gives no trial count (the thesis gives none); pass --trials N")
 
 
+def _trial_count(space: spaces.SearchSpace, asked: int | None) -> int:
+    """`--trials`, else the space's count; one for a space that searches nothing (a fixed
+    configuration, with or without a grid): a trial's seed is a hash of its config, so its further
+    trials would repeat the same run, number for number."""
+    trials = asked or space.trials or _no_count(space)
+    if trials > 1 and all(d.kind == "grid" for d in space.space.values()):
+        print(f"seqrep: {space.name} searches nothing (a fixed configuration): 1 trial"
+              f"{' per grid value' if space.space else ''}, not {trials}, since its trials would repeat one "
+              f"run (same config, same seed); --repeats R runs it with R seeds", flush=True)
+        return 1
+    return trials
+
+
 def plan(space_name: str, dataset: str, options: StudyOptions,
          space: spaces.SearchSpace | None = None) -> StudyPlan:
     """Validate everything about a study without starting anything (`space`: an already loaded,
@@ -173,7 +186,7 @@ def plan(space_name: str, dataset: str, options: StudyOptions,
         dataset=dataset,
         name=name,
         directory=(Path(options.storage) / name).resolve(),
-        trials=options.trials or space.trials or _no_count(space),
+        trials=_trial_count(space, options.trials),
         max_epochs=options.max_epochs or space.max_epochs,
         options=options,
         tracking_uri=paths.tracking_uri(options.tracking_uri),
