@@ -68,17 +68,30 @@ def one_blas_thread():
         yield
 
 
+class Kept(dict):
+    """Test embeddings by (title, seed), one entry per run; `figures`: Figures 11-12's arrays likewise."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures: dict[tuple[str, int], list[dict]] = {}
+
+
 @pytest.fixture
 def tsne(monkeypatch):
-    """Both sides' test embeddings (Figure 9's input) recorded instead of saved: {(title, seed): [embeddings, ...]}."""
-    drawn: dict[tuple[str, int], list[np.ndarray]] = {}
+    """Both sides' test embeddings (Figure 9's input) recorded instead of saved: {(title, seed): [embeddings, ...]},
+    and the arrays of Figures 11 and 12 in `.figures`."""
+    drawn = Kept()
 
-    def record(folder, e, y, classes, title, seed):
+    def record(folder, e, y, classes, title, seed, figures=None):
         drawn.setdefault((title, seed), []).append(np.array(e))
+        drawn.figures.setdefault((title, seed), []).append(dict(figures or {}))
 
     monkeypatch.setattr(reduction_run, "save_embeddings", record)
     monkeypatch.setattr(reduction_cohort, "save_embeddings", record)
     return drawn
+
+
+FIGURE_KEYS = {"nn_index", "nn_distance", "nn_series", "jac_sample", "jac_index", "jac_features", "jac"}
 
 
 def configs_for(method: str, members=MEMBERS, **changes) -> list[dict]:
@@ -165,6 +178,13 @@ def test_every_member_reports_and_finishes_as_its_solo_run(cbf, tsne, method, ep
         assert len(figures) == 2, key
         np.testing.assert_allclose(figures[1], figures[0], rtol=1e-5, atol=1e-6)
     assert len(tsne) == len(configs)
+    for key, (alone, member) in tsne.figures.items():  # and its solo run's Figures 11 and 12
+        assert alone.keys() == member.keys() == FIGURE_KEYS, key
+        for name in ("nn_index", "jac_index", "jac_features", "nn_series", "jac_sample"):
+            np.testing.assert_array_equal(member[name], alone[name], err_msg=f"{key} {name}")
+        np.testing.assert_allclose(member["nn_distance"], alone["nn_distance"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(member["jac"], alone["jac"], rtol=max(1e-4, 10 * state_rtol),
+                                   atol=1e-6 * float(np.abs(alone["jac"]).max()))
 
 
 def test_the_members_embedded_in_passes_get_the_same_bits(cbf, tsne, monkeypatch):

@@ -121,13 +121,21 @@ def test_the_html_table_shows_numbers_as_the_markdown_does_and_words_as_they_are
     assert report._number_or_text(float("nan")) == "" and report._number_or_text(None) == ""
 
 
-def keep_embeddings(folder: Path, seed: int = 0) -> None:
-    """What a sequence-reduction trial keeps for Figure 9 (`trainables.kit.tsne.save_embeddings`)."""
+def keep_embeddings(folder: Path, seed: int = 0, figures: bool = False) -> None:
+    """What a sequence-reduction trial keeps for Figure 9 (`trainables.kit.tsne.save_embeddings`),
+    and with `figures` Figures 11 and 12's arrays (`trainables.kit.reduction_figures`)."""
+    from trainables.kit.reduction_figures import figure_inputs
+
     rng = np.random.default_rng(seed)
     y = np.repeat([0, 1, 2], 20)
+    e = (rng.normal(size=(60, 4)) + y[:, None]).astype(np.float32)
+    raw = [rng.normal(size=(int(t), 2)).astype(np.float32) for t in rng.integers(10, 30, size=60)]
+    weights = torch.tensor(rng.normal(size=(2, 4)), dtype=torch.float32)
+    kept = figure_inputs(lambda x: torch.tanh(x @ weights).mean(0), e, [torch.tensor(r) for r in raw], raw, seed) \
+        if figures else {}
     folder.mkdir(parents=True)
-    np.savez_compressed(folder / report.EMBEDDINGS_FILE, e=(rng.normal(size=(60, 4)) + y[:, None]).astype(np.float32),
-                        y=y, classes=np.array(["a", "b", "c"]), title=np.array("RI on test"), seed=np.array(seed))
+    np.savez_compressed(folder / report.EMBEDDINGS_FILE, e=e, y=y, classes=np.array(["a", "b", "c"]),
+                        title=np.array("RI on test"), seed=np.array(seed), **kept)
 
 
 @pytest.mark.parametrize("as_member", [False, True])
@@ -199,6 +207,22 @@ def test_a_selected_trial_without_a_kept_folder_is_named_and_draws_nothing(tmp_p
     assert main(["report", str(study)]) == 0
     md = (study / "report.md").read_text()
     assert md.count("- selected trial t") == 1 and "-trial-" not in md and md.count("![") == 3
+
+
+def test_the_selected_trials_jacobians_and_neighbours_are_drawn_where_it_kept_them(tmp_path):
+    """Figures 11 and 12 beside Figure 9; a trial that kept only its embeddings (before they
+    existed) gets the t-SNE map alone, as the test above shows."""
+    study = make_study(tmp_path, "one", 3, n=5)
+    best = summary.read(study).sort_values("valid_nll")["trial_id"].iloc[0]
+    keep_embeddings(study / "ray" / best / "checkpoint_000003", figures=True)
+    assert main(["report", str(study)]) == 0
+    page = (study / "report.html").read_text()
+    assert page.count("<img") == 6
+    assert [page.count(f'<img alt="one-{f}"') for f in ("tsne", "jacobian", "neighbours")] == [1, 1, 1]
+    kept = np.load(study / "ray" / best / "checkpoint_000003" / report.EMBEDDINGS_FILE)
+    assert kept["jac"].shape == (4, len(kept["jac_sample"])) and kept["nn_index"].shape == (2, 6)
+    for figure in ("jacobian", "neighbours"):
+        assert (study / "figures" / f"one-{figure}.png").stat().st_size > 10000
 
 
 def test_the_tsne_map_is_fitted_on_one_thread(tmp_path, monkeypatch):

@@ -126,6 +126,7 @@ def test_characters_loader_on_a_generated_mat_file(tmp_path):
     assert (len(data.train), len(data.test), data.n_classes, data.n_features) == (16, 4, 4, 3)
     assert np.bincount(data.y_test).tolist() == [1, 1, 1, 1]  # stratified 20%
     assert sorted(len(s) for s in data.train + data.test) == sorted(lengths)
+    assert data.classes == ("a", "b", "c", "d")  # consts.key names the labels 1..4
 
 
 def test_characters_and_tidigits_missing_files_say_where_to_get_them(tmp_path):
@@ -221,6 +222,11 @@ def test_every_method_runs_reports_and_judges(method, ramps, tmp_path):
     kept = np.load(tmp_path / "embeddings.npz")  # Figure 9's input, drawn by the report for the selected trial
     assert kept["e"].shape[0] == 20 and kept["e"].dtype == np.float32 and list(kept["y"]) == [0, 1] * 10
     assert int(kept["seed"]) == 0 and list(kept["classes"]) == ["1", "2"]
+    # and Figures 11 and 12's arrays (`trainables.kit.reduction_figures`): up to four features; mean
+    # pooling of tanh units is sensitive to every one of the 12 steps
+    features = min(4, kept["e"].shape[1])
+    assert kept["nn_index"].shape == (2, 6) and kept["nn_series"].shape == (2, 6, 12)
+    assert kept["jac"].shape == (features, 12) and kept["jac_sample"].shape == (12, 1) and (kept["jac"] > 0).all()
 
 
 def test_stochastic_pooling_and_lbfgs_and_normalisation_run(ramps, tmp_path):

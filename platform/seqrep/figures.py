@@ -125,3 +125,61 @@ def tsne(embeddings: Path, study: str, trial: str, path: Path, max_points: int =
     ax.set_xticks([])
     ax.set_yticks([])
     return _save(fig, path)
+
+
+def _grid(rows: int, cols: int, width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False, sharex="col")
+
+
+def neighbours(embeddings: Path, study: str, trial: str, path: Path) -> Path | None:
+    """Figure 12: randomly picked test samples (top row of each column) and their nearest test
+    samples by the distance of the trial's embeddings, drawn by the first input dimension
+    (`trainables.kit.reduction_figures`). None where the trial kept no such arrays."""
+    kept = np.load(embeddings)
+    if "nn_index" not in kept.files:
+        return None
+    index, distance, series, y, classes = kept["nn_index"], kept["nn_distance"], kept["nn_series"], kept["y"], kept["classes"]
+    fig, axes = _grid(index.shape[1], index.shape[0], 4.0 * index.shape[0], 1.0 * index.shape[1] + 0.8)
+    for (row, col), ax in np.ndenumerate(axes):
+        i = index[col, row]
+        ax.plot(series[col, row], color="black" if row == 0 else "tab:blue", linewidth=1)
+        what = "sample" if row == 0 else f"neighbour {row}, distance {distance[col, row]:.3g}"
+        ax.set_title(f"test #{i} ({what}), class {classes[y[i]]}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"{study}: selected trial {trial}, nearest neighbours in embedding space (first input "
+                 f"dimension; cf. thesis Figure 12)", fontsize=8)
+    return _save(fig, path)
+
+
+def sequential_jacobian(embeddings: Path, study: str, trial: str, path: Path) -> Path | None:
+    """Figure 11: a test sample and the sequential Jacobians |d e_i / d x_t| of the trial's most
+    varying embedding features on it (`trainables.kit.reduction_figures`). None where the trial
+    kept no such arrays."""
+    kept = np.load(embeddings)
+    if "jac" not in kept.files:
+        return None
+    jac, sample, features, y, classes = kept["jac"], kept["jac_sample"], kept["jac_features"], kept["y"], kept["classes"]
+    i = int(kept["jac_index"])
+    fig, axes = _grid(1 + len(jac), 1, 6.0, 1.1 * (1 + len(jac)) + 0.8)
+    top = axes[0, 0]
+    if sample.shape[1] <= 4:
+        for d in range(sample.shape[1]):
+            top.plot(sample[:, d], linewidth=1, label=f"input {d}")
+        if sample.shape[1] > 1:
+            top.legend(fontsize=6, loc="upper right")
+    else:
+        top.imshow(sample.T, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis")
+    top.set_title(f"test #{i}, class {classes[y[i]]}", fontsize=7)
+    for ax, row, f in zip(axes[1:, 0], jac, features):
+        ax.fill_between(np.arange(len(row)), row, color="tab:red", alpha=0.6, linewidth=0)
+        ax.set_ylabel(f"|de{f}/dx|", fontsize=7)
+    for ax in axes[:, 0]:
+        ax.tick_params(labelsize=6)
+    axes[-1, 0].set_xlabel("t", fontsize=7)
+    fig.suptitle(f"{study}: selected trial {trial}, sequential Jacobians (cf. thesis Figure 11)", fontsize=8)
+    return _save(fig, path)

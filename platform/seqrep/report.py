@@ -8,7 +8,8 @@ metric (Optuna's fANOVA evaluator on an in-memory Optuna study built from the Pa
 selection metric against the most important parameters, and, where the study's method keeps its
 trials' test embeddings (the sequence-reduction methods), the t-SNE map of the selected trial's
 (Figure 9; drawn here rather than in every trial, where it cost more than a Table 10 trial's
-training). Each searched study's section names its selected trial (its selection metric and
+training), its sequential Jacobians (Figure 11) and the nearest neighbours of two test samples in
+its embedding space (Figure 12), from the arrays the trial kept beside its embeddings. Each searched study's section names its selected trial (its selection metric and
 searched parameters) and shows the figures that trial drew itself (`trial_figures`: Figure 6 of a
 toy regression, Figures 15-16 of STORN on motion capture). The HTML page is self-contained (figures embedded); the Markdown page links the PNG
 files written beside it. The expected-best numbers are also written to the study folder
@@ -155,7 +156,8 @@ def _space(record: dict) -> spaces.SearchSpace:
 def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics: tuple[str, ...] = ()) -> dict:
     """Figures of one study written to `out` (PNG), and what the page says about them: expected
     best of n, fANOVA importance, the metric against the top parameters, and the selected trial's
-    t-SNE map where its method keeps test embeddings (Figure 9). `metrics`: the table's columns
+    t-SNE map, sequential Jacobians and nearest neighbours where its method keeps test embeddings
+    (Figures 9, 11, 12), and the figures the selected trial drew itself. `metrics`: the table's columns
     for this study (a grid study's figure shows them, else its first three test metrics)."""
     study_dir, name = Path(study_dir), Path(study_dir).name
     record, trials = _load(study_dir)
@@ -185,9 +187,12 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics:
         best, folder = selected
         lines.append(selected_text(best, record.get("metric", ""), searched_keys(record)))
         kept = folder / EMBEDDINGS_FILE if folder is not None else None
-        drawn = figures.tsne(kept, name, str(best["trial_id"]), out / f"{name}-tsne.png") \
-            if kept is not None and kept.is_file() else None
-        images += [drawn] if drawn is not None else []
+        if kept is not None and kept.is_file():  # Figures 9, 11 and 12 of a sequence-reduction trial
+            trial = str(best["trial_id"])
+            drawn = [figures.tsne(kept, name, trial, out / f"{name}-tsne.png"),
+                     figures.sequential_jacobian(kept, name, trial, out / f"{name}-jacobian.png"),
+                     figures.neighbours(kept, name, trial, out / f"{name}-neighbours.png")]
+            images += [d for d in drawn if d is not None]
         # copied beside the page: the Markdown page links them, and a study folder may be moved or pruned
         images += [Path(shutil.copyfile(p, out / f"{name}-trial-{p.stem}.png")) for p in trial_figures(folder)]
     return {"name": name, "dir": study_dir, "trials": len(trials), "curve": curve, "grid": grid,

@@ -49,6 +49,7 @@ from trainables.kit.improvement import ImprovementSession
 from trainables.kit.judges import logreg_cv_errors, logreg_errors
 from trainables.kit.reduction_config import Problem, ReductionConfig
 from trainables.kit.reduction_data import load_classification, normalise
+from trainables.kit.reduction_figures import figure_inputs, one_sequence_embedding
 from trainables.kit.reduction_run import Make, batch_size, build_optimizer, build_problem, run, seeded_generators
 from trainables.kit.training import Progress, prefixed
 from trainables.kit.tsne import save_embeddings
@@ -134,6 +135,7 @@ class ReductionCohort:
         self.train_x, self.train_mask = x.to(self.device), mask.to(self.device)
         self.lengths = torch.tensor([len(s) for s in self.seqs])
         self.model = StackedPooledRNN.of([p.model for p in problems]).to(self.device)
+        self.problems = problems  # each member's solo net: Figure 11's Jacobian at its best state
         self.problem = make_cohort(self.model, configs)
         self.trains = problems[0].trains
         self.optimizer = (StackedRmsProp(list(self.model.params), [c.step_rate for c in configs],
@@ -288,10 +290,20 @@ class ReductionCohort:
                 final.update(progress.best_valid)
                 final.update(prefixed("test", {"error": test}))
                 save_embeddings(session.artifact_dir, e_test[i].numpy(), y_test, self.data.classes,
-                                f"{self.method} on {self.data.name}: t-SNE of the test embeddings", session.context.seed)
+                                f"{self.method} on {self.data.name}: t-SNE of the test embeddings", session.context.seed,
+                                self.figure_inputs(k, e_test[i].numpy()))
             model = ({"model": progress.best_state, "config": self.configs[k].to_dict()}
                      if progress.best_state is not None else None)
             session.finish(final, model, self.status[k])
+
+
+    def figure_inputs(self, k: int, e_test: np.ndarray) -> dict[str, np.ndarray]:
+        """Figures 11 and 12's arrays for member k, its solo net at its best state (as a solo run's)."""
+        problem = self.problems[k]
+        problem.model.load_state_dict(self.progress[k].best_state)
+        problem.model.eval()
+        return figure_inputs(one_sequence_embedding(problem.embed, self.device), e_test, self.test_seqs,
+                             self.data.test, self.sessions[k].context.seed)
 
 
 def _check(configs: Sequence[ReductionConfig], sessions: Sequence[Session]) -> None:

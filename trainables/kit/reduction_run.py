@@ -46,6 +46,7 @@ from trainables.kit.improvement import ImprovementSession
 from trainables.kit.judges import logreg_cv_error, logreg_error, one_nn_error
 from trainables.kit.reduction_config import Problem, ReductionConfig
 from trainables.kit.reduction_data import load_classification, normalise, split_indices
+from trainables.kit.reduction_figures import figure_inputs, one_sequence_embedding
 from trainables.kit.training import fit
 from trainables.kit.tsne import save_embeddings
 from trainables.nn.neighbourhood import nca_probabilities
@@ -228,8 +229,11 @@ def run(config: ReductionConfig, session: Session, make: Make, method: str) -> N
             y_fit = torch.as_tensor(trial.y_all[trial.fit_idx])
             wrapped.extra["train_nca_prob"] = float(nca_probabilities(trial.embed(trial.fit_seqs), y_fit).mean())
         data = trial.data
-        save_embeddings(session.artifact_dir, trial.embed(trial.test_seqs).numpy(), np.asarray(data.y_test),
-                        data.classes, f"{method} on {data.name}: t-SNE of the test embeddings", ctx.seed)
+        e_test = trial.embed(trial.test_seqs).numpy()
+        kept = figure_inputs(one_sequence_embedding(trial.problem.embed, trial.device), e_test, trial.test_seqs,
+                             data.test, ctx.seed)
+        save_embeddings(session.artifact_dir, e_test, np.asarray(data.y_test), data.classes,
+                        f"{method} on {data.name}: t-SNE of the test embeddings", ctx.seed, kept)
 
     fit(wrapped, model=trial.model, optimizer=optimizer, train_epoch=train_epoch, evaluate=evaluate,
         config=config.to_dict(), generator=order, on_finish=on_finish,

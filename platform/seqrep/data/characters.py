@@ -74,7 +74,18 @@ def load(root: Path) -> ClassificationData:
     train_idx, test_idx = train_test_split(order, test_size=TEST_FRACTION, stratify=y, random_state=SPLIT_SEED)
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     return ClassificationData("characters", [sequences[i] for i in train_idx], y[train_idx],
-                              [sequences[i] for i in test_idx], y[test_idx], tuple(str(int(c)) for c in classes))
+                              [sequences[i] for i in test_idx], y[test_idx], _names(mat["consts"], classes))
+
+
+def _names(consts, classes: np.ndarray) -> tuple[str, ...]:
+    """The characters' names for the labels 1..20 (`consts.key`, 'a' .. 'z'), else the labels."""
+    try:
+        key = [str(k) for k in np.atleast_1d(_field(consts, "key", Path()))]
+    except SeqrepError:
+        key = []
+    if classes.min() >= 1 and classes.max() <= len(key):
+        return tuple(key[int(c) - 1] for c in classes)
+    return tuple(str(int(c)) for c in classes)
 
 
 def registry_entries() -> dict[str, DatasetInfo]:
