@@ -143,7 +143,8 @@ def neighbours(embeddings: Path, study: str, trial: str, path: Path) -> Path | N
     kept = np.load(embeddings)
     if "nn_index" not in kept.files:
         return None
-    index, distance, series, y, classes = kept["nn_index"], kept["nn_distance"], kept["nn_series"], kept["y"], kept["classes"]
+    index, distance, series = kept["nn_index"], kept["nn_distance"], kept["nn_series"]
+    y, classes = kept["y"], kept["classes"]
     fig, axes = _grid(index.shape[1], index.shape[0], 4.0 * index.shape[0], 1.0 * index.shape[1] + 0.8)
     for (row, col), ax in np.ndenumerate(axes):
         i = index[col, row]
@@ -163,7 +164,8 @@ def sequential_jacobian(embeddings: Path, study: str, trial: str, path: Path) ->
     kept = np.load(embeddings)
     if "jac" not in kept.files:
         return None
-    jac, sample, features, y, classes = kept["jac"], kept["jac_sample"], kept["jac_features"], kept["y"], kept["classes"]
+    jac, sample, features = kept["jac"], kept["jac_sample"], kept["jac_features"]
+    y, classes = kept["y"], kept["classes"]
     i = int(kept["jac_index"])
     fig, axes = _grid(1 + len(jac), 1, 6.0, 1.1 * (1 + len(jac)) + 0.8)
     top = axes[0, 0]

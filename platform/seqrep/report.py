@@ -9,11 +9,12 @@ selection metric against the most important parameters, and, where the study's m
 trials' test embeddings (the sequence-reduction methods), the t-SNE map of the selected trial's
 (Figure 9; drawn here rather than in every trial, where it cost more than a Table 10 trial's
 training), its sequential Jacobians (Figure 11) and the nearest neighbours of two test samples in
-its embedding space (Figure 12), from the arrays the trial kept beside its embeddings. Each searched study's section names its selected trial (its selection metric and
-searched parameters) and shows the figures that trial drew itself (`trial_figures`: Figure 6 of a
-toy regression, Figures 15-16 of STORN on motion capture). The HTML page is self-contained (figures embedded); the Markdown page links the PNG
-files written beside it. The expected-best numbers are also written to the study folder
-(`expected_best.csv`)."""
+its embedding space (Figure 12), from the arrays the trial kept beside its embeddings. Each
+searched study's section names its selected trial (its selection metric and searched parameters)
+and shows the figures that trial drew itself (`trial_figures`: Figure 6 of a toy regression,
+Figures 15-16 of STORN on motion capture). The HTML page is self-contained (figures embedded); the
+Markdown page links the PNG files written beside it. The expected-best numbers are also written to
+the study folder (`expected_best.csv`)."""
 
 from __future__ import annotations
 
@@ -157,8 +158,8 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics:
     """Figures of one study written to `out` (PNG), and what the page says about them: expected
     best of n, fANOVA importance, the metric against the top parameters, and the selected trial's
     t-SNE map, sequential Jacobians and nearest neighbours where its method keeps test embeddings
-    (Figures 9, 11, 12), and the figures the selected trial drew itself. `metrics`: the table's columns
-    for this study (a grid study's figure shows them, else its first three test metrics)."""
+    (Figures 9, 11, 12), and the figures the selected trial drew itself. `metrics`: the table's
+    columns for this study (a grid study's figure shows them, else its first three test metrics)."""
     study_dir, name = Path(study_dir), Path(study_dir).name
     record, trials = _load(study_dir)
     grid = grid_keys(record)

@@ -289,9 +289,9 @@ class ReductionCohort:
                 test = tests.get(i, math.nan)
                 final.update(progress.best_valid)
                 final.update(prefixed("test", {"error": test}))
-                save_embeddings(session.artifact_dir, e_test[i].numpy(), y_test, self.data.classes,
-                                f"{self.method} on {self.data.name}: t-SNE of the test embeddings", session.context.seed,
-                                self.figure_inputs(k, e_test[i].numpy()))
+                title = f"{self.method} on {self.data.name}: t-SNE of the test embeddings"
+                save_embeddings(session.artifact_dir, e_test[i].numpy(), y_test, self.data.classes, title,
+                                session.context.seed, self.figure_inputs(k, e_test[i].numpy()))
             model = ({"model": progress.best_state, "config": self.configs[k].to_dict()}
                      if progress.best_state is not None else None)
             session.finish(final, model, self.status[k])
