@@ -17,8 +17,9 @@ def _figure(width: float = 5.0, height: float = 3.6):
     return fig, fig.add_subplot()
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:  # (a grid of many panels sets its margins itself: tight_layout took 0.3 s for twelve)
+        fig.tight_layout()
     fig.savefig(path, dpi=90)
     return path
 
@@ -154,7 +155,9 @@ def neighbours(embeddings: Path, study: str, trial: str, path: Path) -> Path | N
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{study}: selected trial {trial}, nearest neighbours in embedding space (first input "
                  f"dimension; cf. thesis Figure 12)", fontsize=8)
-    return _save(fig, path)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.05, top=1 - 0.6 / fig.get_figheight(), hspace=0.7,
+                        wspace=0.12)
+    return _save(fig, path, tight=False)
 
 
 def sequential_jacobian(embeddings: Path, study: str, trial: str, path: Path) -> Path | None:
@@ -184,4 +187,6 @@ def sequential_jacobian(embeddings: Path, study: str, trial: str, path: Path) ->
         ax.tick_params(labelsize=6)
     axes[-1, 0].set_xlabel("t", fontsize=7)
     fig.suptitle(f"{study}: selected trial {trial}, sequential Jacobians (cf. thesis Figure 11)", fontsize=8)
-    return _save(fig, path)
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.45 / fig.get_figheight(), top=1 - 0.65 / fig.get_figheight(),
+                        hspace=0.35)
+    return _save(fig, path, tight=False)
