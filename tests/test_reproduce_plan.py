@@ -27,12 +27,15 @@ def test_a_space_that_searches_nothing_runs_one_trial_whatever_trials_says(tmp_p
     """Its trials would repeat one run: a trial's seed is a hash of the study seed and its config."""
     from seqrep import launch, results, searchers, studies
 
+    studies._say_fixed.cache_clear()
     options = studies.StudyOptions(storage=str(tmp_path / "s"), seed=0, trials=3)
     fawn = studies.plan("table7-fawn-vb-toy", "toy", options)
     assert fawn.trials == 1 and launch.runs(fawn) == 1
     assert capsys.readouterr().out == (
         "seqrep: table7-fawn-vb-toy searches nothing (a fixed configuration): 1 trial, not 3, since its trials "
         "would repeat one run (same config, same seed); --repeats R runs it with R seeds\n")
+    assert studies.plan("table7-fawn-vb-toy", "toy", options).trials == 1  # a repeat, or another data set
+    assert capsys.readouterr().out == ""  # is not told again
     drawn = searchers.draw(searchers.to_tune(fawn.space), 0, 3)  # what three trials would have run
     assert len({results.trial_seed(0, c) for c in drawn}) == 1 and drawn[0] == drawn[1] == drawn[2]
     nn = studies.plan("table7-nn-toy", "toy", options)
@@ -48,6 +51,7 @@ def test_a_grid_that_searches_nothing_else_runs_each_value_once(tmp_path, capsys
 
     if not os.environ.get("SEQREP_DATA"):
         pytest.skip("SEQREP_DATA is not set: planning a table8 study needs the UCI Boston housing data")
+    studies._say_fixed.cache_clear()
     grid = studies.plan("table8-fawn-vb", "uci-boston", studies.StudyOptions(storage=str(tmp_path / "s"), trials=2))
     assert grid.trials == 1 and launch.runs(grid) == 10  # the space's ten splits
     assert "searches nothing (a fixed configuration): 1 trial per grid value, not 2" in capsys.readouterr().out

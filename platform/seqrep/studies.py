@@ -160,11 +160,16 @@ def _trial_count(space: spaces.SearchSpace, asked: int | None) -> int:
     trials would repeat the same run, number for number."""
     trials = asked or space.trials or _no_count(space)
     if trials > 1 and all(d.kind == "grid" for d in space.space.values()):
-        print(f"seqrep: {space.name} searches nothing (a fixed configuration): 1 trial"
-              f"{' per grid value' if space.space else ''}, not {trials}, since its trials would repeat one "
-              f"run (same config, same seed); --repeats R runs it with R seeds", flush=True)
+        _say_fixed(space.name, bool(space.space), trials)
         return 1
     return trials
+
+
+@functools.cache  # once per space and count, however many data sets and repeats plan it
+def _say_fixed(space: str, grid: bool, trials: int) -> None:
+    print(f"seqrep: {space} searches nothing (a fixed configuration): 1 trial{' per grid value' if grid else ''}, "
+          f"not {trials}, since its trials would repeat one run (same config, same seed); --repeats R runs it "
+          f"with R seeds", flush=True)
 
 
 def plan(space_name: str, dataset: str, options: StudyOptions,
