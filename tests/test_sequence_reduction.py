@@ -80,8 +80,8 @@ def test_ucr_test_class_without_training_example(tmp_path):
 def test_registry_lists_the_twelve_ucr_sets_and_the_missing_test_file_error(tmp_path):
     names = seqrep.data.names()
     assert set(ucr.KNOWN) | {"characters", "tidigits"} <= set(names)
-    assert seqrep.data.info("ucr-twopatterns").files == ("ucr/TwoPatterns/TwoPatterns_TRAIN.tsv",
-                                                        "ucr/TwoPatterns/TwoPatterns_TEST.tsv")
+    assert seqrep.data.info("ucr-twopatterns", tmp_path).files == ("ucr/TwoPatterns/TwoPatterns_TRAIN.tsv",
+                                                                  "ucr/TwoPatterns/TwoPatterns_TEST.tsv")
     write_ucr(tmp_path, "TwoPatterns", toy_rows(4, 5, 0), [])
     (tmp_path / "ucr/TwoPatterns/TwoPatterns_TEST.tsv").unlink()
     with pytest.raises(SeqrepError) as err:
@@ -89,6 +89,31 @@ def test_registry_lists_the_twelve_ucr_sets_and_the_missing_test_file_error(tmp_
     assert str(err.value).startswith(
         f"data set 'ucr-twopatterns' needs {tmp_path}/ucr/TwoPatterns/TwoPatterns_TEST.tsv, which is not in the data directory")
     assert "UCRArchive_2018.zip" in str(err.value)
+
+
+def test_a_partial_test_copy_stands_in_for_a_missing_test_file_and_says_so(tmp_path, capsys):
+    """Wafer's copy (PROVENANCE.md): labels 1, 2 for the archive's -1, 1, the first test series missing."""
+    write_ucr(tmp_path, "Wafer", ["-1\t0\t1\t2", "1\t2\t1\t0", "1\t1\t1\t1"], [])
+    (tmp_path / "ucr/Wafer/Wafer_TEST.tsv").unlink()
+    copy = tmp_path / ucr.PARTIAL_TESTS["Wafer"][0]
+    copy.parent.mkdir()
+    np.save(copy, np.array([[2, 5, 6, 7], [1, 8, 9, 10], [2, 1, 1, 1]], dtype=np.float32))
+    assert seqrep.data.missing_files("ucr-wafer", tmp_path) == []
+    assert seqrep.data.info("ucr-wafer", tmp_path).description.endswith(
+        "; test split: the non-standard copy without the first of the archive's 6,164 series (PROVENANCE.md)")
+    data = seqrep.data.load("ucr-wafer", tmp_path)
+    assert data.classes == ("-1", "1") and data.y_train.tolist() == [0, 1, 1] and data.y_test.tolist() == [1, 0, 1]
+    np.testing.assert_array_equal(data.test[1][:, 0], [8, 9, 10])
+    assert capsys.readouterr().out == (
+        "seqrep: ucr-wafer: the test split is the non-standard copy Wafer_TEST_first_row_missing.npy (3 of the "
+        "archive's 6,164 test series, the first missing; see the data directory's PROVENANCE.md): a test error "
+        "(a mean over the test series) is within 1/6,164 of the full split's\n")
+    np.save(copy, np.array([[3, 5, 6, 7]], dtype=np.float32))
+    with pytest.raises(SeqrepError, match=r"Wafer_TEST_first_row_missing.npy: labels 3 are not among the copy's 1, 2$"):
+        seqrep.data.load("ucr-wafer", tmp_path)
+    (tmp_path / "ucr/Wafer/Wafer_TEST.tsv").write_text("1\t1\t2\t3\n")  # the archive's file wins
+    assert seqrep.data.info("ucr-wafer", tmp_path).files[1] == "ucr/Wafer/Wafer_TEST.tsv"
+    assert len(seqrep.data.load("ucr-wafer", tmp_path).test) == 1 and capsys.readouterr().out == ""
 
 
 @pytest.mark.skipif(not (Path(seqrep.data.resolve_data_dir()) / "ucr/CBF/CBF_TEST.tsv").exists(),

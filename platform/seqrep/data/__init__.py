@@ -75,8 +75,9 @@ def names() -> list[str]:
 
 
 def info(name: str, data_dir: str | os.PathLike | None = None) -> DatasetInfo:
-    if name not in _REGISTRY and name.lower().startswith(ucr.PREFIX) and len(name) > len(ucr.PREFIX):
-        return ucr.info(name, resolve_data_dir(data_dir))  # any ucr/<Name>/ folder, resolved at lookup time
+    if name.lower().startswith(ucr.PREFIX) and len(name) > len(ucr.PREFIX):
+        # any ucr/<Name>/ folder, and the test file the data directory holds, resolved at lookup time
+        return ucr.info(name, resolve_data_dir(data_dir))
     if name not in _REGISTRY:
         raise SeqrepError(f"unknown dataset {name!r}; available: {', '.join(names())}")
     return _REGISTRY[name]
