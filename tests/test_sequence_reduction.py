@@ -101,7 +101,9 @@ def test_a_partial_test_copy_stands_in_for_a_missing_test_file_and_says_so(tmp_p
     assert seqrep.data.missing_files("ucr-wafer", tmp_path) == []
     assert seqrep.data.info("ucr-wafer", tmp_path).description.endswith(
         "; test split: the non-standard copy without the first of the archive's 6,164 series (PROVENANCE.md)")
+    ucr._say_partial.cache_clear()
     data = seqrep.data.load("ucr-wafer", tmp_path)
+    assert seqrep.data.load("ucr-wafer", tmp_path).y_test.tolist() == data.y_test.tolist()  # said once
     assert data.classes == ("-1", "1") and data.y_train.tolist() == [0, 1, 1] and data.y_test.tolist() == [1, 0, 1]
     np.testing.assert_array_equal(data.test[1][:, 0], [8, 9, 10])
     assert capsys.readouterr().out == (

@@ -19,6 +19,7 @@ list`: a test error on it is within 1/4,000 (1/6,164) of the full split's.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -135,14 +136,19 @@ def load(name: str, root: Path) -> ClassificationData:
     train, train_labels = read_tsv(train_file)
     if partial_test(folder, root):
         test, test_labels = read_partial(test_file, PARTIAL_TESTS[folder][1])
-        print(f"seqrep: {name}: the test split is the non-standard copy {test_file.name} ({len(test):,} of the "
-              f"archive's {PARTIAL_TESTS[folder][2]:,} test series, the first missing; see the data directory's "
-              f"PROVENANCE.md): a test error (a mean over the test series) is within 1/{PARTIAL_TESTS[folder][2]:,} "
-              "of the full split's", flush=True)
+        _say_partial(name, test_file, len(test))
     else:
         test, test_labels = read_tsv(test_file)
     y_train, y_test, classes = encode(train_labels, test_labels, test_file)
     return ClassificationData(name, train, y_train, test, y_test, classes)
+
+
+@functools.cache  # once per process and file: a table's studies each load their data set
+def _say_partial(name: str, path: Path, series: int) -> None:
+    full = PARTIAL_TESTS[path.parents[1].name][2]
+    print(f"seqrep: {name}: the test split is the non-standard copy {path.name} ({series:,} of the archive's "
+          f"{full:,} test series, the first missing; see the data directory's PROVENANCE.md): a test error (a mean "
+          f"over the test series) is within 1/{full:,} of the full split's", flush=True)
 
 
 def info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
