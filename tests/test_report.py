@@ -225,6 +225,19 @@ def test_the_selected_trials_jacobians_and_neighbours_are_drawn_where_it_kept_th
         assert (study / "figures" / f"one-{figure}.png").stat().st_size > 10000
 
 
+def test_figure_11_draws_a_many_featured_sample_as_an_image_and_old_files_draw_nothing(tmp_path):
+    """TIDIGITS' 13 MFCCs (Figure 11's own sample) as an image above the Jacobians, not 13 lines."""
+    rng = np.random.default_rng(0)
+    kept = dict(e=rng.normal(size=(8, 4)), y=np.arange(8) % 2, classes=np.array(["0", "1"]), jac_index=np.array(3),
+                jac_sample=rng.normal(size=(40, 13)), jac_features=np.array([2, 0]), jac=rng.random((2, 40)))
+    np.savez(tmp_path / "kept.npz", **kept)
+    drawn = figures.sequential_jacobian(tmp_path / "kept.npz", "s", "t", tmp_path / "jac.png")
+    from matplotlib.image import imread
+    assert drawn == tmp_path / "jac.png" and imread(drawn).shape[:2] == (int(1.1 * 3 * 90 + 0.8 * 90), 540)
+    assert figures.neighbours(tmp_path / "kept.npz", "s", "t", tmp_path / "nn.png") is None  # no nn_* arrays
+    assert not (tmp_path / "nn.png").exists()
+
+
 def test_the_tsne_map_is_fitted_on_one_thread(tmp_path, monkeypatch):
     """The report's t-SNE runs while other studies train: its OpenMP gradient gets one thread."""
     from sklearn.manifold import TSNE
