@@ -101,6 +101,8 @@ def test_data_list_shows_the_generated_toy_set(capsys, tmp_path):
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[:-1]}
     assert code == 0 and rows["toy"] == "generated" and rows["jsb"] == "missing"
     assert out.splitlines()[-1] == f"data directory: {tmp_path}"
+    yoga = next(line for line in out.splitlines() if line.startswith("ucr-yoga "))  # what is missing, at the end
+    assert yoga.endswith("labelled univariate series; needs ucr/Yoga/Yoga_TRAIN.tsv, ucr/Yoga/Yoga_TEST.tsv")
 
 
 def test_data_list_of_a_folder_that_does_not_exist_says_so(capsys, tmp_path):

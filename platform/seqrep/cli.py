@@ -183,11 +183,12 @@ def cmd_data(args) -> int:
     missing_any = False
     for name, entry in zip(names, entries):
         missing = data.missing_files(name, root)
-        state = "generated" if not entry.files else ("missing " + ", ".join(map(str, missing)) if missing else "present")
+        state = "generated" if not entry.files else ("missing" if missing else "present")
         missing_any |= bool(missing)
         if args.action == "verify" and not missing and entry.files:
             state = data.verify(name, root)
-        print(f"{name:<22} {state:<12} {entry.description}")
+        needs = f"; needs {', '.join(p.relative_to(root).as_posix() for p in missing)}" if missing else ""
+        print(f"{name:<22} {state:<12} {entry.description}{needs}")
     print(f"data directory: {root}" + ("" if root.is_dir() else " (no such folder: `seqrep data download` makes it, "
                                        "or point --data-dir or $SEQREP_DATA at your data)"))
     return 1 if (args.action == "verify" and missing_any) else 0
