@@ -88,6 +88,7 @@ def test_cohorts_give_a_row_and_a_run_per_config_and_the_numbers_of_solo_trials(
     for column in ("valid_nll", "test_nll", "test_mse"):
         assert both[column].to_numpy() == pytest.approx(both[f"{column}_solo"].to_numpy(), rel=1e-3)
     assert (both["best_epoch"] == both["best_epoch_solo"]).all()
+    assert (both["draw"] == both["draw_solo"]).all() and sorted(both["draw"]) == list(range(6))  # the same places
 
 
 def _last_epoch(trial: Path) -> int:

@@ -65,7 +65,8 @@ def test_the_study_log_line_says_how_configs_were_grouped():
     assert line == "6 configs in 3 cohort(s) of sizes 3, 2, 1 (members share hidden_units, batch_size)"
 
 
-def _cohort_trial(tmp_path: Path, members: list[dict], reports: list[dict], error: str | None = None) -> Path:
+def _cohort_trial(tmp_path: Path, members: list[dict], reports: list[dict], error: str | None = None,
+                  draws: list[list[int]] | None = None) -> Path:
     """A study folder with one cohort trial whose result.json holds `reports`."""
     study = tmp_path / "study"
     trial = study / studydir.RAY_DIR / "abc_00000"
@@ -74,7 +75,7 @@ def _cohort_trial(tmp_path: Path, members: list[dict], reports: list[dict], erro
     (trial / results.RESULT_FILE).write_text("".join(json.dumps(r) + "\n" for r in reports))
     if error is not None:
         (trial / results.ERROR_FILE).write_text(error)
-    cohorts.write(study, [members], ["units"], 16)
+    cohorts.write(study, [members], ["units"], 16, draws)
     studydir.write_record(study, {"name": "s", "space": "sp", "method": "m", "dataset": "toy", "seed": 0,
                                   "metric": "valid_nll", "mode": "min", "cpus_per_trial": 1, "gpus_per_trial": 0})
     return study
@@ -110,6 +111,9 @@ def test_a_cohort_folder_decodes_into_one_outcome_per_member(tmp_path):
     assert len(frame) == 3
     assert list(frame["cohort"]) == ["abc_00000"] * 3
     assert list(frame["trial_seed"]) == [results.trial_seed(0, m) for m in MEMBERS]
+    assert frame["draw"].isna().all()  # a cohorts.json written before seqrep kept the draws
+    drawn = _cohort_trial(tmp_path / "drawn", MEMBERS, reports, draws=[[4, 0, 2]])
+    assert summary.collect(drawn)["draw"].tolist() == [4, 0, 2]  # each member's place in the search's draws
 
 
 def test_members_a_failed_cohort_left_unfinished_are_errored_with_its_error(tmp_path):
@@ -138,7 +142,7 @@ def test_a_config_alone_is_a_cohort_of_one_only_where_the_method_says_its_cohort
     grouped = launch._cohorts(fawn, None)
     assert grouped == [[searchers.draw(searchers.to_tune(fawn.space), 0, 1)[0]]]
     assert grouped[0][0]["hidden_units"] == 100 and grouped[0][0]["batch_size"] == 50
-    assert cohorts.read(fawn.directory) == grouped
+    assert cohorts.read(fawn.directory) == grouped and cohorts.read_draws(fawn.directory) == [[0]]
     nn = studies.plan("table7-nn-toy", "toy", options)
     nn.directory.mkdir(parents=True)
     assert launch._cohorts(nn, None) is None and cohorts.read(nn.directory) is None
@@ -170,3 +174,6 @@ def test_storn_trains_cohorts_only_where_its_trials_get_a_gpu(tmp_path, monkeypa
         latents = [c["latent_units"] for c in searchers.draw(searchers.to_tune(plan.space), 0, 12)]
         assert sorted(len(members) for members in grouped) == sorted(latents.count(v) for v in set(latents))
         assert all(len({c["latent_units"] for c in members}) == 1 for members in grouped)
+        drawn, draws = searchers.draw(searchers.to_tune(plan.space), 0, 12), cohorts.read_draws(plan.directory)
+        assert sorted(i for members in draws for i in members) == list(range(12))  # every draw once, by its place
+        assert [[drawn[i] for i in members] for members in draws] == grouped

@@ -86,7 +86,8 @@ def test_one_row_per_trial_with_status_metrics_and_types(study_dir):
     assert str(table.schema.field("config.transfer").type) == "string"
     assert table.column("config.transfer").to_pylist() == ["sigmoid", "rectifier", None, "sigmoid"]
     assert frame["gpus"].tolist() == [0.5] * 4 and frame["node"].iloc[0] == "10.0.0.1"
-    assert list(frame.columns[:9]) == summary.IDENTITY_COLUMNS
+    assert list(frame.columns[:10]) == summary.IDENTITY_COLUMNS
+    assert frame["draw"].tolist() == [0, 1, 2, 3]  # Ray numbers a search's trials in the order it draws them
     assert list(frame.columns[-8:]) == summary.TAIL_COLUMNS
     assert frame["cohort"].isna().all()  # every trial ran alone
 
@@ -163,6 +164,19 @@ def test_table_writes_md_and_long_csv(tmp_path, study_dir):
     back = pd.read_csv(csv)
     assert list(back.columns[:5]) == ["dataset", "method", "metric", "thesis", "ours"]
     assert len(back) == 12 and md.read_text().startswith("# table7: thesis beside seqrep")
+
+
+def test_ties_go_to_the_config_drawn_first_whatever_the_row_order():
+    """A cohort study lists its members by cohort (its grouping follows the cluster's size), so
+    the table's pick among equal validation values must not follow the rows."""
+    rows = pd.DataFrame({"trial_id": ["c1-m0", "c0-m0", "c0-m1", "c1-m1"], "status": ["completed"] * 4,
+                         "valid_error": [0.2, 0.1, 0.3, 0.1], "draw": [3, 2, 0, 1]})
+    assert tables.best_trial(rows, "valid_error", "min")["trial_id"] == "c1-m1"  # draw 1 before draw 2
+    assert tables.best_trial(rows.assign(valid_error=[0.2, 0.3, 0.3, 0.1]), "valid_error", "max")["trial_id"] == "c0-m1"
+    older = rows.drop(columns="draw")  # a summary written before it had draws: the first row among equals
+    assert tables.best_trial(older, "valid_error", "min")["trial_id"] == "c0-m0"
+    assert tables.best_trial(rows.assign(draw=[3, None, 0, 1]), "valid_error", "min")["trial_id"] == "c0-m0"
+    assert results.draw_index("ab12c_00007") == 7 and results.draw_index("ab12c_00007-m1") is None
 
 
 def test_unknown_table_and_dataset_are_clear_errors():

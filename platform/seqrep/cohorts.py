@@ -92,16 +92,27 @@ def kept_folder(study_dir: Path, trial_id: str, cohort: str | None = None) -> Pa
     return folder if folder is not None and folder.is_dir() else None
 
 
-def write(directory: Path, cohorts: list[list[dict[str, Any]]], keys: Sequence[str], size: int) -> None:
-    """`<study>/cohorts.json`: the member configs of every cohort, the keys they share, the size limit."""
-    studydir.write_json(Path(directory) / studydir.COHORTS_FILE,
-                        {"keys": list(keys), "size": size, "cohorts": cohorts})
+def write(directory: Path, cohorts: list[list[dict[str, Any]]], keys: Sequence[str], size: int,
+          draws: list[list[int]] | None = None) -> None:
+    """`<study>/cohorts.json`: the member configs of every cohort, the keys they share, the size
+    limit, and `draws`, each member's place in the search's draws (a table's tie-break)."""
+    content = {"keys": list(keys), "size": size, "cohorts": cohorts}
+    if draws is not None:
+        content["draws"] = draws
+    studydir.write_json(Path(directory) / studydir.COHORTS_FILE, content)
 
 
 def read(directory: Path) -> list[list[dict[str, Any]]] | None:
     """The member configs of every cohort of a study, or None when it ran no cohorts."""
     path = Path(directory) / studydir.COHORTS_FILE
     return studydir.read_json(path)["cohorts"] if path.exists() else None
+
+
+def read_draws(directory: Path) -> list[list[int]] | None:
+    """Each cohort member's place in the search's draws, or None (no cohorts, or recorded before
+    seqrep kept them)."""
+    path = Path(directory) / studydir.COHORTS_FILE
+    return studydir.read_json(path).get("draws") if path.exists() else None
 
 
 def describe(cohorts: Sequence[Sequence[Mapping[str, Any]]], keys: Sequence[str],

@@ -99,7 +99,7 @@ def _cohorts(p: StudyPlan, previous: dict[str, Any] | None) -> list[list[dict[st
     grouped = [[configs[i] for i in members] for members in indices]
     if all(len(members) == 1 for members in grouped) and not getattr(module, "COHORT_OF_ONE", False):
         return None  # no two configs share a shape: every trial runs alone, as without cohorts
-    cohorts.write(p.directory, grouped, keys, o.cohort_size)
+    cohorts.write(p.directory, grouped, keys, o.cohort_size, [list(members) for members in indices])
     line = cohorts.describe(grouped, keys, getattr(module, "COHORT_PADDED", ()))
     print(f"seqrep: study {p.name}: {line}; see {studydir.COHORTS_FILE}", flush=True)
     return grouped

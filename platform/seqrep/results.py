@@ -112,6 +112,7 @@ class TrialOutcome:
     final: dict[str, Any] | None = dataclasses.field(default=None, repr=False)  # the last result, if finished
     cohort: str | None = None  # the cohort trial this trial was a member of (None: it ran alone)
     member: int | None = None  # its index in that cohort
+    draw: int | None = None  # its config's place in the search's draws (`draw_index`)
 
 
 def _best_row(epochs: Mapping[int, Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
@@ -233,7 +234,7 @@ def decode_study(study_dir: Path, record: Mapping[str, Any], declaration: Declar
     """Every trial of a study folder, decoded: one outcome per solo trial, one per cohort member."""
     from seqrep import cohorts, studydir
 
-    grouped = cohorts.read(study_dir)
+    grouped, draws = cohorts.read(study_dir), cohorts.read_draws(study_dir)
     outcomes: list[TrialOutcome] = []
     state = functools.cache(lambda: state_configs(Path(study_dir) / studydir.RAY_DIR))  # read if needed, once
     for trial_dir in studydir.trial_dirs(study_dir):
@@ -243,8 +244,17 @@ def decode_study(study_dir: Path, record: Mapping[str, Any], declaration: Declar
                         "never recorded (its driver was killed as it started), left out", trial_dir)
             continue
         if grouped is not None and set(params) == {"cohort"}:
-            outcomes += decode_cohort(trial_dir, grouped[int(params["cohort"])], record["metric"], record["mode"],
-                                      declaration)
+            c = int(params["cohort"])
+            outcomes += [dataclasses.replace(m, draw=draws[c][m.member] if draws else None)
+                         for m in decode_cohort(trial_dir, grouped[c], record["metric"], record["mode"], declaration)]
         else:
-            outcomes.append(decode(trial_dir, record["metric"], record["mode"], declaration, params))
+            outcome = decode(trial_dir, record["metric"], record["mode"], declaration, params)
+            outcomes.append(dataclasses.replace(outcome, draw=draw_index(trial_dir.name)))
     return outcomes
+
+
+def draw_index(trial_id: str) -> int | None:
+    """A solo trial's place in its search's draws: Ray Tune numbers a study's trials in the order it
+    draws their configs (`<experiment>_00007` is the eighth); None for another name."""
+    number = trial_id.rpartition("_")[2]
+    return int(number) if number.isdigit() else None

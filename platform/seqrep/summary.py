@@ -22,9 +22,10 @@ from seqrep.method import Declaration
 from seqrep.paths import atomic_write
 from seqrep.studydir import SUMMARY_FILE
 
-IDENTITY_COLUMNS = ["study", "trial_id", "method", "dataset", "space", "seed", "trial_seed", "status", "error"]
+IDENTITY_COLUMNS = ["study", "trial_id", "method", "dataset", "space", "seed", "trial_seed", "draw", "status",
+                    "error"]
 TAIL_COLUMNS = ["best_epoch", "epochs", "wall_s", "cpus", "gpus", "node", "mlflow_run_id", "cohort"]
-INT_COLUMNS = ("best_epoch", "epochs", "seed", "trial_seed")
+INT_COLUMNS = ("best_epoch", "epochs", "seed", "trial_seed", "draw")
 FLOAT_COLUMNS = ("wall_s", "cpus", "gpus")
 
 
@@ -38,6 +39,7 @@ def _record(study: dict[str, Any], outcome: results.TrialOutcome, runs: dict[str
         "space": study["space"],
         "seed": int(study["seed"]),
         "trial_seed": results.trial_seed(int(study["seed"]), outcome.config),
+        "draw": outcome.draw,
         "status": outcome.status,
         "error": outcome.error,
     }

@@ -77,16 +77,20 @@ def finished(trials: pd.DataFrame, *metrics: str) -> pd.DataFrame:
 
 
 def best_trial(trials: pd.DataFrame, metric: str, mode: str, requires: Iterable[str] = ()) -> pd.Series | None:
-    """The finished trial with the best finite `metric`; `requires`: metrics that must not be 0 for
-    a trial to count (what its method declares, e.g. Section 3.5.2's `valid_improved`)."""
+    """The finished trial with the best finite `metric`, the first drawn among equals (`draw`; row
+    order where a summary has none); `requires`: metrics that must not be 0 for a trial to count
+    (what its method declares, e.g. Section 3.5.2's `valid_improved`)."""
     usable = finished(trials, metric)
     for column in requires:
         if column in usable:
             usable = usable[usable[column].map(lambda v: not (isinstance(v, float) and v == 0.0))]
     if usable.empty:
         return None
-    index = usable[metric].idxmin() if mode == "min" else usable[metric].idxmax()
-    return usable.loc[index]
+    # ties go to the config drawn first, as a study of solo trials lists them: not to the order of a
+    # cohort study's rows, which follows its grouping (and so the cluster's size)
+    keys = [metric, "draw"] if "draw" in usable and usable["draw"].notna().all() else [metric]
+    ranked = usable.sort_values(keys, ascending=[mode == "min", True][:len(keys)], kind="mergesort")
+    return ranked.iloc[0]
 
 
 def aggregate_trials(trials: pd.DataFrame) -> pd.Series | None:
