@@ -81,6 +81,12 @@ def test_the_report_holds_every_table_cell_and_one_expected_best_figure_per_stud
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
     assert len(links) == 6 and "figures/table7/s0-expected.png" in links
     assert all((out / link).is_file() for link in links)
+    assert "Trials of studies reused" not in md  # no commits recorded: nothing to say
+    manifest = tables.read_manifest("table7", out)
+    tables.write_manifest("table7", out, {**manifest, "study_commits": {"abc": 1, "0123456789ab": 2, "": 1}})
+    assert main(["report", "table7", "--out", str(out)]) == 0
+    assert "1 s of wall time; 2 seed(s) per study. Trials of studies reused from earlier runs ran at 0123456 " \
+           "(2 studies), an unknown commit (1 study)." in (out / "table7-report.md").read_text()
 
 
 def test_importance_ranks_the_parameter_that_drives_the_metric_first(tmp_path):

@@ -304,10 +304,21 @@ def table_report(table: str, out_dir: Path, drawn: Mapping[Path, dict] | None = 
                      if (d / studydir.SUMMARY_FILE).exists()]
     header = (f"Rebuilt by `{manifest.get('command', '')}` at commit {manifest.get('git_commit', '')} on "
               f"{manifest.get('started', '')}, {manifest.get('wall_s', 0):.0f} s of wall time; "
-              f"{manifest.get('repeats', 1)} seed(s) per study.")
+              f"{manifest.get('repeats', 1)} seed(s) per study.{_reused(manifest)}")
     table_md = (out_dir / f"{table}.md").read_text().split("\n", 2)[-1]
     return _pages(f"{table}: thesis beside seqrep", table_md, _table_html(frame), sections, header, out_dir,
                   f"{table}-report")
+
+
+def _reused(manifest: dict) -> str:
+    """What the header says when some studies' trials ran at another commit (reused, finished
+    studies: the wall time above is then the rebuild's, not theirs)."""
+    ran = {c: n for c, n in (manifest.get("study_commits") or {}).items() if c != manifest.get("git_commit")}
+    if not ran:
+        return ""
+    counts = ", ".join(f"{c[:7] or 'an unknown commit'} ({n} {'study' if n == 1 else 'studies'})"
+                       for c, n in sorted(ran.items(), key=lambda kv: -kv[1]))
+    return f" Trials of studies reused from earlier runs ran at {counts}."
 
 
 def _is_number(text) -> bool:

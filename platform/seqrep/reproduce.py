@@ -7,6 +7,7 @@ whole table is asked for. The table itself is `seqrep.tables`'s business.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -350,6 +351,9 @@ def reproduce(table: str, datasets: list[str] | None, options: StudyOptions, out
         # relative to the manifest's folder, so a table and its studies can move (or be committed) together
         "studies": {f"{space}|{dataset}": [os.path.relpath(d, Path(out_dir).resolve()) for d in dirs]
                     for (space, dataset), dirs in directories.items()},
+        # where the trials ran: a study reused from an earlier run keeps the commit it ran at
+        "study_commits": dict(collections.Counter((studydir.read_record(p.directory) or {}).get("git_commit", "")
+                                                  for p in plans)),
     })
     from seqrep import report  # matplotlib and optuna: loaded when a report is written
 
