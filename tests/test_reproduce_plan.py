@@ -55,3 +55,21 @@ def test_a_grid_that_searches_nothing_else_runs_each_value_once(tmp_path, capsys
     grid = studies.plan("table8-fawn-vb", "uci-boston", studies.StudyOptions(storage=str(tmp_path / "s"), trials=2))
     assert grid.trials == 1 and launch.runs(grid) == 10  # the space's ten splits
     assert "searches nothing (a fixed configuration): 1 trial per grid value, not 2" in capsys.readouterr().out
+
+
+def test_a_study_records_the_commit_of_the_code_its_process_loaded(tmp_path, monkeypatch):
+    """Read when the first study is planned: a commit made while a long table runs is not the code
+    its later studies run, so their records must not name it."""
+    import subprocess
+
+    from seqrep import studies
+
+    studies.git_commit.cache_clear()
+    p = studies.plan("table7-nn-toy", "toy", studies.StudyOptions(storage=str(tmp_path / "s")))
+    first = studies.git_commit()
+    later = subprocess.CompletedProcess([], 0, stdout="f" * 40 + "\n", stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: later)  # someone commits meanwhile
+    assert p.record()["git_commit"] == first == studies.git_commit() != "f" * 40
+    studies.git_commit.cache_clear()
+    assert studies.git_commit() == "f" * 40  # (a new process would read the new commit)
+    studies.git_commit.cache_clear()

@@ -141,6 +141,7 @@ def command_line() -> str:
     return shlex.join(["seqrep", *sys.argv[1:]])
 
 
+@functools.cache  # read once, when the first study is planned: the code this process runs, not a later commit
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.project_root(), capture_output=True,
@@ -177,6 +178,7 @@ def plan(space_name: str, dataset: str, options: StudyOptions,
     """Validate everything about a study without starting anything (`space`: an already loaded,
     possibly narrowed, space to use instead of loading `space_name`)."""
     options.validate()
+    git_commit()  # the commit of the code loaded now (a study opened an hour later must not take a newer one)
     space = space or spaces.load(space_name)
     datasets.info(dataset)
     space.check_dataset(dataset)
