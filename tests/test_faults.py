@@ -286,8 +286,9 @@ def test_ctrl_c_stops_every_study_a_reproduce_runs_at_once_and_resume_finishes_t
     assert len(studies) == 6
     experiments = {study.name: client.get_experiment_by_name(study.name).experiment_id for study in studies}
     for study in studies:
+        trials = 1 if "fawn" in study.name else 2  # a fixed configuration runs once whatever --trials says
         frame = pd.read_parquet(study / "trials.parquet")
-        assert len(frame) == 2 and set(frame["status"]) == {"completed"} and (frame["epochs"] == 400).all()
+        assert len(frame) == trials and set(frame["status"]) == {"completed"} and (frame["epochs"] == 400).all()
         runs = client.search_runs([experiments[study.name]])
-        assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3, study.name
+        assert sorted(r.info.status for r in runs) == ["FINISHED"] * (1 + trials), study.name
     assert (tmp_path / "tables" / "table7.md").exists()
