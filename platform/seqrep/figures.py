@@ -8,13 +8,18 @@ import numpy as np
 import pandas as pd
 
 
-def _figure(width: float = 5.0, height: float = 3.6):
+def _grid(rows: int, cols: int, width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, fig.subplots(rows, cols, squeeze=False, sharex="col")
+
+
+def _figure(width: float = 5.0, height: float = 3.6):
+    fig, axes = _grid(1, 1, width, height)
+    return fig, axes[0, 0]
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
@@ -126,15 +131,6 @@ def tsne(embeddings: Path, study: str, trial: str, path: Path, max_points: int =
     ax.set_xticks([])
     ax.set_yticks([])
     return _save(fig, path)
-
-
-def _grid(rows: int, cols: int, width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(rows, cols, squeeze=False, sharex="col")
 
 
 def neighbours(embeddings: Path, study: str, trial: str, path: Path) -> Path | None:

@@ -72,7 +72,7 @@ def importance(study_dir: Path, record: dict | None = None, trials: pd.DataFrame
 
     if record is None or trials is None:
         record, trials = _load(study_dir)
-    space = spaces.load(record.get("space_path") or record["space"], check_config=False)
+    space = _space(record)
     searched = dataclasses.replace(space, space={k: d for k, d in space.space.items() if d.kind != "grid"})
     distributions = spaces.to_optuna(searched)
     usable = tables.finished(trials, record.get("metric", ""))
@@ -90,7 +90,7 @@ def importance(study_dir: Path, record: dict | None = None, trials: pd.DataFrame
 
 def _param(value, distribution):
     """A Parquet cell back in the type its Optuna distribution holds."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return None
     if hasattr(distribution, "choices"):
         return next((c for c in distribution.choices if c == value or str(c) == str(value)), value)
@@ -112,10 +112,14 @@ def selected_embeddings(study_dir: Path, record: dict, trials: pd.DataFrame) -> 
     """The selected trial of a searched study and its kept test embeddings, where its method keeps
     them; None otherwise."""
     selected = selected_trial(study_dir, record, trials)
-    if selected is None or selected[1] is None:
-        return None
-    path = selected[1] / EMBEDDINGS_FILE
-    return (str(selected[0]["trial_id"]), path) if path.is_file() else None
+    path = _kept_embeddings(selected[1]) if selected is not None else None
+    return (str(selected[0]["trial_id"]), path) if path is not None else None
+
+
+def _kept_embeddings(folder: Path | None) -> Path | None:
+    """A kept folder's test embeddings (and Figures 11-12's arrays), where its method keeps them."""
+    path = folder / EMBEDDINGS_FILE if folder is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def trial_figures(folder: Path | None) -> list[Path]:
@@ -142,12 +146,14 @@ def _missing(value) -> bool:
 
 def grid_keys(record: dict) -> list[str]:
     """The study space's grid parameters (Table 8's `split`): one trial per value, not a random draw."""
-    return [k for k, d in _space(record).space.items() if d.kind == "grid"]
+    return space_keys(record)[0]
 
 
-def searched_keys(record: dict) -> list[str]:
-    """The study space's searched parameters, in the space's order."""
-    return [k for k, d in _space(record).space.items() if d.kind != "grid"]
+def space_keys(record: dict) -> tuple[list[str], list[str]]:
+    """The study space's grid parameters (Table 8's `split`: one trial per value, not a random
+    draw) and its searched ones, each in the space's order."""
+    space = _space(record).space
+    return [k for k, d in space.items() if d.kind == "grid"], [k for k, d in space.items() if d.kind != "grid"]
 
 
 def _space(record: dict) -> spaces.SearchSpace:
@@ -162,7 +168,7 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics:
     columns for this study (a grid study's figure shows them, else its first three test metrics)."""
     study_dir, name = Path(study_dir), Path(study_dir).name
     record, trials = _load(study_dir)
-    grid = grid_keys(record)
+    grid, searched = space_keys(record)
     # a grid's trials are its values (Table 8: the splits), not draws of a search: no best of n
     curve = None if grid else expected_curve(study_dir, record, trials)
     found = importance(study_dir, record, trials)
@@ -183,21 +189,23 @@ def study_section(study_dir: Path, out: Path, thesis: dict[str, float], metrics:
         images.append(figures.scatter(tables.finished(trials, record["metric"]), top, record["metric"],
                                       name, out / f"{name}-scatter.png"))
     selected = None if grid else selected_trial(study_dir, record, trials)
-    lines = []
-    if selected is not None:
-        best, folder = selected
-        lines.append(selected_text(best, record.get("metric", ""), searched_keys(record)))
-        kept = folder / EMBEDDINGS_FILE if folder is not None else None
-        if kept is not None and kept.is_file():  # Figures 9, 11 and 12 of a sequence-reduction trial
-            trial = str(best["trial_id"])
-            drawn = [figures.tsne(kept, name, trial, out / f"{name}-tsne.png"),
-                     figures.sequential_jacobian(kept, name, trial, out / f"{name}-jacobian.png"),
-                     figures.neighbours(kept, name, trial, out / f"{name}-neighbours.png")]
-            images += [d for d in drawn if d is not None]
-        # copied beside the page: the Markdown page links them, and a study folder may be moved or pruned
-        images += [Path(shutil.copyfile(p, out / f"{name}-trial-{p.stem}.png")) for p in trial_figures(folder)]
+    lines = [selected_text(selected[0], record.get("metric", ""), searched)] if selected is not None else []
+    images += _selected_figures(*selected, name, out) if selected is not None else []
     return {"name": name, "dir": study_dir, "trials": len(trials), "curve": curve, "grid": grid,
             "importance": found, "images": images, "lines": lines}
+
+
+def _selected_figures(best: pd.Series, folder: Path | None, name: str, out: Path) -> list[Path]:
+    """The selected trial's Figures 9, 11 and 12 (a sequence-reduction trial's kept arrays) and
+    the figures it drew itself, copied beside the page: the Markdown page links them, and a study
+    folder may be moved or pruned."""
+    images, kept, trial = [], _kept_embeddings(folder), str(best["trial_id"])
+    if kept is not None:
+        drawn = [figures.tsne(kept, name, trial, out / f"{name}-tsne.png"),
+                 figures.sequential_jacobian(kept, name, trial, out / f"{name}-jacobian.png"),
+                 figures.neighbours(kept, name, trial, out / f"{name}-neighbours.png")]
+        images += [d for d in drawn if d is not None]
+    return images + [Path(shutil.copyfile(p, out / f"{name}-trial-{p.stem}.png")) for p in trial_figures(folder)]
 
 
 def _img_tag(path: Path, alt: str) -> str:

@@ -88,9 +88,9 @@ def best_trial(trials: pd.DataFrame, metric: str, mode: str, requires: Iterable[
         return None
     # ties go to the config drawn first, as a study of solo trials lists them: not to the order of a
     # cohort study's rows, which follows its grouping (and so the cluster's size)
-    keys = [metric, "draw"] if "draw" in usable and usable["draw"].notna().all() else [metric]
-    ranked = usable.sort_values(keys, ascending=[mode == "min", True][:len(keys)], kind="mergesort")
-    return ranked.iloc[0]
+    by_draw = "draw" in usable and usable["draw"].notna().all()
+    keys, ascending = ([metric, "draw"], [mode == "min", True]) if by_draw else ([metric], [mode == "min"])
+    return usable.sort_values(keys, ascending=ascending, kind="mergesort").iloc[0]
 
 
 def aggregate_trials(trials: pd.DataFrame) -> pd.Series | None:
